@@ -1,0 +1,32 @@
+# Two entry points: `make demo` runs the default experiment, `make test` runs the whole suite.
+# torch is installed first, pinned, so pip takes the local CPU wheel instead of pulling CUDA packages.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ppaia run
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+
+bench: $(STAMP)
+	$(PY) benchmarks/sim_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

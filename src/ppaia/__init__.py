@@ -1,0 +1,58 @@
+"""PPAIA ("Papaya"): serverless federated learning — peers train locally and cooperate without a server.
+
+Quick use::
+
+    import ppaia
+    result = ppaia.run({"peers": 32, "rule": "gossip", "topology": "torus"})
+    print(result.final["acc_mean"])
+"""
+
+from ppaia.config import ConfigError, ExperimentConfig, apply_overrides, load_config
+from ppaia.data import DATASETS, PARTITIONERS, DataError, Dataset, PartitionError, label_histogram
+from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError, ParamLayout
+from ppaia.registry import Component, Registry, SpecError
+from ppaia.rules import RULES, CooperationRule, RoundContext, RoundPlan, apply_plan, apply_step_per_peer
+from ppaia.simulation import ReferenceSimulation, RunResult, Simulation, run
+from ppaia.simulation.report import write_outputs
+from ppaia.topology import MIXINGS, TOPOLOGIES, Mixing, PeerGraph, TopologyError, build_graph, mixing_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DATASETS",
+    "INIT_POLICIES",
+    "MIXINGS",
+    "MODELS",
+    "OPTIMIZERS",
+    "PARTITIONERS",
+    "RULES",
+    "TOPOLOGIES",
+    "Component",
+    "ConfigError",
+    "CooperationRule",
+    "DataError",
+    "Dataset",
+    "ExperimentConfig",
+    "Mixing",
+    "ModelError",
+    "ParamLayout",
+    "PartitionError",
+    "PeerGraph",
+    "ReferenceSimulation",
+    "Registry",
+    "RoundContext",
+    "RoundPlan",
+    "RunResult",
+    "Simulation",
+    "SpecError",
+    "TopologyError",
+    "apply_overrides",
+    "apply_plan",
+    "apply_step_per_peer",
+    "build_graph",
+    "label_histogram",
+    "load_config",
+    "mixing_step",
+    "run",
+    "write_outputs",
+]

@@ -1,0 +1,164 @@
+"""The ``ppaia`` command line: run an experiment, list what is registered."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Annotated, get_origin
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ppaia.config import ConfigError, ExperimentConfig, format_validation_error, load_config
+from ppaia.data import DATASETS, PARTITIONERS, DataError, PartitionError
+from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError
+from ppaia.registry import Registry, SpecError
+from ppaia.rules import RULES
+from ppaia.simulation import RunResult, Simulation
+from ppaia.simulation.report import OutputError, check_output_dir, write_outputs
+from ppaia.topology import MIXINGS, TOPOLOGIES, TopologyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="PPAIA: serverless federated learning.")
+console = Console()
+errors = Console(stderr=True)
+
+USER_ERRORS = (
+    ValidationError,
+    ConfigError,
+    SpecError,
+    DataError,
+    PartitionError,
+    TopologyError,
+    ModelError,
+    OutputError,
+)
+REGISTRIES: tuple[tuple[str, Registry], ...] = (
+    ("datasets", DATASETS),
+    ("partitioners", PARTITIONERS),
+    ("models", MODELS),
+    ("init policies", INIT_POLICIES),
+    ("optimizers", OPTIMIZERS),
+    ("topologies", TOPOLOGIES),
+    ("mixing weights", MIXINGS),
+    ("cooperation rules", RULES),
+)
+
+
+def fail(err: Exception) -> typer.Exit:
+    """Report a user error (bad config, data, output folder) and exit with code 2."""
+    message = format_validation_error(err) if isinstance(err, ValidationError) else str(err)
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def default_out(config: ExperimentConfig) -> Path:
+    stem = Path("runs") / f"{config.rule.name}-{config.peers}p-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, suffix = stem, 1
+    while out.exists():
+        out, suffix = stem.with_name(f"{stem.name}-{suffix}"), suffix + 1
+    return out
+
+
+def summary_table(result: RunResult, out: Path) -> Table:
+    final = result.final
+    table = Table(title=f"{result.config.rule.label()} · {result.params.shape[0]} peers · {out}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("rounds", f"{int(final['round'])}"),
+        ("test accuracy mean", f"{final['acc_mean']:.4f}"),
+        ("test accuracy min – max", f"{final['acc_min']:.4f} – {final['acc_max']:.4f}"),
+        ("test accuracy std", f"{final['acc_std']:.4f}"),
+        ("test loss mean", f"{final['loss_mean']:.4f}"),
+        ("consensus distance", f"{final['consensus_distance']:.3g}"),
+        ("bytes sent (total)", f"{int(final['bytes_cumulative']):,}"),
+        ("wall seconds (training)", f"{final['wall_s']:.2f}"),
+        ("set-up seconds", f"{result.setup_s:.2f}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Argument(help="experiment TOML file; the built-in default if omitted")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="override a field: key=value or field.option=value"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (new or empty); default runs/<rule>-<N>p-<time>")
+    ] = None,
+) -> None:
+    """Simulate an experiment and write config.toml, metrics.csv, summary.json, peers.csv and plots."""
+    try:
+        cfg = load_config(config, overrides or [])
+        out = out or default_out(cfg)
+        check_output_dir(out)
+        simulation = Simulation(cfg)
+    except USER_ERRORS as err:
+        raise fail(err) from None
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("acc {task.fields[acc]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"{cfg.rule.name} · {simulation.n_peers} peers", total=cfg.rounds, acc="-")
+
+        def on_round(_round: int, row: dict[str, float] | None) -> None:
+            fields = {"acc": f"{row['acc_mean']:.3f}"} if row else {}
+            progress.update(task, advance=1, **fields)
+
+        result = simulation.run(on_round)
+    write_outputs(result, out)
+    console.print(summary_table(result, out))
+
+
+def _options(cls: type) -> str:
+    parts = []
+    for name, field in cls.model_fields.items():
+        plain = isinstance(field.annotation, type) and get_origin(field.annotation) is None
+        kind = field.annotation.__name__ if plain else str(field.annotation).replace("typing.", "")
+        default = "required" if field.is_required() else repr(field.default)
+        parts.append(f"{name}: {kind} = {default}")
+    return ", ".join(parts)
+
+
+@app.command("list")
+def list_components() -> None:
+    """Print every registered dataset, partitioner, model, topology, mixing rule and cooperation rule."""
+    for title, registry in REGISTRIES:
+        table = Table(title=title, title_justify="left", expand=True)
+        table.add_column("name", style="bold", no_wrap=True)
+        table.add_column("options")
+        table.add_column("what it does")
+        for name, cls in registry:
+            table.add_row(name, _options(cls), (inspect.getdoc(cls) or "").splitlines()[0])
+        console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

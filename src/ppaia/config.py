@@ -1,0 +1,148 @@
+"""Experiment configuration: a TOML file (or dict) validated by pydantic, plus ``--set key=value`` overrides.
+
+Every pluggable field takes a registered component as ``"name"``, ``"name(arg, key=value)"`` or a table
+``{name = "...", option = ...}``; errors name the field (and the option) that is wrong.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import tomli_w
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+
+from ppaia.data import DATASETS, PARTITIONERS, DatasetSource, Partitioner
+from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, InitPolicy, ModelSpec, OptimizerSpec
+from ppaia.registry import Component, Registry, SpecError, spec_to_table
+from ppaia.rules import RULES, CooperationRule
+from ppaia.topology import MIXINGS, TOPOLOGIES, MixingWeights, Topology
+
+__all__ = ["ConfigError", "ExperimentConfig", "apply_overrides", "format_validation_error", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read, or an override that cannot be applied."""
+
+
+def _component(registry: Registry, prepare: Callable[[Any], Any] = lambda v: v) -> BeforeValidator:
+    def build(value: Any) -> Component:
+        try:
+            return registry.create(prepare(value))
+        except ValidationError as err:
+            raise ValueError(f"{registry.kind} options: {format_validation_error(err, ' ')}") from None
+
+    return BeforeValidator(build)
+
+
+def _model_spec(value: Any) -> Any:
+    """``"package.module:factory"`` names a user model factory."""
+    if isinstance(value, str) and ":" in value:
+        return {"name": "import", "target": value}
+    return value
+
+
+_as_table = PlainSerializer(lambda component: component.spec(), return_type=dict)
+
+DatasetField = Annotated[DatasetSource, _component(DATASETS), _as_table]
+PartitionField = Annotated[Partitioner, _component(PARTITIONERS), _as_table]
+ModelField = Annotated[ModelSpec, _component(MODELS, _model_spec), _as_table]
+InitField = Annotated[InitPolicy, _component(INIT_POLICIES), _as_table]
+RuleField = Annotated[CooperationRule, _component(RULES), _as_table]
+TopologyField = Annotated[Topology, _component(TOPOLOGIES), _as_table]
+MixingField = Annotated[MixingWeights, _component(MIXINGS), _as_table]
+OptimizerField = Annotated[OptimizerSpec, _component(OPTIMIZERS), _as_table]
+
+
+class ExperimentConfig(BaseModel):
+    """One simulated experiment. The defaults are the built-in experiment (16 peers on digits)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    peers: int = Field(default=16, ge=1, description="number of peers")
+    rounds: int = Field(default=40, ge=1, description="rounds of local training + cooperation")
+    seed: int = Field(default=0, ge=0, description="seed of every random choice in the run")
+    dataset: DatasetField = Field(default="digits", description="dataset by name")
+    partition: PartitionField = Field(default="dirichlet(0.5)", description="how data is split over peers")
+    min_samples: int = Field(default=2, ge=1, description="fewest training samples a peer may get")
+    model: ModelField = Field(default="mlp", description="model by name, or 'package.module:factory'")
+    init: InitField = Field(default="common", description="initial parameters of the peers")
+    rule: RuleField = Field(default="consensus", description="cooperation rule")
+    topology: TopologyField = Field(default="ring", description="communication graph")
+    allow_disconnected: bool = Field(default=False, description="accept a disconnected topology")
+    mixing: MixingField = Field(default="metropolis", description="mixing weights over the topology")
+    link_up: float = Field(default=1.0, gt=0, le=1, description="probability that a link is up in a round")
+    local_epochs: int = Field(default=1, ge=1, description="passes over local data per round")
+    batch_size: int = Field(default=32, ge=1, description="mini-batch size")
+    lr: float = Field(default=0.05, gt=0, description="learning rate")
+    optimizer: OptimizerField = Field(default="sgd", description="sgd(momentum, weight_decay) or adam(...)")
+    eval_every: int = Field(default=1, ge=1, description="evaluate every this many rounds (and the last)")
+
+    def to_table(self) -> dict[str, Any]:
+        """The fully resolved config as TOML-ready data (None options are left out)."""
+        return _drop_none(self.model_dump(mode="json"))
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_table())
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def format_validation_error(err: ValidationError, separator: str = "\n") -> str:
+    """One ``field.path: message`` line per problem."""
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return separator.join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (number, bool, list, quoted string), or the raw text (e.g. ``dirichlet(0.5)``)."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(table: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``field=value`` overrides; ``field.option=value`` sets one option of a component field."""
+    result = dict(table)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        field, _, option = key.strip().partition(".")
+        if not sep or not field:
+            raise ConfigError(f"--set {override!r}: expected key=value")
+        value = _parse_value(text.strip())
+        if not option:
+            result[field] = value
+            continue
+        if field not in ExperimentConfig.model_fields:
+            raise ConfigError(f"--set {override!r}: unknown field {field!r}")
+        try:
+            spec = spec_to_table(result.get(field, ExperimentConfig.model_fields[field].default))
+        except SpecError as err:
+            raise ConfigError(f"--set {override!r}: {field}: {err}") from None
+        result[field] = {**spec, option: value}
+    return result
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read and validate a TOML experiment (the built-in default when `path` is None)."""
+    table: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            table = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    return ExperimentConfig.model_validate(apply_overrides(table, overrides or []))

@@ -1,0 +1,130 @@
+"""Name -> component registries, and the ``name(arg, key=value)`` spec syntax used in configs.
+
+Every pluggable piece (dataset, partitioner, model, topology, mixing rule, cooperation rule, ...) is a
+pydantic model whose fields are its options. Registering the class by name makes it usable from a config
+as ``"dirichlet(0.5)"``, ``"mlp(hidden=[64, 64])"`` or a TOML table ``{name = "dirichlet", alpha = 0.5}``;
+pydantic validates the options, so a bad value is reported with the option's name.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Component", "Registry", "SpecError", "parse_spec", "spec_to_table"]
+
+
+class SpecError(ValueError):
+    """A component spec that cannot be parsed or names an unknown component."""
+
+
+class Component(BaseModel):
+    """Base of every registered piece: its fields are the options a config may set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: ClassVar[str] = ""  # set by Registry.register
+
+    def spec(self) -> dict[str, Any]:
+        """The TOML-table form of this component (name plus every option), for resolved configs."""
+        return {"name": self.name, **self.model_dump(mode="json")}
+
+    def label(self) -> str:
+        """Short ``name(option=value, ...)`` form for tables and plot titles."""
+        options = ", ".join(f"{k}={v}" for k, v in self.model_dump(mode="json").items())
+        return f"{self.name}({options})" if options else self.name
+
+
+T = TypeVar("T", bound=Component)
+
+
+def _literal(node: ast.expr, text: str) -> Any:
+    try:
+        return ast.literal_eval(node)  # literals only: numbers, strings, lists, dicts, booleans
+    except ValueError as err:
+        raise SpecError(f"{text!r}: arguments must be literals (numbers, strings, lists)") from err
+
+
+def parse_spec(text: str) -> dict[str, Any]:
+    """Parse ``"name"`` or ``"name(1, key=[2, 3])"`` into ``{"name": ..., 0: 1, "key": [2, 3]}``.
+
+    Positional arguments are returned under integer keys; :meth:`Registry.create` maps them to the
+    component's options in declaration order.
+    """
+    text = text.strip()
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError as err:
+        raise SpecError(f"{text!r} is not of the form name or name(arg, key=value)") from err
+    if isinstance(tree, ast.Name):
+        return {"name": tree.id}
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)):
+        raise SpecError(f"{text!r} is not of the form name or name(arg, key=value)")
+    table: dict[Any, Any] = {"name": tree.func.id}
+    table.update({i: _literal(arg, text) for i, arg in enumerate(tree.args)})
+    table.update({kw.arg: _literal(kw.value, text) for kw in tree.keywords if kw.arg})
+    return table
+
+
+def spec_to_table(spec: str | Mapping[str, Any]) -> dict[Any, Any]:
+    """Normalise a spec given as a string or a table into a table with a ``name`` key."""
+    if isinstance(spec, str):
+        return parse_spec(spec)
+    if isinstance(spec, Mapping):
+        if "name" not in spec:
+            raise SpecError("a component table needs a 'name' key")
+        return dict(spec)
+    raise SpecError(f"expected a name string or a table, got {type(spec).__name__}")
+
+
+class Registry(Generic[T]):
+    """Components of one kind, by name; ``ppaia list`` prints every registry."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, type[T]] = {}
+
+    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        """Class decorator: make ``cls`` available under ``name``."""
+
+        def add(cls: type[T]) -> type[T]:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            cls.name = name
+            self._items[name] = cls
+            return cls
+
+        return add
+
+    def get(self, name: str) -> type[T]:
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items))
+            raise SpecError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def create(self, spec: str | Mapping[str, Any] | T) -> T:
+        """Build a component from a spec; option errors are pydantic ValidationErrors naming the option."""
+        if isinstance(spec, Component):
+            return spec  # type: ignore[return-value]
+        table = spec_to_table(spec)
+        cls = self.get(str(table.pop("name")))
+        options = list(cls.model_fields)
+        positional = sorted(k for k in table if isinstance(k, int))
+        if len(positional) > len(options):
+            raise SpecError(f"{cls.name} takes at most {len(options)} arguments, got {len(positional)}")
+        for index in positional:
+            table[options[index]] = table.pop(index)
+        return cls(**table)
+
+    def __iter__(self) -> Iterator[tuple[str, type[T]]]:
+        return iter(sorted(self._items.items()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def names(self) -> list[str]:
+        return sorted(self._items)

@@ -1,0 +1,115 @@
+"""The cooperation-rule API: one algorithm, written once over a leading peer axis.
+
+A rule does two things each round:
+
+* :meth:`CooperationRule.plan` decides, from the topology and the round's randomness, who trains and
+  which mixing steps happen (who listens to whom, with which weights);
+* :meth:`CooperationRule.combine` computes a step's result from stacked parameters ``[S, D]``.
+
+The simulator calls ``combine`` once per step with every peer's parameters stacked; a single networked
+peer calls the very same ``combine`` with its own parameters plus those it received, using its own row of
+the step (:meth:`Mixing.for_peer`). :func:`apply_step_per_peer` is that per-peer form, used by the
+reference executor and the parity tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from ppaia.registry import Component, Registry
+from ppaia.topology.graphs import PeerGraph
+from ppaia.topology.mixing import Mixing, MixingWeights
+
+__all__ = [
+    "RULES",
+    "CooperationRule",
+    "RoundContext",
+    "RoundPlan",
+    "apply_plan",
+    "apply_step_per_peer",
+]
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What a rule may look at when planning a round."""
+
+    round: int
+    graph: PeerGraph
+    n_samples: torch.Tensor
+    mixing: MixingWeights
+    link_up: float
+    generator: torch.Generator
+
+    @property
+    def n_peers(self) -> int:
+        return self.graph.n
+
+    def live_graph(self) -> PeerGraph:
+        """The links that are up this round (each with probability `link_up`)."""
+        return self.graph.live(self.link_up, self.generator)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Who trains this round (None: everybody), the mixing steps in order, and models sent."""
+
+    trainers: torch.Tensor | None = None
+    steps: list[Mixing] = field(default_factory=list)
+    transfers: int | None = None
+
+    def models_sent(self) -> int:
+        """Model transfers this round: as the rule counted them, else one per off-diagonal step entry."""
+        if self.transfers is not None:
+            return self.transfers
+        return sum(step.transfers() for step in self.steps)
+
+
+class CooperationRule(Component):
+    """Base class: override :meth:`plan` (and :meth:`combine` for a non-linear rule)."""
+
+    pooled: ClassVar[bool] = False  # True: all data on one model (the centralized baseline)
+    uses_topology: ClassVar[bool] = True  # False: the topology and mixing settings are ignored
+
+    def initialize(self, params: torch.Tensor) -> torch.Tensor:
+        """Adjust the initial parameters of all peers (e.g. a server's model broadcast to everyone)."""
+        return params
+
+    def plan(self, ctx: RoundContext) -> RoundPlan:
+        """Who trains and which mixing steps run this round."""
+        return RoundPlan()
+
+    def combine(self, params: torch.Tensor, step: Mixing) -> torch.Tensor:
+        """The step's result rows from stacked parameters; linear averaging by default."""
+        return step.weighted_sum(params)
+
+
+RULES: Registry[CooperationRule] = Registry("rule")
+
+
+def apply_plan(rule: CooperationRule, plan: RoundPlan, params: torch.Tensor) -> torch.Tensor:
+    """Batched executor: run the plan's steps for all peers at once."""
+    for step in plan.steps:
+        params = step.write(params, rule.combine(params, step))
+    return params
+
+
+def apply_step_per_peer(
+    rule: CooperationRule, step: Mixing, models: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Per-peer executor: each peer combines its own row over the models it received.
+
+    `models` holds each peer's flat parameters; the result is a new list (peers the step does not write
+    to keep theirs). This is exactly what a networked peer does with the parameters it fetched.
+    """
+    updated = list(models)
+    for peer in range(len(models)):
+        view = step.for_peer(peer)
+        if view is not None:
+            own_row, senders = view
+            received = torch.stack([models[s] for s in senders.tolist()])
+            updated[peer] = rule.combine(received, own_row)[0]
+    return updated

@@ -1,0 +1,60 @@
+"""Reference executor: a plain loop over one `nn.Module` per peer, for checking the batched engine.
+
+Training uses torch.optim and autograd per peer; cooperation runs each rule's per-peer form
+(:func:`ppaia.rules.apply_step_per_peer`, what a networked peer does); evaluation runs each module.
+Same config and seed give the same numbers as :class:`Simulation` within floating-point tolerance.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ppaia.learning import epoch_order
+from ppaia.rules import RoundPlan, apply_step_per_peer
+from ppaia.simulation.engine import Simulation
+
+__all__ = ["ReferenceSimulation"]
+
+
+class ReferenceSimulation(Simulation):
+    """The same experiment as :class:`Simulation`, run peer by peer."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.modules = [self.build_model() for _ in range(self.n_peers)]
+
+    def train(self, params: torch.Tensor, round_: int, trainers: torch.Tensor | None) -> torch.Tensor:
+        cfg, counts = self.config, self.data.counts
+        orders = [epoch_order(counts, cfg.seed, round_, epoch) for epoch in range(cfg.local_epochs)]
+        params = params.clone()
+        for peer in range(self.n_peers):
+            if trainers is not None and not trainers[peer]:
+                continue
+            module = self.layout.load(self.modules[peer], params[peer])
+            optimizer = cfg.optimizer.torch_optimizer(module.parameters(), cfg.lr)
+            samples = self.data.peer_samples(peer)
+            for order in orders:
+                shuffled = samples[order[peer, : counts[peer]]]
+                for batch in shuffled.split(cfg.batch_size):
+                    optimizer.zero_grad()
+                    F.cross_entropy(module(self.data.x[batch]), self.data.y[batch]).backward()
+                    optimizer.step()
+            params[peer] = self.layout.flatten(module)
+        return params
+
+    def cooperate(self, plan: RoundPlan, params: torch.Tensor) -> torch.Tensor:
+        models = list(params)
+        for step in plan.steps:
+            models = apply_step_per_peer(self.rule, step, models)
+        return torch.stack(models)
+
+    @torch.no_grad()
+    def evaluate(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.dataset.x_test, self.dataset.y_test
+        accuracy, loss = torch.zeros(self.n_peers), torch.zeros(self.n_peers)
+        for peer, module in enumerate(self.modules):
+            logits = self.layout.load(module, params[peer])(x)
+            accuracy[peer] = (logits.argmax(1) == y).float().mean()
+            loss[peer] = F.cross_entropy(logits, y)
+        return accuracy, loss

@@ -1,0 +1,116 @@
+"""Writes a run's outputs: resolved config, metrics table, summary, per-peer table and plots.
+
+Everything is written into a temporary folder beside `out` and renamed into place at the end, so a
+failed run never leaves a half-written output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from ppaia.simulation.engine import METRIC_COLUMNS, RunResult
+
+__all__ = ["OutputError", "check_output_dir", "write_outputs"]
+
+OUTPUT_FILES = (
+    "config.toml",
+    "metrics.csv",
+    "summary.json",
+    "peers.csv",
+    "accuracy.png",
+    "consensus_distance.png",
+    "peer_accuracy.png",
+)
+
+
+class OutputError(ValueError):
+    """An output folder that cannot be used."""
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an existing, non-empty folder (results are never overwritten or mixed)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputError(f"--out {out}: already exists and is not empty; choose a new folder")
+
+
+def write_outputs(result: RunResult, out: str | Path) -> Path:
+    """Write every output file of `result` into `out` (created; must not exist or be empty)."""
+    out = Path(out)
+    check_output_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_all(result, staging)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_all(result: RunResult, folder: Path) -> None:
+    (folder / "config.toml").write_text(result.config.to_toml())
+    with open(folder / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(result.history)
+    (folder / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+    with open(folder / "peers.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        classes = [f"class_{c}" for c in range(result.label_histogram.shape[1])]
+        writer.writerow(["peer", "samples", "accuracy", "loss", *classes])
+        columns = zip(
+            result.n_samples, result.peer_accuracy, result.peer_loss, result.label_histogram, strict=True
+        )
+        for peer, (count, acc, loss, counts) in enumerate(columns):
+            writer.writerow([peer, int(count), f"{acc:.6f}", f"{loss:.6f}", *counts.tolist()])
+    _plot(result, folder)
+
+
+def _plot(result: RunResult, folder: Path) -> None:
+    rounds = [row["round"] for row in result.history]
+    title = f"{result.config.rule.label()} · {result.params.shape[0]} peers"
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(rounds, [row["acc_mean"] for row in result.history], label="mean over peers")
+    axis.fill_between(
+        rounds,
+        [row["acc_min"] for row in result.history],
+        [row["acc_max"] for row in result.history],
+        alpha=0.25,
+        label="min–max",
+    )
+    axis.set(xlabel="round", ylabel="test accuracy", title=title, ylim=(0, 1))
+    axis.legend(loc="lower right")
+    _save(figure, folder / "accuracy.png")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    distance = [row["consensus_distance"] for row in result.history]
+    axis.plot(rounds, distance)
+    if max(distance) > 0:
+        axis.set_yscale("log")  # exact zeros (identical peers) are left out of a log axis
+    axis.set(xlabel="round", ylabel="consensus distance (1/N)Σ‖θᵢ−θ̄‖²", title=title)
+    _save(figure, folder / "consensus_distance.png")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    accuracy = result.peer_accuracy.tolist()
+    axis.bar(range(len(accuracy)), accuracy, width=1.0 if len(accuracy) > 50 else 0.8)
+    axis.set(xlabel="peer", ylabel="final test accuracy", title=title, ylim=(0, 1))
+    _save(figure, folder / "peer_accuracy.png")
+
+
+def _save(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

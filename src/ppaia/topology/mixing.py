@@ -1,0 +1,132 @@
+"""Mixing weights over a graph, and `Mixing`: one sparse averaging step over the peer axis.
+
+Weights are computed per directed link from what a peer can know locally (its own and its neighbours'
+degree and sample count), so a networked peer computes its own row with the same function the simulator
+uses for all rows at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ppaia.registry import Component, Registry
+from ppaia.topology.graphs import PeerGraph
+
+__all__ = ["MIXINGS", "Mixing", "MixingWeights", "mixing_step"]
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """One step ``out[r] = Σ_e weights[e] · params[senders[e]]`` over entries e with ``rows[e] = r``.
+
+    `rows` index the step's local receiver rows (0..n_rows-1); `senders` index the stacked parameters the
+    step reads. Row `target_rows[t]` of the result is written to peer `targets[t]`; peers that are not
+    targets keep their parameters. In the simulator the stacked parameters are all peers; a networked
+    peer runs the same step restricted to its own row (:meth:`for_peer`) over what it received.
+    """
+
+    rows: torch.Tensor
+    senders: torch.Tensor
+    weights: torch.Tensor
+    n_rows: int
+    targets: torch.Tensor
+    target_rows: torch.Tensor
+
+    @classmethod
+    def square(cls, rows: torch.Tensor, senders: torch.Tensor, weights: torch.Tensor, n: int) -> Mixing:
+        """A step in which every peer r receives row r (consensus-style)."""
+        every = torch.arange(n)
+        return cls(rows, senders, weights, n, every, every)
+
+    def weighted_sum(self, params: torch.Tensor) -> torch.Tensor:
+        """The linear combination ``W @ params`` ([n_rows, D]); dense BLAS when W is dense enough."""
+        shape = (self.n_rows, params.shape[0])
+        weights = self.weights.to(params.dtype)
+        if self.rows.numel() * 4 >= shape[0] * shape[1]:
+            dense = torch.zeros(shape, dtype=params.dtype).index_put_(
+                (self.rows, self.senders), weights, True
+            )
+            return dense @ params
+        matrix = torch.sparse_coo_tensor(
+            torch.stack([self.rows, self.senders]), weights, shape, check_invariants=False
+        )
+        return torch.sparse.mm(matrix.coalesce(), params)
+
+    def write(self, params: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Store the step's result rows into the peers they belong to (in place when partial)."""
+        n = params.shape[0]
+        if self.n_rows == n == self.targets.numel() and torch.equal(self.targets, self.target_rows):
+            return out
+        return params.index_copy_(0, self.targets, out[self.target_rows])
+
+    def for_peer(self, peer: int) -> tuple[Mixing, torch.Tensor] | None:
+        """This step as the single peer `peer` sees it: its own row over the senders it hears from.
+
+        Returns the one-row step (senders re-indexed 0..k-1) and the global ids of those k senders, or
+        None when the step does not write to `peer`.
+        """
+        hit = (self.targets == peer).nonzero()
+        if hit.numel() == 0:
+            return None
+        mine = self.rows == self.target_rows[hit[0, 0]]
+        senders, local = torch.unique(self.senders[mine], return_inverse=True)
+        one = torch.zeros(1, dtype=torch.long)
+        return Mixing(torch.zeros_like(local), local, self.weights[mine], 1, one, one), senders
+
+    def transfers(self) -> int:
+        """Models sent by one peer to another in this step (an entry whose sender is not the receiver)."""
+        receiving_peer = torch.full((self.n_rows,), -1, dtype=torch.long)
+        receiving_peer[self.target_rows] = self.targets
+        return int((self.senders != receiving_peer[self.rows]).sum())
+
+
+class MixingWeights(Component):
+    """Weights a receiver gives to each live neighbour; the self weight is 1 minus their sum."""
+
+    def link_weights(
+        self, receivers: torch.Tensor, senders: torch.Tensor, degree: torch.Tensor, n_samples: torch.Tensor
+    ) -> torch.Tensor:
+        """Weight of `senders[e]` at `receivers[e]` for each directed link e (no self links)."""
+        raise NotImplementedError
+
+
+MIXINGS: Registry[MixingWeights] = Registry("mixing")
+
+
+@MIXINGS.register("metropolis")
+class Metropolis(MixingWeights):
+    """Metropolis–Hastings: 1 / (1 + max(deg_i, deg_j)); symmetric, so doubly stochastic."""
+
+    def link_weights(self, receivers, senders, degree, n_samples):
+        return 1.0 / (1.0 + torch.maximum(degree[receivers], degree[senders]).double())
+
+
+@MIXINGS.register("uniform")
+class Uniform(MixingWeights):
+    """Equal weight 1 / (deg_i + 1) over self and neighbours; row-stochastic."""
+
+    def link_weights(self, receivers, senders, degree, n_samples):
+        return 1.0 / (1.0 + degree[receivers].double())
+
+
+@MIXINGS.register("data_size")
+class DataSize(MixingWeights):
+    """Weight proportional to each neighbour's sample count over self and neighbours; row-stochastic."""
+
+    def link_weights(self, receivers, senders, degree, n_samples):
+        sizes = n_samples.double()
+        total = sizes.clone().index_add_(0, receivers, sizes[senders])
+        return sizes[senders] / total[receivers]
+
+
+def mixing_step(weights: MixingWeights, graph: PeerGraph, n_samples: torch.Tensor) -> Mixing:
+    """The full averaging step W over `graph`'s links (plus self weights) for every peer."""
+    receivers, senders = graph.directed()
+    link = weights.link_weights(receivers, senders, graph.degree(), n_samples)
+    self_weight = 1.0 - torch.zeros(graph.n, dtype=torch.float64).index_add_(0, receivers, link)
+    peers = torch.arange(graph.n)
+    return Mixing.square(
+        torch.cat([receivers, peers]), torch.cat([senders, peers]), torch.cat([link, self_weight]), graph.n
+    )
