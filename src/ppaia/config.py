@@ -16,7 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 
 from ppaia.data import DATASETS, PARTITIONERS, DatasetSource, Partitioner
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, InitPolicy, ModelSpec, OptimizerSpec
-from ppaia.registry import Component, Registry, SpecError, spec_to_table
+from ppaia.registry import Component, Registry, SpecError
 from ppaia.rules import RULES, CooperationRule
 from ppaia.topology import MIXINGS, TOPOLOGIES, MixingWeights, Topology
 
@@ -54,6 +54,17 @@ RuleField = Annotated[CooperationRule, _component(RULES), _as_table]
 TopologyField = Annotated[Topology, _component(TOPOLOGIES), _as_table]
 MixingField = Annotated[MixingWeights, _component(MIXINGS), _as_table]
 OptimizerField = Annotated[OptimizerSpec, _component(OPTIMIZERS), _as_table]
+
+COMPONENT_FIELDS: dict[str, Registry] = {
+    "dataset": DATASETS,
+    "partition": PARTITIONERS,
+    "model": MODELS,
+    "init": INIT_POLICIES,
+    "rule": RULES,
+    "topology": TOPOLOGIES,
+    "mixing": MIXINGS,
+    "optimizer": OPTIMIZERS,
+}
 
 
 class ExperimentConfig(BaseModel):
@@ -124,10 +135,11 @@ def apply_overrides(table: Mapping[str, Any], overrides: list[str]) -> dict[str,
         if not option:
             result[field] = value
             continue
-        if field not in ExperimentConfig.model_fields:
-            raise ConfigError(f"--set {override!r}: unknown field {field!r}")
+        if field not in COMPONENT_FIELDS:
+            raise ConfigError(f"--set {override!r}: {field!r} is not a field with options")
+        current = result.get(field, ExperimentConfig.model_fields[field].default)
         try:
-            spec = spec_to_table(result.get(field, ExperimentConfig.model_fields[field].default))
+            spec = COMPONENT_FIELDS[field].normalize(_model_spec(current) if field == "model" else current)
         except SpecError as err:
             raise ConfigError(f"--set {override!r}: {field}: {err}") from None
         result[field] = {**spec, option: value}

@@ -41,10 +41,20 @@ class Component(BaseModel):
 T = TypeVar("T", bound=Component)
 
 
+TOML_WORDS = {"true": True, "false": False}
+
+
+class _TomlBooleans(ast.NodeTransformer):
+    """Let specs say ``true``/``false`` as in TOML, besides Python's ``True``/``False``."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return ast.Constant(TOML_WORDS[node.id]) if node.id in TOML_WORDS else node
+
+
 def _literal(node: ast.expr, text: str) -> Any:
     try:
-        return ast.literal_eval(node)  # literals only: numbers, strings, lists, dicts, booleans
-    except ValueError as err:
+        return ast.literal_eval(_TomlBooleans().visit(node))  # literals only: numbers, strings, lists
+    except (ValueError, TypeError, SyntaxError, RecursionError) as err:
         raise SpecError(f"{text!r}: arguments must be literals (numbers, strings, lists)") from err
 
 
@@ -63,9 +73,11 @@ def parse_spec(text: str) -> dict[str, Any]:
         return {"name": tree.id}
     if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)):
         raise SpecError(f"{text!r} is not of the form name or name(arg, key=value)")
+    if any(kw.arg is None for kw in tree.keywords) or any(isinstance(a, ast.Starred) for a in tree.args):
+        raise SpecError(f"{text!r}: * and ** arguments are not supported; write each option out")
     table: dict[Any, Any] = {"name": tree.func.id}
     table.update({i: _literal(arg, text) for i, arg in enumerate(tree.args)})
-    table.update({kw.arg: _literal(kw.value, text) for kw in tree.keywords if kw.arg})
+    table.update({kw.arg: _literal(kw.value, text) for kw in tree.keywords})
     return table
 
 
@@ -106,19 +118,26 @@ class Registry(Generic[T]):
             known = ", ".join(sorted(self._items))
             raise SpecError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
-    def create(self, spec: str | Mapping[str, Any] | T) -> T:
-        """Build a component from a spec; option errors are pydantic ValidationErrors naming the option."""
-        if isinstance(spec, Component):
-            return spec  # type: ignore[return-value]
+    def normalize(self, spec: str | Mapping[str, Any]) -> dict[str, Any]:
+        """The spec as a table of named options: positional arguments mapped in declaration order."""
         table = spec_to_table(spec)
-        cls = self.get(str(table.pop("name")))
+        cls = self.get(str(table["name"]))
         options = list(cls.model_fields)
         positional = sorted(k for k in table if isinstance(k, int))
         if len(positional) > len(options):
             raise SpecError(f"{cls.name} takes at most {len(options)} arguments, got {len(positional)}")
         for index in positional:
+            if options[index] in table:
+                raise SpecError(f"{cls.name} got two values for {options[index]!r}")
             table[options[index]] = table.pop(index)
-        return cls(**table)
+        return table
+
+    def create(self, spec: str | Mapping[str, Any] | T) -> T:
+        """Build a component from a spec; option errors are pydantic ValidationErrors naming the option."""
+        if isinstance(spec, Component):
+            return spec  # type: ignore[return-value]
+        table = self.normalize(spec)
+        return self.get(table.pop("name"))(**table)
 
     def __iter__(self) -> Iterator[tuple[str, type[T]]]:
         return iter(sorted(self._items.items()))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-import itertools
 import inspect
+import itertools
 import math
 from collections.abc import Callable
 

@@ -174,9 +174,9 @@ class Simulation:
         cfg, params = self.config, self.params.clone()
         model_bytes = self.layout.size * BYTES_PER_VALUE
         total = 0
-        started = time.perf_counter()
         accuracy, loss = self.evaluate(params)
         history = [metrics_row(0, accuracy, loss, params, 0, 0, 0.0)]
+        started = time.perf_counter()
         for round_ in range(1, cfg.rounds + 1):
             plan = self.rule.plan(self.round_context(round_))
             params = self.cooperate(plan, self.train(params, round_, plan.trainers))
