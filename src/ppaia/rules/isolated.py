@@ -1,4 +1,4 @@
-"""Baselines: no cooperation at all, and all data pooled on one model."""
+"""Isolated training: the lower baseline."""
 
 from __future__ import annotations
 
@@ -11,12 +11,4 @@ from ppaia.rules.base import RULES, CooperationRule
 class Isolated(CooperationRule):
     """No cooperation: every peer trains only on its own data (the lower baseline)."""
 
-    uses_topology: ClassVar[bool] = False
-
-
-@RULES.register("centralized")
-class Centralized(CooperationRule):
-    """All peers' data pooled on a single model (the upper baseline)."""
-
-    pooled: ClassVar[bool] = True
     uses_topology: ClassVar[bool] = False
