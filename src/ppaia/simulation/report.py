@@ -21,16 +21,6 @@ from ppaia.simulation.engine import METRIC_COLUMNS, RunResult
 
 __all__ = ["OutputError", "check_output_dir", "write_outputs"]
 
-OUTPUT_FILES = (
-    "config.toml",
-    "metrics.csv",
-    "summary.json",
-    "peers.csv",
-    "accuracy.png",
-    "consensus_distance.png",
-    "peer_accuracy.png",
-)
-
 
 class OutputError(ValueError):
     """An output folder that cannot be used."""
