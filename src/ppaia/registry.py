@@ -41,21 +41,24 @@ class Component(BaseModel):
 T = TypeVar("T", bound=Component)
 
 
-TOML_WORDS = {"true": True, "false": False}
-
-
-class _TomlBooleans(ast.NodeTransformer):
-    """Let specs say ``true``/``false`` as in TOML, besides Python's ``True``/``False``."""
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:
-        return ast.Constant(TOML_WORDS[node.id]) if node.id in TOML_WORDS else node
+WORDS = {"true": True, "false": False, "True": True, "False": False, "None": None}
 
 
 def _literal(node: ast.expr, text: str) -> Any:
-    try:
-        return ast.literal_eval(_TomlBooleans().visit(node))  # literals only: numbers, strings, lists
-    except (ValueError, TypeError, SyntaxError, RecursionError) as err:
-        raise SpecError(f"{text!r}: arguments must be literals (numbers, strings, lists)") from err
+    """The value of a literal argument: number, string, boolean (TOML or Python spelling), list, table."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in WORDS:
+        return WORDS[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = _literal(node.operand, text)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.List | ast.Tuple):
+        return [_literal(item, text) for item in node.elts]
+    if isinstance(node, ast.Dict) and all(isinstance(key, ast.Constant) for key in node.keys):
+        return {key.value: _literal(value, text) for key, value in zip(node.keys, node.values, strict=True)}
+    raise SpecError(f"{text!r}: arguments must be literals (numbers, strings, booleans, lists, tables)")
 
 
 def parse_spec(text: str) -> dict[str, Any]:
