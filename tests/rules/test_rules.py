@@ -24,7 +24,7 @@ def params(seed=0):
 def run_plan(spec, ctx, theta):
     rule = RULES.create(spec)
     plan = rule.plan(ctx)
-    return rule, plan, apply_plan(rule, plan, theta.clone())
+    return rule, plan, apply_plan(rule, plan, theta.clone(), ctx)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_batched_and_per_peer_forms_agree(spec, mixing, link_up):
     rule, plan, batched = run_plan(spec, ctx, theta)
     models = list(theta.clone())
     for step in plan.steps:
-        models = apply_step_per_peer(rule, step, models)
+        models = apply_step_per_peer(rule, step, models, ctx)
     torch.testing.assert_close(torch.stack(models), batched, rtol=1e-12, atol=1e-12)
 
 

@@ -169,17 +169,20 @@ def test_for_peer_reproduces_each_row_of_the_full_product(mixing: str) -> None:
     x = params(graph.n)
     full = step.weighted_sum(x)
     for peer in range(graph.n):
-        mine, senders = step.for_peer(peer)
+        mine = step.for_peer(peer)
+        senders = mine.sender_ids
         expected_senders = sorted([peer, *graph.neighbours(peer).tolist()])
         assert senders.tolist() == expected_senders
-        assert mine.n_rows == 1
+        assert mine.n_rows == 1 and mine.receiver_ids().tolist() == [peer]
+        assert mine.sender_peers().sort().values.tolist() == expected_senders
         assert torch.allclose(mine.weighted_sum(x[senders]), full[peer : peer + 1])
 
 
 def test_for_peer_of_a_partial_step() -> None:
     step = pair_step()
     x = params(6)
-    mine, senders = step.for_peer(5)
+    mine = step.for_peer(5)
+    senders = mine.sender_ids
     assert senders.tolist() == [2, 5]
     assert torch.allclose(mine.weighted_sum(x[senders])[0], (x[2] + x[5]) / 2)
     assert step.for_peer(0) is None
@@ -205,3 +208,22 @@ def test_repeated_metropolis_mixing_reaches_the_average(topology: str) -> None:
     for _ in range(400):
         x = step.write(x, step.weighted_sum(x))
     assert torch.allclose(x, target, atol=1e-8)
+
+
+def test_gather_lays_each_receivers_senders_side_by_side() -> None:
+    graph = graph_of("star")
+    step = mixing_step(MIXINGS.create("uniform"), graph, samples(graph.n))
+    x = params(graph.n)
+    hood = step.gather(x)
+    degree = graph.degree()
+    assert hood.values.shape == (graph.n, int(degree.max()) + 1, x.shape[1])
+    assert hood.mask.sum(1).tolist() == (degree + 1).tolist()
+    for peer in range(graph.n):
+        ids = hood.ids[peer][hood.mask[peer]]
+        assert sorted(ids.tolist()) == sorted([peer, *graph.neighbours(peer).tolist()])
+        assert torch.equal(hood.values[peer][hood.mask[peer]], x[ids])
+        assert torch.allclose(
+            (hood.weights[peer] * hood.mask[peer]).sum(), torch.tensor(1.0, dtype=torch.float64)
+        )
+    part = step.gather(x, slice(2, 5))
+    assert torch.equal(part.ids, hood.ids[2:5, : part.ids.shape[1]])

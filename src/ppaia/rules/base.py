@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import torch
 
+from ppaia.learning.holdout import PeerLearning
 from ppaia.registry import Component, Registry
 from ppaia.topology.graphs import PeerGraph
 from ppaia.topology.mixing import Mixing, MixingWeights
@@ -43,6 +44,7 @@ class RoundContext:
     mixing: MixingWeights
     link_up: float
     generator: torch.Generator
+    learner: PeerLearning | None = None  # the model and each peer's held-out data, for rules that learn
 
     @property
     def n_peers(self) -> int:
@@ -82,23 +84,30 @@ class CooperationRule(Component):
         """Who trains and which mixing steps run this round."""
         return RoundPlan()
 
-    def combine(self, params: torch.Tensor, step: Mixing) -> torch.Tensor:
-        """The step's result rows from stacked parameters; linear averaging by default."""
+    def combine(self, params: torch.Tensor, step: Mixing, ctx: RoundContext) -> torch.Tensor:
+        """The step's result rows from stacked parameters; linear averaging by default.
+
+        `params` are the parameters the step reads (all peers in the simulator, the received ones in a
+        single peer: see ``step.sender_ids``); a rule that learns or keeps per-peer state reads the ids of
+        the receivers (``step.receiver_ids()``) and senders (``step.sender_peers()``).
+        """
         return step.weighted_sum(params)
 
 
 RULES: Registry[CooperationRule] = Registry("rule")
 
 
-def apply_plan(rule: CooperationRule, plan: RoundPlan, params: torch.Tensor) -> torch.Tensor:
+def apply_plan(
+    rule: CooperationRule, plan: RoundPlan, params: torch.Tensor, ctx: RoundContext
+) -> torch.Tensor:
     """Batched executor: run the plan's steps for all peers at once."""
     for step in plan.steps:
-        params = step.write(params, rule.combine(params, step))
+        params = step.write(params, rule.combine(params, step, ctx))
     return params
 
 
 def apply_step_per_peer(
-    rule: CooperationRule, step: Mixing, models: list[torch.Tensor]
+    rule: CooperationRule, step: Mixing, models: list[torch.Tensor], ctx: RoundContext
 ) -> list[torch.Tensor]:
     """Per-peer executor: each peer combines its own row over the models it received.
 
@@ -107,9 +116,8 @@ def apply_step_per_peer(
     """
     updated = list(models)
     for peer in range(len(models)):
-        view = step.for_peer(peer)
-        if view is not None:
-            own_row, senders = view
-            received = torch.stack([models[s] for s in senders.tolist()])
-            updated[peer] = rule.combine(received, own_row)[0]
+        own_row = step.for_peer(peer)
+        if own_row is not None:
+            received = torch.stack([models[s] for s in own_row.sender_ids.tolist()])
+            updated[peer] = rule.combine(received, own_row, ctx)[0]
     return updated

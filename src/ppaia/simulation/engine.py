@@ -158,8 +158,8 @@ class Simulation:
     def train(self, params: torch.Tensor, round_: int, trainers: torch.Tensor | None) -> torch.Tensor:
         return self.trainer.train(params, round_, trainers)
 
-    def cooperate(self, plan: RoundPlan, params: torch.Tensor) -> torch.Tensor:
-        return apply_plan(self.rule, plan, params)
+    def cooperate(self, plan: RoundPlan, params: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
+        return apply_plan(self.rule, plan, params, ctx)
 
     def evaluate(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.evaluator(params)
@@ -178,8 +178,9 @@ class Simulation:
         history = [metrics_row(0, accuracy, loss, params, 0, 0, 0.0)]
         started = time.perf_counter()
         for round_ in range(1, cfg.rounds + 1):
-            plan = self.rule.plan(self.round_context(round_))
-            params = self.cooperate(plan, self.train(params, round_, plan.trainers))
+            ctx = self.round_context(round_)
+            plan = self.rule.plan(ctx)
+            params = self.cooperate(plan, self.train(params, round_, plan.trainers), ctx)
             sent = plan.models_sent() * model_bytes
             total += sent
             row = None

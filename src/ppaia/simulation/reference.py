@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ppaia.learning import epoch_order
-from ppaia.rules import RoundPlan, apply_step_per_peer
+from ppaia.rules import RoundContext, RoundPlan, apply_step_per_peer
 from ppaia.simulation.engine import Simulation
 
 __all__ = ["ReferenceSimulation"]
@@ -43,10 +43,10 @@ class ReferenceSimulation(Simulation):
             params[peer] = self.layout.flatten(module)
         return params
 
-    def cooperate(self, plan: RoundPlan, params: torch.Tensor) -> torch.Tensor:
+    def cooperate(self, plan: RoundPlan, params: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
         models = list(params)
         for step in plan.steps:
-            models = apply_step_per_peer(self.rule, step, models)
+            models = apply_step_per_peer(self.rule, step, models, ctx)
         return torch.stack(models)
 
     @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 from ppaia.registry import Component, Registry
 from ppaia.topology.graphs import PeerGraph
 
-__all__ = ["MIXINGS", "Mixing", "MixingWeights", "mixing_step"]
+__all__ = ["MIXINGS", "Mixing", "MixingWeights", "Neighbourhoods", "mixing_step"]
 
 
 @dataclass(frozen=True)
@@ -22,9 +22,10 @@ class Mixing:
     """One step ``out[r] = Σ_e weights[e] · params[senders[e]]`` over entries e with ``rows[e] = r``.
 
     `rows` index the step's local receiver rows (0..n_rows-1); `senders` index the stacked parameters the
-    step reads. Row `target_rows[t]` of the result is written to peer `targets[t]`; peers that are not
-    targets keep their parameters. In the simulator the stacked parameters are all peers; a networked
-    peer runs the same step restricted to its own row (:meth:`for_peer`) over what it received.
+    step reads, whose peer ids are `sender_ids` (None: stacked row s is peer s). Row `target_rows[t]` of
+    the result is written to peer `targets[t]`; peers that are not targets keep their parameters. In the
+    simulator the stacked parameters are all peers; a networked peer runs the same step restricted to its
+    own row (:meth:`for_peer`) over what it received.
     """
 
     rows: torch.Tensor
@@ -33,6 +34,7 @@ class Mixing:
     n_rows: int
     targets: torch.Tensor
     target_rows: torch.Tensor
+    sender_ids: torch.Tensor | None = None
 
     @classmethod
     def square(cls, rows: torch.Tensor, senders: torch.Tensor, weights: torch.Tensor, n: int) -> Mixing:
@@ -61,25 +63,66 @@ class Mixing:
             return out
         return params.index_copy_(0, self.targets, out[self.target_rows])
 
-    def for_peer(self, peer: int) -> tuple[Mixing, torch.Tensor] | None:
-        """This step as the single peer `peer` sees it: its own row over the senders it hears from.
+    def for_peer(self, peer: int) -> Mixing | None:
+        """This step as the single peer `peer` sees it: its own row over the k senders it hears from.
 
-        Returns the one-row step (senders re-indexed 0..k-1) and the global ids of those k senders, or
-        None when the step does not write to `peer`.
+        The returned one-row step reads a stack of those k senders' parameters (their peer ids are its
+        `sender_ids`); None when the step does not write to `peer`.
         """
         hit = (self.targets == peer).nonzero()
         if hit.numel() == 0:
             return None
         mine = self.rows == self.target_rows[hit[0, 0]]
-        senders, local = torch.unique(self.senders[mine], return_inverse=True)
-        one = torch.zeros(1, dtype=torch.long)
-        return Mixing(torch.zeros_like(local), local, self.weights[mine], 1, one, one), senders
+        senders, local = torch.unique(self.sender_peers()[mine], return_inverse=True)
+        zero = torch.zeros(1, dtype=torch.long)
+        return Mixing(
+            torch.zeros_like(local), local, self.weights[mine], 1, torch.tensor([peer]), zero, senders
+        )
+
+    def sender_peers(self) -> torch.Tensor:
+        """Peer id of each entry's sender."""
+        return self.senders if self.sender_ids is None else self.sender_ids[self.senders]
+
+    def receiver_ids(self) -> torch.Tensor:
+        """Peer receiving each result row (-1 for none; a row broadcast to several peers gives the last)."""
+        receivers = torch.full((self.n_rows,), -1, dtype=torch.long)
+        receivers[self.target_rows] = self.targets
+        return receivers
 
     def transfers(self) -> int:
         """Models sent by one peer to another in this step (an entry whose sender is not the receiver)."""
-        receiving_peer = torch.full((self.n_rows,), -1, dtype=torch.long)
-        receiving_peer[self.target_rows] = self.targets
-        return int((self.senders != receiving_peer[self.rows]).sum())
+        return int((self.sender_peers() != self.receiver_ids()[self.rows]).sum())
+
+    def gather(self, params: torch.Tensor, rows: slice | None = None) -> Neighbourhoods:
+        """Each result row's senders side by side, padded: the input of a non-linear (robust) rule."""
+        keep = slice(None) if rows is None else (self.rows >= rows.start) & (self.rows < rows.stop)
+        first = 0 if rows is None else rows.start
+        n_rows = self.n_rows if rows is None else rows.stop - rows.start
+        row, sender, weight = self.rows[keep] - first, self.senders[keep], self.weights[keep]
+        order = torch.argsort(row, stable=True)
+        row, sender, weight = row[order], sender[order], weight[order]
+        counts = torch.bincount(row, minlength=n_rows)
+        slot = torch.arange(row.numel()) - (torch.cumsum(counts, 0) - counts)[row]
+        width = int(counts.max()) if row.numel() else 0
+        values = params.new_zeros(n_rows, width, params.shape[1])
+        values[row, slot] = params[sender]
+        mask = torch.zeros(n_rows, width, dtype=torch.bool)
+        mask[row, slot] = True
+        weights = torch.zeros(n_rows, width, dtype=torch.float64)
+        weights[row, slot] = weight.double()
+        ids = torch.full((n_rows, width), -1, dtype=torch.long)
+        ids[row, slot] = self.sender_peers()[keep][order]
+        return Neighbourhoods(values, mask, weights, ids)
+
+
+@dataclass(frozen=True)
+class Neighbourhoods:
+    """What each receiver heard in one step, padded to the widest row: values [R, M, D], mask [R, M]."""
+
+    values: torch.Tensor
+    mask: torch.Tensor
+    weights: torch.Tensor
+    ids: torch.Tensor
 
 
 class MixingWeights(Component):
