@@ -27,8 +27,10 @@ def test_unequal_peers_each_do_their_own_epochs_like_a_per_peer_loop():
     model = MODELS.create("mlp(hidden=[8])").build((6,), 3)
     layout = ParamLayout.of(model)
     optimizer = OPTIMIZERS.create("sgd(momentum=0.5)")
-    start = INIT_POLICIES.create("independent").initial_params(
-        lambda: MODELS.create("mlp(hidden=[8])").build((6,), 3), 4, 0, None
+    start = (
+        INIT_POLICIES.create("independent")
+        .initial_params(lambda: MODELS.create("mlp(hidden=[8])").build((6,), 3), 4, 0, None)
+        .params
     )
     trainer = BatchedTrainer(model, data, batch_size=8, epochs=2, optimizer=optimizer, lr=0.1, seed=3)
     batched = trainer.train(start.clone(), round_=1)
@@ -74,11 +76,12 @@ def test_init_policies():
     def build():
         return MODELS.create("logistic").build((4,), 2)
 
-    common = INIT_POLICIES.create("common").initial_params(build, 5, seed=1, graph=None)
+    common = INIT_POLICIES.create("common").initial_params(build, 5, seed=1, graph=None).params
     assert torch.equal(common, common[:1].expand(5, -1))
-    independent = INIT_POLICIES.create("independent").initial_params(build, 5, seed=1, graph=None)
+    independent = INIT_POLICIES.create("independent").initial_params(build, 5, seed=1, graph=None).params
     assert all(not torch.equal(independent[0], independent[i]) for i in range(1, 5))
-    assert torch.equal(independent, INIT_POLICIES.create("independent").initial_params(build, 5, 1, None))
+    again = INIT_POLICIES.create("independent").initial_params(build, 5, 1, None).params
+    assert torch.equal(independent, again)
     state = torch.get_rng_state()
     INIT_POLICIES.create("common").initial_params(build, 2, seed=9, graph=None)
     assert torch.equal(state, torch.get_rng_state()), "init must not disturb the global RNG"

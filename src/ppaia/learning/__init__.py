@@ -1,7 +1,7 @@
 """Local learning: models, flat parameter layout, batched optimizers, training and evaluation."""
 
 from ppaia.learning.evaluate import BatchedEvaluator
-from ppaia.learning.init import INIT_POLICIES, InitPolicy, seeded_model
+from ppaia.learning.init import INIT_POLICIES, Initialization, InitPolicy, independent_params, seeded_model
 from ppaia.learning.layout import ParamLayout
 from ppaia.learning.local import BatchedTrainer, LocalData, epoch_order
 from ppaia.learning.models import MODELS, ImportedModel, ModelError, ModelSpec
@@ -15,11 +15,13 @@ __all__ = [
     "BatchedTrainer",
     "ImportedModel",
     "InitPolicy",
+    "Initialization",
     "LocalData",
     "ModelError",
     "ModelSpec",
     "OptimizerSpec",
     "ParamLayout",
     "epoch_order",
+    "independent_params",
     "seeded_model",
 ]

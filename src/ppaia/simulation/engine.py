@@ -133,7 +133,8 @@ class Simulation:
                 "simulated as stacked parameters only: use GroupNorm/LayerNorm instead"
             )
         self.layout = ParamLayout.of(self.model)
-        self.params = self.rule.initialize(cfg.init.initial_params(self.build_model, n, cfg.seed, self.graph))
+        self.init = cfg.init.initial_params(self.build_model, n, cfg.seed, self.graph)
+        self.params = self.rule.initialize(self.init.params)
         self.trainer = BatchedTrainer(
             self.model,
             self.data,
