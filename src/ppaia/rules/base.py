@@ -75,6 +75,7 @@ class CooperationRule(Component):
 
     pooled: ClassVar[bool] = False  # True: all data on one model (the centralized baseline)
     uses_topology: ClassVar[bool] = True  # False: the topology and mixing settings are ignored
+    reports_local_phase: ClassVar[bool] = False  # True: also evaluate right after local training
 
     def initialize(self, params: torch.Tensor) -> torch.Tensor:
         """Adjust the initial parameters of all peers (e.g. a server's model broadcast to everyone)."""
