@@ -12,8 +12,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import tomli_w
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
 
+from ppaia.attacks import ATTACKS, Attack
 from ppaia.data import DATASETS, PARTITIONERS, DatasetSource, Partitioner
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, InitPolicy, ModelSpec, OptimizerSpec
 from ppaia.registry import Component, Registry, SpecError
@@ -54,6 +63,7 @@ RuleField = Annotated[CooperationRule, _component(RULES), _as_table]
 TopologyField = Annotated[Topology, _component(TOPOLOGIES), _as_table]
 MixingField = Annotated[MixingWeights, _component(MIXINGS), _as_table]
 OptimizerField = Annotated[OptimizerSpec, _component(OPTIMIZERS), _as_table]
+AttackField = Annotated[Attack, _component(ATTACKS), _as_table]
 
 COMPONENT_FIELDS: dict[str, Registry] = {
     "dataset": DATASETS,
@@ -64,6 +74,7 @@ COMPONENT_FIELDS: dict[str, Registry] = {
     "topology": TOPOLOGIES,
     "mixing": MIXINGS,
     "optimizer": OPTIMIZERS,
+    "attack": ATTACKS,
 }
 
 
@@ -78,6 +89,9 @@ class ExperimentConfig(BaseModel):
     dataset: DatasetField = Field(default="digits", description="dataset by name")
     partition: PartitionField = Field(default="dirichlet(0.5)", description="how data is split over peers")
     min_samples: int = Field(default=2, ge=1, description="fewest training samples a peer may get")
+    holdout: float = Field(
+        default=0.0, ge=0, lt=1, description="share of each peer's data held out for rules that validate"
+    )
     model: ModelField = Field(default="mlp", description="model by name, or 'package.module:factory'")
     init: InitField = Field(default="common", description="initial parameters of the peers")
     rule: RuleField = Field(default="consensus", description="cooperation rule")
@@ -90,6 +104,15 @@ class ExperimentConfig(BaseModel):
     lr: float = Field(default=0.05, gt=0, description="learning rate")
     optimizer: OptimizerField = Field(default="sgd", description="sgd(momentum, weight_decay) or adam(...)")
     eval_every: int = Field(default=1, ge=1, description="evaluate every this many rounds (and the last)")
+    eval_local_phase: bool = Field(default=False, description="also evaluate right after local training")
+    attack: AttackField | None = Field(default=None, description="what Byzantine peers do")
+    attackers: float = Field(default=0.0, ge=0, lt=1, description="share of peers that attack (by seed)")
+
+    @model_validator(mode="after")
+    def _attack_needs_attackers(self) -> ExperimentConfig:
+        if (self.attack is None) != (self.attackers == 0):
+            raise ValueError("attack and attackers go together: name an attack and a share of peers > 0")
+        return self
 
     def to_table(self) -> dict[str, Any]:
         """The fully resolved config as TOML-ready data (None options are left out)."""

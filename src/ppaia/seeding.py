@@ -23,6 +23,8 @@ class Stream(enum.IntEnum):
     LINKS = 4
     PARTITION = 5
     TOPOLOGY = 6
+    ATTACK = 7
+    HOLDOUT = 8
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:

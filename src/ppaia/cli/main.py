@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ppaia.attacks import ATTACKS
 from ppaia.config import ConfigError, ExperimentConfig, format_validation_error, load_config
 from ppaia.data import DATASETS, PARTITIONERS, DataError, PartitionError
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError
@@ -52,6 +53,7 @@ REGISTRIES: tuple[tuple[str, Registry], ...] = (
     ("topologies", TOPOLOGIES),
     ("mixing weights", MIXINGS),
     ("cooperation rules", RULES),
+    ("attacks", ATTACKS),
 )
 
 

@@ -1,4 +1,4 @@
-"""Initial parameters for all peers: one shared model, or each peer its own."""
+"""Initial parameters for all peers: one shared model, each peer its own, or the largest-norm one."""
 
 from __future__ import annotations
 
@@ -12,8 +12,18 @@ from ppaia.learning.layout import ParamLayout
 from ppaia.registry import Component, Registry
 from ppaia.seeding import Stream, derive_seed
 from ppaia.topology.graphs import PeerGraph
+from ppaia.topology.mixing import MIXINGS, Mixing, mixing_step
 
-__all__ = ["INIT_POLICIES", "InitPolicy", "Initialization", "independent_params", "seeded_model"]
+__all__ = [
+    "INIT_POLICIES",
+    "InitPolicy",
+    "Initialization",
+    "adopt_smallest",
+    "independent_params",
+    "max_norm_sync",
+    "norm_ranks",
+    "seeded_model",
+]
 
 
 def seeded_model(build: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -66,3 +76,55 @@ def independent_params(build: Callable[[], nn.Module], n: int, seed: int) -> tor
     models = [seeded_model(build, derive_seed(seed, Stream.INIT, peer)) for peer in range(n)]
     layout = ParamLayout.of(models[0])
     return torch.stack([layout.flatten(model) for model in models])
+
+
+@INIT_POLICIES.register("max_norm")
+class MaxNorm(InitPolicy):
+    """Each peer draws its own model, then all adopt the largest-norm one by max-consensus (P2PL).
+
+    Cost model (flooding): in step t every peer whose model changed in step t-1 (every peer in step 1)
+    sends its parameters to each of its neighbours; the last step, in which nobody changes, tells the
+    peers they agree. `steps` counts the steps in which some peer changed (at most the graph's
+    diameter), `models_sent` the parameters sent over all steps. Without links nobody sends or changes.
+    """
+
+    def initial_params(self, build, n, seed, graph):
+        return max_norm_sync(independent_params(build, n, seed), graph)
+
+
+def norm_ranks(params: torch.Tensor) -> torch.Tensor:
+    """Each peer's place when ordered by parameter ℓ2 norm, largest first (equal norms: smaller id first)."""
+    order = torch.argsort(params.double().norm(dim=1), descending=True, stable=True)
+    return torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
+
+
+def adopt_smallest(ranks: torch.Tensor, step: Mixing) -> torch.Tensor:
+    """One max-consensus step: each of the step's rows takes the smallest rank among its senders.
+
+    `ranks` are those of the stacked models the step reads: every peer's in the simulator, or in a
+    single peer those it received (its own among them) with ``step.for_peer(peer)``.
+    """
+    out = ranks.new_full((step.n_rows,), torch.iinfo(ranks.dtype).max)
+    return out.scatter_reduce(0, step.rows, ranks[step.senders], "amin")
+
+
+def max_norm_sync(params: torch.Tensor, graph: PeerGraph | None) -> Initialization:
+    """Max-consensus on parameter norm over `graph` until no peer changes (cost model: :class:`MaxNorm`).
+
+    Each peer ends with the largest-norm model it can reach: the global one on a connected graph.
+    """
+    if graph is None:
+        return Initialization(params)
+    step = mixing_step(MIXINGS.create("uniform"), graph, torch.ones(graph.n))  # closed neighbourhoods
+    degree = graph.degree()
+    ranks = norm_ranks(params)
+    owner = torch.argsort(ranks)  # the peer whose own draw has each rank
+    changed = torch.ones(graph.n, dtype=torch.bool)
+    steps = sent = 0
+    while True:
+        sent += int(degree[changed].sum())
+        adopted = adopt_smallest(ranks, step)
+        changed = adopted != ranks
+        if not changed.any():
+            return Initialization(params[owner[ranks]], steps, sent)
+        ranks, steps = adopted, steps + 1

@@ -77,6 +77,9 @@ class CooperationRule(Component):
     uses_topology: ClassVar[bool] = True  # False: the topology and mixing settings are ignored
     reports_local_phase: ClassVar[bool] = False  # True: also evaluate right after local training
 
+    def reset(self, n_peers: int) -> None:
+        """Forget state learned in an earlier run (called when a run starts)."""
+
     def initialize(self, params: torch.Tensor) -> torch.Tensor:
         """Adjust the initial parameters of all peers (e.g. a server's model broadcast to everyone)."""
         return params
@@ -84,6 +87,10 @@ class CooperationRule(Component):
     def plan(self, ctx: RoundContext) -> RoundPlan:
         """Who trains and which mixing steps run this round."""
         return RoundPlan()
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """State worth recording at each evaluated round (e.g. a learned trust matrix), by name."""
+        return {}
 
     def combine(self, params: torch.Tensor, step: Mixing, ctx: RoundContext) -> torch.Tensor:
         """The step's result rows from stacked parameters; linear averaging by default.

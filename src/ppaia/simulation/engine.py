@@ -1,45 +1,33 @@
 """The peer-batched simulator: all peers' parameters are one ``[N, D]`` tensor.
 
 Each round: the rule plans (who trains, who mixes with whom), the chosen peers train in one batched
-computation, the rule's mixing steps run over the peer axis, and every peer is evaluated on the shared
-test set. :class:`Simulation` keeps these three phases as methods so that the reference executor can
-replace them with a plain per-peer loop and be compared number for number.
+computation, attackers (if any) replace what they send, the rule's mixing steps run over the peer axis,
+and every peer is evaluated on the shared test set. :class:`Simulation` keeps training, cooperation and
+evaluation as methods so that the reference executor can replace them with a plain per-peer loop and be
+compared number for number.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from ppaia.attacks import Adversary, choose_attackers
 from ppaia.config import ExperimentConfig
 from ppaia.data import label_histogram
 from ppaia.learning import BatchedEvaluator, BatchedTrainer, LocalData, ModelError, ParamLayout
+from ppaia.learning.holdout import PeerLearning, split_holdout
 from ppaia.rules import RoundContext, RoundPlan, apply_plan
 from ppaia.seeding import Stream, derive_seed, generator
+from ppaia.simulation.metrics import METRIC_COLUMNS, local_phase, metrics_row
 from ppaia.topology import PeerGraph, build_graph
 
 __all__ = ["METRIC_COLUMNS", "RunResult", "Simulation", "run"]
-
-METRIC_COLUMNS = (
-    "round",
-    "acc_mean",
-    "acc_min",
-    "acc_max",
-    "acc_std",
-    "loss_mean",
-    "loss_min",
-    "loss_max",
-    "loss_std",
-    "consensus_distance",
-    "bytes_sent",
-    "bytes_cumulative",
-    "wall_s",
-)
 
 BYTES_PER_VALUE = 4  # models travel as float32
 
@@ -57,7 +45,10 @@ class RunResult:
     params: torch.Tensor
     n_samples: torch.Tensor
     label_histogram: np.ndarray
+    attackers: torch.Tensor
     setup_s: float
+    init_steps: int = 0
+    snapshots: dict[str, list[tuple[int, torch.Tensor]]] = field(default_factory=dict)
 
     @property
     def final(self) -> dict[str, float]:
@@ -70,38 +61,13 @@ class RunResult:
             "peers": int(self.params.shape[0]),
             "params_per_model": int(self.params.shape[1]),
             "setup_s": round(self.setup_s, 4),
+            "init_steps": self.init_steps,
+            "init_bytes": self.history[0]["bytes_sent"],
+            "attackers": self.attackers.nonzero().flatten().tolist(),
             "peer_accuracy": self.peer_accuracy.tolist(),
             "peer_loss": self.peer_loss.tolist(),
             "peer_samples": self.n_samples.tolist(),
         }
-
-
-def metrics_row(
-    round_: int,
-    accuracy: torch.Tensor,
-    loss: torch.Tensor,
-    params: torch.Tensor,
-    sent: int,
-    total: int,
-    wall: float,
-) -> dict[str, float]:
-    """One row of ``metrics.csv``: spread of test accuracy and loss over peers, consensus distance, bytes."""
-    wide = params.double()  # float64: identical peers give exactly 0
-    spread = (wide - wide.mean(0)).square().sum(1).mean()
-    row: dict[str, float] = {"round": round_}
-    for name, values in (("acc", accuracy), ("loss", loss)):
-        row |= {
-            f"{name}_mean": values.mean().item(),
-            f"{name}_min": values.min().item(),
-            f"{name}_max": values.max().item(),
-            f"{name}_std": values.std(unbiased=False).item(),
-        }
-    return row | {
-        "consensus_distance": spread.item(),
-        "bytes_sent": sent,
-        "bytes_cumulative": total,
-        "wall_s": wall,
-    }
 
 
 class Simulation:
@@ -118,14 +84,10 @@ class Simulation:
         )
         if self.rule.pooled:
             parts = [np.concatenate(parts)]
-        self.histogram = label_histogram(labels, parts, self.dataset.n_classes)
-        self.data = LocalData.from_parts(self.dataset.x_train, self.dataset.y_train, parts)
         n = len(parts)
-        if self.rule.uses_topology:
-            topology_seed = derive_seed(cfg.seed, Stream.TOPOLOGY)
-            self.graph = build_graph(cfg.topology, n, topology_seed, cfg.allow_disconnected)
-        else:
-            self.graph = PeerGraph(n, torch.zeros(2, 0, dtype=torch.long))
+        train_parts, held_parts = split_holdout(parts, cfg.holdout, derive_seed(cfg.seed, Stream.HOLDOUT))
+        self.histogram = label_histogram(labels, train_parts, self.dataset.n_classes)
+        self.graph = self._graph(n)
         self.model = self.build_model()
         if any(True for _ in self.model.buffers()):
             raise ModelError(
@@ -135,6 +97,19 @@ class Simulation:
         self.layout = ParamLayout.of(self.model)
         self.init = cfg.init.initial_params(self.build_model, n, cfg.seed, self.graph)
         self.params = self.rule.initialize(self.init.params)
+        self.adversary = self._adversary(n)
+        y = self.dataset.y_train
+        if self.adversary is not None:
+            own = torch.as_tensor(
+                np.concatenate([parts[i] for i in self.adversary.attackers.nonzero().flatten()])
+            )
+            y = self.adversary.poison(y, own, self.dataset.n_classes)
+        self.honest = torch.ones(n, dtype=torch.bool) if self.adversary is None else self.adversary.honest
+        self.data = LocalData.from_parts(self.dataset.x_train, y, train_parts)
+        self.learner = PeerLearning(
+            self.model,
+            self.data if cfg.holdout == 0 else LocalData.from_parts(self.dataset.x_train, y, held_parts),
+        )
         self.trainer = BatchedTrainer(
             self.model,
             self.data,
@@ -147,6 +122,19 @@ class Simulation:
         self.evaluator = BatchedEvaluator(self.model, self.dataset.x_test, self.dataset.y_test)
         self.trainer.warm_up(self.params)  # torch.func's first call costs ~1 s: count it as set-up
         self.setup_s = time.perf_counter() - started
+
+    def _graph(self, n: int) -> PeerGraph:
+        cfg = self.config
+        if not self.rule.uses_topology:
+            return PeerGraph(n, torch.zeros(2, 0, dtype=torch.long))
+        return build_graph(cfg.topology, n, derive_seed(cfg.seed, Stream.TOPOLOGY), cfg.allow_disconnected)
+
+    def _adversary(self, n: int) -> Adversary | None:
+        cfg = self.config
+        if cfg.attack is None or self.rule.pooled:
+            return None
+        attackers = choose_attackers(n, cfg.attackers, cfg.seed)
+        return Adversary(cfg.attack, attackers, self.params[attackers].clone(), cfg.seed)
 
     def build_model(self) -> torch.nn.Module:
         return self.config.model.build(self.dataset.input_shape, self.dataset.n_classes)
@@ -168,30 +156,64 @@ class Simulation:
     def round_context(self, round_: int) -> RoundContext:
         cfg = self.config
         rule_randomness = generator(cfg.seed, Stream.RULE, round_)
-        return RoundContext(round_, self.graph, self.data.counts, cfg.mixing, cfg.link_up, rule_randomness)
+        return RoundContext(
+            round_, self.graph, self.data.counts, cfg.mixing, cfg.link_up, rule_randomness, self.learner
+        )
 
     def run(self, on_round: RoundCallback | None = None) -> RunResult:
         """Run every round; `on_round(round, metrics or None)` is called after each one."""
-        cfg, params = self.config, self.params.clone()
+        cfg, params, adversary = self.config, self.params.clone(), self.adversary
+        self.rule.reset(self.n_peers)
         model_bytes = self.layout.size * BYTES_PER_VALUE
-        total = 0
+        local = self.rule.reports_local_phase or cfg.eval_local_phase
+        snapshots: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        total = self.init.models_sent * model_bytes
         accuracy, loss = self.evaluate(params)
-        history = [metrics_row(0, accuracy, loss, params, 0, 0, 0.0)]
+        row = metrics_row(0, accuracy, loss, params, self.honest, total, total, 0.0)
+        history = [row | local_phase(accuracy, self.honest) if local else row]
         started = time.perf_counter()
         for round_ in range(1, cfg.rounds + 1):
+            evaluating = round_ % cfg.eval_every == 0 or round_ == cfg.rounds
             ctx = self.round_context(round_)
             plan = self.rule.plan(ctx)
-            params = self.cooperate(plan, self.train(params, round_, plan.trainers), ctx)
+            trainers = plan.trainers if adversary is None else adversary.trainers(plan.trainers)
+            held = None if adversary is None else params[adversary.attackers].clone()
+            params = self.train(params, round_, trainers)
+            after_training = (
+                local_phase(self.evaluate(params)[0], self.honest) if local and evaluating else {}
+            )
+            if adversary is not None:
+                params = adversary.send(params, held, round_)
+            params = self.cooperate(plan, params, ctx)
             sent = plan.models_sent() * model_bytes
             total += sent
             row = None
-            if round_ % cfg.eval_every == 0 or round_ == cfg.rounds:
+            if evaluating:
                 accuracy, loss = self.evaluate(params)
-                row = metrics_row(round_, accuracy, loss, params, sent, total, time.perf_counter() - started)
+                wall = time.perf_counter() - started
+                row = (
+                    metrics_row(round_, accuracy, loss, params, self.honest, sent, total, wall)
+                    | after_training
+                )
                 history.append(row)
+                for name, value in self.rule.snapshot().items():
+                    snapshots.setdefault(name, []).append((round_, value.clone()))
             if on_round is not None:
                 on_round(round_, row)
-        return RunResult(cfg, history, accuracy, loss, params, self.data.counts, self.histogram, self.setup_s)
+        attackers = ~self.honest
+        return RunResult(
+            cfg,
+            history,
+            accuracy,
+            loss,
+            params,
+            self.data.counts,
+            self.histogram,
+            attackers,
+            self.setup_s,
+            self.init.steps,
+            snapshots,
+        )
 
 
 def run(

@@ -16,8 +16,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import torch
 
-from ppaia.simulation.engine import METRIC_COLUMNS, RunResult
+from ppaia.simulation.engine import RunResult
 
 __all__ = ["OutputError", "check_output_dir", "write_outputs"]
 
@@ -52,7 +53,7 @@ def write_outputs(result: RunResult, out: str | Path) -> Path:
 def _write_all(result: RunResult, folder: Path) -> None:
     (folder / "config.toml").write_text(result.config.to_toml())
     with open(folder / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=list(result.history[0]))
         writer.writeheader()
         writer.writerows(result.history)
     (folder / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
@@ -65,7 +66,25 @@ def _write_all(result: RunResult, folder: Path) -> None:
         )
         for peer, (count, acc, loss, counts) in enumerate(columns):
             writer.writerow([peer, int(count), f"{acc:.6f}", f"{loss:.6f}", *counts.tolist()])
+    for name, series in result.snapshots.items():
+        _write_matrices(name, series, folder)
     _plot(result, folder)
+
+
+def _write_matrices(name: str, series: list[tuple[int, torch.Tensor]], folder: Path) -> None:
+    """A peer × peer matrix per evaluated round: a long table of its known (finite) entries, a heat map."""
+    with open(folder / f"{name}.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["round", "peer", "partner", name])
+        for round_, matrix in series:
+            for peer, partner in matrix.isfinite().nonzero().tolist():
+                writer.writerow([round_, peer, partner, f"{matrix[peer, partner].item():.6g}"])
+    round_, matrix = series[-1]
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    image = axis.imshow(matrix.float().numpy(), cmap="viridis", vmin=0, interpolation="nearest")
+    figure.colorbar(image, ax=axis, label=f"{name} (blank: never met)")
+    axis.set(xlabel="partner", ylabel="peer", title=f"{name} after round {round_}")
+    _save(figure, folder / f"{name}.png")
 
 
 def _plot(result: RunResult, folder: Path) -> None:

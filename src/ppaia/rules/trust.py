@@ -1,0 +1,148 @@
+"""PPAIA's namesake: DeGroot averaging with k random partners and a trust matrix learned from data.
+
+Each round peer i picks k random partners among its live neighbours and replaces its parameters by
+θᵢ ← (1 − Σₚ Tᵢₚ)·θᵢ + Σₚ Tᵢₚ·θₚ. Trust Tᵢₚ persists across rounds (a partner met for the first time
+starts at 1/(k+1)) and is learned by gradient steps on the peer's own held-out data: the logit mixture
+z(x) = (1 − s)·f(x; θᵢ) + Σₚ Tᵢₚ·f(x; θₚ) with s = Σₚ Tᵢₚ is scored with cross-entropy and only the T's
+move. By default every trust row stays in {T ≥ 0, Σ T ≤ 1}, so a partner whose model hurts the peer's
+held-out loss is pushed to 0. ``faithful = true`` reproduces the original prototype: lr 1e-4, s treated
+as a constant (detached), no projection.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PrivateAttr
+
+from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan
+from ppaia.topology.mixing import Mixing
+
+__all__ = ["LearnedTrust", "project_capped_simplex"]
+
+MAX_HALVINGS = 30  # backtracking: the step shrinks at most 2^30-fold before a peer keeps its trust
+
+
+def project_capped_simplex(trust: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row (over `mask`ed entries) onto {t ≥ 0, Σ t ≤ 1}."""
+    clipped = trust.clamp(min=0) * mask
+    over = clipped.sum(1) > 1
+    if not bool(over.any()):
+        return clipped
+    # rows summing above 1: project onto the simplex Σ t = 1 (sort-based, Duchi et al. 2008)
+    values = torch.where(mask, trust, torch.finfo(trust.dtype).min)
+    ordered = values.sort(dim=1, descending=True).values
+    cumulative = ordered.cumsum(1) - 1
+    index = torch.arange(1, trust.shape[1] + 1, dtype=trust.dtype)
+    support = (ordered - cumulative / index > 0) & mask.sort(dim=1, descending=True).values
+    count = support.sum(1, keepdim=True).clamp(min=1)
+    threshold = cumulative.gather(1, count - 1) / count
+    simplex = (trust - threshold).clamp(min=0) * mask
+    return torch.where(over.unsqueeze(1), simplex, clipped)
+
+
+@RULES.register("learned_trust")
+class LearnedTrust(CooperationRule):
+    """PPAIA: DeGroot averaging with k random partners, weighted by trust learned on held-out data."""
+
+    partners: int = Field(default=3, ge=1, description="k partners per peer and round")
+    steps: int = Field(default=10, ge=0, description="gradient steps on the trust row per round")
+    lr: float | None = Field(default=None, gt=0, description="trust learning rate (0.5; 1e-4 if faithful)")
+    faithful: bool = Field(
+        default=False, description="original prototype: detached self weight, no projection"
+    )
+
+    _trust: torch.Tensor = PrivateAttr(default_factory=lambda: torch.empty(0, 0))
+
+    def reset(self, n_peers: int) -> None:
+        self._trust = torch.full((n_peers, n_peers), float("nan"), dtype=torch.float64)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-4 if self.faithful else 0.5)
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {"trust": self._trust}
+
+    def plan(self, ctx: RoundContext) -> RoundPlan:
+        """Each peer pulls from up to k live neighbours chosen at random."""
+        receivers, senders = ctx.live_graph().directed()
+        keys = torch.rand(receivers.numel(), generator=ctx.generator, dtype=torch.float64)
+        order = torch.argsort(receivers.double() + keys * 0.5, stable=True)  # by receiver, random inside
+        receivers, senders = receivers[order], senders[order]
+        counts = torch.bincount(receivers, minlength=ctx.n_peers)
+        rank = torch.arange(receivers.numel()) - (counts.cumsum(0) - counts)[receivers]
+        chosen = rank < self.partners
+        peers = torch.arange(ctx.n_peers)
+        rows = torch.cat([receivers[chosen], peers])
+        sources = torch.cat([senders[chosen], peers])
+        weights = torch.full((rows.numel(),), float("nan"), dtype=torch.float64)  # learned in combine
+        return RoundPlan(steps=[Mixing.square(rows, sources, weights, ctx.n_peers)])
+
+    def combine(self, params: torch.Tensor, step: Mixing, ctx: RoundContext) -> torch.Tensor:
+        """Learn each receiver's trust in its partners on its held-out data, then mix with it."""
+        if ctx.learner is None:
+            raise ValueError("learned_trust needs the peers' data (RoundContext.learner)")
+        receivers = step.receiver_ids()
+        hood = step.gather(params)
+        partner = hood.mask & (hood.ids != receivers.unsqueeze(1))
+        own = hood.mask & ~partner
+        self._grow(int(max(receivers.max(), hood.ids.max())) + 1)
+        known = self._trust[receivers.unsqueeze(1), hood.ids.clamp(min=0)]
+        start = torch.where(partner & ~known.isnan(), known, 1.0 / (self.partners + 1)) * partner
+        trust = self._learn(start, partner, own, hood.values, receivers, ctx)
+        rows, cols = partner.nonzero(as_tuple=True)
+        self._trust[receivers[rows], hood.ids[rows, cols]] = trust[rows, cols]
+        weights = trust + own * (1 - trust.sum(1, keepdim=True))
+        return torch.einsum("rm,rmd->rd", weights.to(params.dtype), hood.values)
+
+    def _grow(self, size: int) -> None:
+        if size > self._trust.shape[0]:
+            grown = torch.full((size, size), float("nan"), dtype=torch.float64)
+            grown[: self._trust.shape[0], : self._trust.shape[1]] = self._trust
+            self._trust = grown
+
+    def _learn(self, trust, partner, own, values, receivers, ctx: RoundContext) -> torch.Tensor:
+        """Gradient steps on the trust rows; only the T's move, the models stay fixed."""
+        if self.steps == 0 or not bool(partner.any()):
+            return trust
+        x, y, valid = ctx.learner.samples(receivers)
+        logits = ctx.learner.logits(values, x).double()  # [R, M, H, C]
+        own_logits = (own[..., None, None] * logits).sum(1)  # [R, H, C]
+        counts = valid.sum(1).clamp(min=1)
+
+        def losses(weights: torch.Tensor, detach_share: bool = False) -> torch.Tensor:
+            weights = weights * partner
+            share = weights.sum(1).detach() if detach_share else weights.sum(1)
+            mixture = (1 - share)[:, None, None] * own_logits + torch.einsum("rm,rmhc->rhc", weights, logits)
+            each = F.cross_entropy(mixture.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+            return (each * valid).sum(1) / counts  # one held-out loss per receiver
+
+        def gradient(weights: torch.Tensor) -> torch.Tensor:
+            weights = weights.detach().requires_grad_(True)
+            return torch.autograd.grad(losses(weights, self.faithful).sum(), weights)[0]
+
+        if self.faithful:  # the prototype: plain fixed-step gradient descent, no projection
+            for _ in range(self.steps):
+                trust = trust - self.learning_rate * gradient(trust)
+            return trust * partner
+        # projected gradient descent with a per-peer backtracking step: every accepted step lowers that
+        # peer's held-out loss, however large a partner's logits are (noise, flipped signs)
+        step_size = torch.full((trust.shape[0], 1), self.learning_rate, dtype=trust.dtype)
+        with torch.no_grad():
+            current = losses(trust)
+        for _ in range(self.steps):
+            direction = gradient(trust)
+            accepted = torch.zeros(trust.shape[0], dtype=torch.bool)
+            with torch.no_grad():
+                for _ in range(MAX_HALVINGS):
+                    candidate = project_capped_simplex(trust - step_size * direction, partner)
+                    trial = losses(candidate)
+                    better = (trial <= current) & ~accepted
+                    trust = torch.where(better.unsqueeze(1), candidate, trust)
+                    current = torch.where(better, trial, current)
+                    accepted |= better
+                    if bool(accepted.all()):
+                        break
+                    step_size = torch.where(accepted.unsqueeze(1), step_size, step_size / 2)
+        return trust * partner
