@@ -125,3 +125,63 @@ def test_models_with_buffers_are_refused(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(tmp_path)
     with pytest.raises(ModelError, match="BatchNorm"):
         Simulation(ExperimentConfig(**SMALL | {"model": "bn_model:build"}))
+
+
+PARITY_CASES_BYZANTINE = {
+    "consensus-sign-flip": {"rule": "consensus", "attack": "sign_flip", "attackers": 0.34},
+    "median-gaussian-complete": {
+        "rule": "median",
+        "topology": "complete",
+        "attack": "gaussian",
+        "attackers": 0.34,
+    },
+    "learned-trust-holdout": {"rule": "learned_trust(partners=2)", "topology": "complete", "holdout": 0.2},
+    "fedavg-krum-free-riders": {
+        "rule": "fedavg(aggregator='krum(f=1)')",
+        "attack": "free_rider",
+        "attackers": 0.34,
+    },
+    "p2pl-max-norm-stale": {
+        "rule": "p2pl(steps=2)",
+        "init": "max_norm",
+        "attack": "stale(age=1)",
+        "attackers": 0.34,
+    },
+    "trimmed-label-flip": {
+        "rule": "trimmed_mean(0.2)",
+        "topology": "complete",
+        "attack": "label_flip",
+        "attackers": 0.34,
+    },
+}
+
+
+@pytest.mark.parametrize("case", PARITY_CASES_BYZANTINE)
+def test_engine_matches_the_reference_with_attacks_and_learning_rules(case):
+    config = ExperimentConfig(**SMALL | PARITY_CASES_BYZANTINE[case])
+    engine, reference = Simulation(config).run(), ReferenceSimulation(config).run()
+    torch.testing.assert_close(engine.params, reference.params, rtol=1e-4, atol=1e-5)
+    assert engine.final["honest_acc_mean"] == pytest.approx(reference.final["honest_acc_mean"], abs=1e-3)
+
+
+def test_accuracy_after_the_local_phase_is_reported_when_asked():
+    p2pl = ppaia.run(SMALL | {"rule": "p2pl"})
+    assert all("local_acc_mean" in row for row in p2pl.history)
+    assert p2pl.history[0]["local_acc_mean"] == p2pl.history[0]["honest_acc_mean"]
+    assert "local_acc_mean" not in ppaia.run(SMALL).final
+    assert "local_acc_max" in ppaia.run(SMALL | {"eval_local_phase": True}).final
+
+
+def test_holdout_keeps_part_of_each_peers_data_out_of_training():
+    full = ppaia.run(SMALL | {"rounds": 1})
+    held = ppaia.run(SMALL | {"rounds": 1, "holdout": 0.25})
+    assert (held.n_samples < full.n_samples).all()
+    assert held.n_samples.sum() == pytest.approx(0.75 * full.n_samples.sum(), abs=6)
+
+
+def test_max_norm_initialization_cost_is_counted_at_round_zero():
+    result = ppaia.run(SMALL | {"init": "max_norm", "rule": "consensus", "topology": "ring"})
+    summary = result.summary()
+    assert summary["init_steps"] == 3  # a ring of 6 peers: the largest model travels 3 hops
+    assert result.history[0]["bytes_sent"] == summary["init_bytes"] > 0
+    assert result.history[0]["consensus_distance"] == 0.0

@@ -1,0 +1,92 @@
+"""Byzantine attacks: who attacks, what they send, and how the simulator applies them."""
+
+import pytest
+import torch
+
+import ppaia
+from ppaia.attacks import ATTACKS, Adversary, AttackRound, choose_attackers
+
+BASE = {"peers": 10, "rounds": 3, "partition": "iid", "model": "mlp(hidden=[16])"}
+
+
+def round_of(trained, held=None, past=(), round_=1):
+    held = torch.zeros_like(trained) if held is None else held
+    return AttackRound(
+        round_, trained, held, torch.full_like(trained, 7.0), past, torch.Generator().manual_seed(0)
+    )
+
+
+def test_attackers_are_a_seeded_share_of_peers():
+    mask = choose_attackers(20, 0.3, seed=4)
+    assert mask.sum() == 6
+    assert torch.equal(mask, choose_attackers(20, 0.3, seed=4))
+    assert not torch.equal(mask, choose_attackers(20, 0.3, seed=5))
+    assert choose_attackers(20, 0.0, seed=4).sum() == 0
+
+
+def test_sign_flip_and_gaussian_messages():
+    trained = torch.randn(3, 1000)
+    torch.testing.assert_close(ATTACKS.create("sign_flip(scale=2)").message(round_of(trained)), -2 * trained)
+    noise = ATTACKS.create("gaussian(sigma=3)").message(round_of(trained))
+    assert noise.std().item() == pytest.approx(3, rel=0.05) and abs(noise.mean().item()) < 0.2
+
+
+def test_free_rider_sends_back_what_it_held_and_does_not_train():
+    attack = ATTACKS.create("free_rider")
+    held = torch.randn(2, 5)
+    assert torch.equal(attack.message(round_of(torch.randn(2, 5), held)), held)
+    adversary = Adversary(attack, torch.tensor([True, False, True]), torch.zeros(2, 5), seed=0)
+    assert adversary.trainers(None).tolist() == [False, True, False]
+    assert adversary.trainers(torch.tensor([True, True, False])).tolist() == [False, True, False]
+
+
+def test_stale_resends_the_model_of_age_rounds_ago():
+    adversary = Adversary(
+        ATTACKS.create("stale(age=2)"), torch.tensor([True, False]), torch.full((1, 3), 7.0), 0
+    )
+    sent = []
+    for round_ in range(1, 5):
+        params = torch.full((2, 3), float(round_))  # the attacker's trained model is `round_`
+        sent.append(adversary.send(params, params[:1].clone(), round_)[0, 0].item())
+    assert sent == [7.0, 7.0, 1.0, 2.0]  # its initial model until two rounds have passed
+
+
+def test_label_flip_relabels_only_the_attackers_samples_and_changes_every_label():
+    adversary = Adversary(ATTACKS.create("label_flip"), torch.tensor([True]), torch.zeros(1, 1), seed=3)
+    labels = torch.arange(10).repeat(3)
+    own = torch.arange(0, 15)
+    poisoned = adversary.poison(labels, own, 10)
+    assert torch.equal(poisoned[15:], labels[15:])
+    assert (poisoned[own] != labels[own]).all()
+    shift = (poisoned[own] - labels[own]) % 10
+    assert shift.unique().numel() == 1  # one permutation of the classes
+
+
+def test_attack_and_attackers_go_together():
+    with pytest.raises(ValueError, match="attackers"):
+        ppaia.ExperimentConfig(attack="gaussian")
+    with pytest.raises(ValueError, match="attack"):
+        ppaia.ExperimentConfig(attackers=0.2)
+
+
+def test_honest_metrics_leave_attackers_out():
+    result = ppaia.run(
+        BASE | {"rule": "consensus", "topology": "complete", "attack": "gaussian", "attackers": 0.3}
+    )
+    honest = ~result.attackers
+    assert result.attackers.sum() == 3
+    final = result.final
+    assert final["honest_acc_mean"] == pytest.approx(result.peer_accuracy[honest].mean().item())
+    assert final["honest_acc_min"] == pytest.approx(result.peer_accuracy[honest].min().item())
+    clean = ppaia.run(BASE | {"rule": "consensus", "topology": "complete"}).final
+    assert clean["honest_acc_mean"] == clean["acc_mean"]
+
+
+def test_noise_collapses_consensus_but_not_the_median():
+    base = BASE | {"rounds": 10, "lr": 0.2, "topology": "complete"}
+    attacked = base | {"attack": "gaussian(sigma=5)", "attackers": 0.3}
+    clean = ppaia.run(base | {"rule": "median"}).final["honest_acc_mean"]
+    consensus = ppaia.run(attacked | {"rule": "consensus"}).final["honest_acc_mean"]
+    median = ppaia.run(attacked | {"rule": "median"}).final["honest_acc_mean"]
+    assert clean > 0.8 and consensus < 0.3
+    assert median > clean - 0.05
