@@ -29,7 +29,15 @@ from ppaia.registry import Component, Registry, SpecError
 from ppaia.rules import RULES, CooperationRule
 from ppaia.topology import MIXINGS, TOPOLOGIES, MixingWeights, Topology
 
-__all__ = ["ConfigError", "ExperimentConfig", "apply_overrides", "format_validation_error", "load_config"]
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "apply_overrides",
+    "format_validation_error",
+    "load_config",
+    "parse_value",
+    "set_field",
+]
 
 
 class ConfigError(ValueError):
@@ -138,7 +146,7 @@ def format_validation_error(err: ValidationError, separator: str = "\n") -> str:
     return separator.join(lines)
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """A TOML value (number, bool, list, quoted string), or the raw text (e.g. ``dirichlet(0.5)``)."""
     try:
         return tomllib.loads(f"value = {text}")["value"]
@@ -146,26 +154,37 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def set_field(table: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of `table` with `key` set; ``field.option`` sets one option of a component field."""
+    result = dict(table)
+    field, _, option = key.strip().partition(".")
+    if not field:
+        raise ConfigError(f"{key!r}: empty field name")
+    if not option:
+        result[field] = value
+        return result
+    if field not in COMPONENT_FIELDS:
+        raise ConfigError(f"{key!r}: {field!r} is not a field with options")
+    current = result.get(field, ExperimentConfig.model_fields[field].default)
+    try:
+        spec = COMPONENT_FIELDS[field].normalize(_model_spec(current) if field == "model" else current)
+    except SpecError as err:
+        raise ConfigError(f"{key!r}: {field}: {err}") from None
+    result[field] = {**spec, option: value}
+    return result
+
+
 def apply_overrides(table: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``field=value`` overrides; ``field.option=value`` sets one option of a component field."""
     result = dict(table)
     for override in overrides:
         key, sep, text = override.partition("=")
-        field, _, option = key.strip().partition(".")
-        if not sep or not field:
+        if not sep or not key.strip():
             raise ConfigError(f"--set {override!r}: expected key=value")
-        value = _parse_value(text.strip())
-        if not option:
-            result[field] = value
-            continue
-        if field not in COMPONENT_FIELDS:
-            raise ConfigError(f"--set {override!r}: {field!r} is not a field with options")
-        current = result.get(field, ExperimentConfig.model_fields[field].default)
         try:
-            spec = COMPONENT_FIELDS[field].normalize(_model_spec(current) if field == "model" else current)
-        except SpecError as err:
-            raise ConfigError(f"--set {override!r}: {field}: {err}") from None
-        result[field] = {**spec, option: value}
+            result = set_field(result, key, parse_value(text.strip()))
+        except ConfigError as err:
+            raise ConfigError(f"--set {err}") from None
     return result
 
 

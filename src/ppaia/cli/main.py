@@ -21,13 +21,14 @@ from rich.progress import (
 from rich.table import Table
 
 from ppaia.attacks import ATTACKS
-from ppaia.config import ConfigError, ExperimentConfig, format_validation_error, load_config
+from ppaia.config import ConfigError, ExperimentConfig, apply_overrides, format_validation_error, load_config
 from ppaia.data import DATASETS, PARTITIONERS, DataError, PartitionError
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError
 from ppaia.registry import Registry, SpecError
 from ppaia.rules import RULES
 from ppaia.simulation import RunResult, Simulation
 from ppaia.simulation.report import OutputError, check_output_dir, write_outputs
+from ppaia.simulation.sweep import parse_grid_option, sweep, sweep_runs
 from ppaia.topology import MIXINGS, TOPOLOGIES, TopologyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="PPAIA: serverless federated learning.")
@@ -133,6 +134,54 @@ def run(
         result = simulation.run(on_round)
     write_outputs(result, out)
     console.print(summary_table(result, out))
+
+
+@app.command("sweep")
+def sweep_command(
+    config: Annotated[
+        Path | None, typer.Argument(help="base experiment TOML; the built-in default if omitted")
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", "-g", help="key=v1,v2,... (or a TOML list); repeat for a grid"),
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="seeds per grid cell (0, 1, ...)")] = 3,
+    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a base field")] = None,
+    metric: Annotated[str, typer.Option(help="metric shown in the printed table")] = "acc_mean",
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (new or empty); default runs/sweep-<time>")
+    ] = None,
+) -> None:
+    """Run a grid of config values × seeds; write sweep.csv (mean ± std per cell) and runs.csv."""
+    try:
+        base = apply_overrides(load_config(config).to_table() if config else {}, overrides or [])
+        axes = dict(parse_grid_option(option) for option in grid or [])
+        out = out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        check_output_dir(out)
+        runs = sweep_runs(base, axes, list(range(seeds)))
+        columns = (
+            TextColumn("[bold]sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("sweep", total=sum(run.config.rounds for run in runs))
+            result = sweep(runs, on_round=lambda: progress.advance(task))
+    except USER_ERRORS as err:
+        raise fail(err) from None
+    result.write(out)
+    table = Table(title=f"{metric}: mean ± std over {seeds} seeds · {out}")
+    for key in result.keys:
+        table.add_column(key)
+    table.add_column(metric, justify="right")
+    for cell in result.cells:
+        value = (
+            f"{cell[f'{metric}_mean']:.4f} ± {cell[f'{metric}_std']:.4f}" if f"{metric}_mean" in cell else "-"
+        )
+        table.add_row(*(str(cell[key]) for key in result.keys), value)
+    console.print(table)
 
 
 def _options(cls: type) -> str:

@@ -1,0 +1,131 @@
+"""Sweeps: a grid of config values × several seeds, summarised as mean ± std per grid cell."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ppaia.config import ConfigError, ExperimentConfig, parse_value, set_field
+from ppaia.simulation.engine import RunResult, Simulation
+
+__all__ = ["SweepResult", "SweepRun", "parse_grid_option", "sweep", "sweep_runs"]
+
+DEFAULT_METRICS = ("acc_mean", "acc_min", "honest_acc_mean", "consensus_distance", "bytes_cumulative")
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside brackets, parentheses or quotes."""
+    items, depth, quote, current = [], 0, "", []
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    items.append("".join(current).strip())
+    return [item for item in items if item]
+
+
+def parse_grid_option(option: str) -> tuple[str, list[Any]]:
+    """``key=v1,v2`` or ``key=[v1, v2]`` (TOML list) → (key, values)."""
+    key, sep, text = option.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--grid {option!r}: expected key=value1,value2,...")
+    value = parse_value(text.strip())
+    values = value if isinstance(value, list) else [parse_value(item) for item in _split_top_level(text)]
+    if not values:
+        raise ConfigError(f"--grid {option!r}: no values")
+    return key.strip(), values
+
+
+@dataclass
+class SweepResult:
+    """Per-run final metrics and the mean ± std of each metric per grid cell."""
+
+    keys: list[str]
+    metrics: tuple[str, ...]
+    runs: list[dict[str, Any]]
+    cells: list[dict[str, Any]]
+
+    def write(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, rows in (("runs.csv", self.runs), ("sweep.csv", self.cells)):
+            with open(out / name, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep: its grid cell, its seed and its validated config."""
+
+    cell: dict[str, Any]
+    seed: int
+    config: ExperimentConfig
+
+
+def sweep_runs(base: Mapping[str, Any], grid: Mapping[str, list[Any]], seeds: list[int]) -> list[SweepRun]:
+    """Every (grid cell, seed) as a validated config, so a bad value fails before anything runs."""
+    runs = []
+    for values in itertools.product(*grid.values()):
+        cell = dict(zip(grid, values, strict=True))
+        table = dict(base)
+        for key, value in cell.items():
+            table = set_field(table, key, value)
+        runs += [
+            SweepRun(cell, seed, ExperimentConfig.model_validate(table | {"seed": seed})) for seed in seeds
+        ]
+    return runs
+
+
+def sweep(
+    runs: list[SweepRun],
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    on_round: Callable[[], None] | None = None,
+    on_run: Callable[[SweepRun, RunResult], None] | None = None,
+) -> SweepResult:
+    """Run every sweep run; summarise each metric's mean ± std over the seeds of each grid cell."""
+    keys = list(runs[0].cell) if runs else []
+    finals = []
+    for run in runs:
+        result = Simulation(run.config).run(None if on_round is None else lambda _r, _row: on_round())
+        if on_run is not None:
+            on_run(run, result)
+        finals.append({**_labels(run.cell), "seed": run.seed, **_pick(result.final, metrics)})
+    cells = []
+    for labels in dict.fromkeys(tuple(_labels(run.cell).items()) for run in runs):
+        mine = [final for final in finals if all(final[k] == v for k, v in labels)]
+        row: dict[str, Any] = {**dict(labels), "seeds": len(mine)}
+        for metric in metrics:
+            values = [final[metric] for final in mine if metric in final]
+            if values:
+                row[f"{metric}_mean"] = statistics.fmean(values)
+                row[f"{metric}_std"] = statistics.pstdev(values)
+        cells.append(row)
+    return SweepResult(keys, metrics, finals, cells)
+
+
+def _labels(cell: dict[str, Any]) -> dict[str, str]:
+    return {key: _label(value) for key, value in cell.items()}
+
+
+def _pick(final: dict[str, float], metrics: tuple[str, ...]) -> dict[str, float]:
+    return {metric: final[metric] for metric in metrics if metric in final}
+
+
+def _label(value: Any) -> str:
+    return value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)

@@ -1,0 +1,75 @@
+"""Sweeps: grid parsing, early validation, mean ± std per cell, and the CLI command."""
+
+import csv
+import statistics
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from ppaia.cli.main import app
+from ppaia.config import ConfigError
+from ppaia.simulation.sweep import parse_grid_option, sweep, sweep_runs
+
+BASE = {"peers": 4, "rounds": 2, "model": "logistic"}
+
+
+def test_grid_values_split_on_top_level_commas_or_come_as_a_toml_list():
+    assert parse_grid_option("rule=consensus,fedavg(fraction=0.5),trimmed_mean(beta=0.1)") == (
+        "rule",
+        ["consensus", "fedavg(fraction=0.5)", "trimmed_mean(beta=0.1)"],
+    )
+    assert parse_grid_option("peers=4,8") == ("peers", [4, 8])
+    assert parse_grid_option("model.hidden=[[8], [16, 16]]") == ("model.hidden", [[8], [16, 16]])
+    assert parse_grid_option('rule="krum(f=1)",median') == ("rule", ["krum(f=1)", "median"])
+    with pytest.raises(ConfigError):
+        parse_grid_option("peers")
+
+
+def test_every_config_is_validated_before_any_run():
+    with pytest.raises(ValidationError, match="peers"):
+        sweep_runs(BASE, {"peers": [4, 0]}, [0])
+
+
+def test_cells_summarise_their_seeds():
+    runs = sweep_runs(BASE, {"rule": ["isolated", "consensus"], "model.name": ["logistic"]}, [0, 1, 2])
+    assert len(runs) == 6 and {run.seed for run in runs} == {0, 1, 2}
+    result = sweep(runs)
+    assert [cell["rule"] for cell in result.cells] == ["isolated", "consensus"]
+    for cell in result.cells:
+        accuracies = [run["acc_mean"] for run in result.runs if run["rule"] == cell["rule"]]
+        assert cell["seeds"] == 3
+        assert cell["acc_mean_mean"] == pytest.approx(statistics.fmean(accuracies))
+        assert cell["acc_mean_std"] == pytest.approx(statistics.pstdev(accuracies))
+    assert result.cells[0]["bytes_cumulative_mean"] == 0  # isolated sends nothing
+
+
+def test_sweep_command_writes_tables(tmp_path):
+    out = tmp_path / "sweep"
+    arguments = [
+        "sweep",
+        "--grid",
+        "rule=isolated,gossip",
+        "--seeds",
+        "2",
+        "--set",
+        "rounds=2",
+        "--set",
+        "peers=4",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, arguments, terminal_width=150)
+    assert result.exit_code == 0, result.output
+    with open(out / "sweep.csv") as handle:
+        cells = list(csv.DictReader(handle))
+    assert [cell["rule"] for cell in cells] == ["isolated", "gossip"] and cells[0]["seeds"] == "2"
+    with open(out / "runs.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+    assert "±" in result.output
+
+
+def test_sweep_command_rejects_a_bad_grid_value_without_running(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "--grid", "lr=0.1,-1", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "lr" in result.output
+    assert not (tmp_path / "s").exists()
