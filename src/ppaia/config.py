@@ -117,9 +117,9 @@ class ExperimentConfig(BaseModel):
     attackers: float = Field(default=0.0, ge=0, lt=1, description="share of peers that attack (by seed)")
 
     @model_validator(mode="after")
-    def _attack_needs_attackers(self) -> ExperimentConfig:
-        if (self.attack is None) != (self.attackers == 0):
-            raise ValueError("attack and attackers go together: name an attack and a share of peers > 0")
+    def _attackers_need_an_attack(self) -> ExperimentConfig:
+        if self.attack is None and self.attackers > 0:
+            raise ValueError("attackers: set `attack` to say what the attackers do")
         return self
 
     def to_table(self) -> dict[str, Any]:

@@ -62,11 +62,12 @@ def test_label_flip_relabels_only_the_attackers_samples_and_changes_every_label(
     assert shift.unique().numel() == 1  # one permutation of the classes
 
 
-def test_attack_and_attackers_go_together():
-    with pytest.raises(ValueError, match="attackers"):
-        ppaia.ExperimentConfig(attack="gaussian")
+def test_attackers_need_an_attack_and_no_attackers_is_a_clean_run():
     with pytest.raises(ValueError, match="attack"):
         ppaia.ExperimentConfig(attackers=0.2)
+    clean = ppaia.run(BASE | {"rounds": 1})
+    zero = ppaia.run(BASE | {"rounds": 1, "attack": "gaussian", "attackers": 0.0})
+    assert zero.attackers.sum() == 0 and torch.equal(zero.params, clean.params)
 
 
 def test_honest_metrics_leave_attackers_out():

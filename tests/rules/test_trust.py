@@ -199,3 +199,16 @@ def test_trust_is_written_with_the_run_outputs(tmp_path):
     assert lines[0] == "round,peer,partner,trust" and len(lines) > 1
     assert {int(line.split(",")[0]) for line in lines[1:]} == {1, 2}
     assert (tmp_path / "out" / "trust.png").stat().st_size > 1000
+
+
+def test_a_strong_prior_keeps_trust_at_its_first_meeting_value():
+    rule, theta = fresh("learned_trust(prior=1e6, steps=5)"), stacked() * 3
+    free = fresh("learned_trust(steps=5)")
+    ctx = context()
+    apply_plan(rule, rule.plan(ctx), theta.clone(), ctx)
+    ctx = context()
+    apply_plan(free, free.plan(ctx), theta.clone(), ctx)
+    pulled, moved = rule.snapshot()["trust"], free.snapshot()["trust"]
+    known = pulled.isfinite()
+    assert (pulled[known] - 0.25).abs().max() < 1e-3
+    assert (moved[known] - 0.25).abs().max() > 0.05

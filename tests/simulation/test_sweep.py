@@ -73,3 +73,18 @@ def test_sweep_command_rejects_a_bad_grid_value_without_running(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "--grid", "lr=0.1,-1", "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "lr" in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_runs_from_different_grids_can_be_summarised_together(tmp_path):
+    runs = sweep_runs(BASE, {"rule": ["consensus"], "topology": ["ring", "complete"]}, [0])
+    runs += sweep_runs(BASE, {"rule": ["fedavg"]}, [0, 1])
+    result = sweep(runs)
+    assert [(cell["rule"], cell.get("topology"), cell["seeds"]) for cell in result.cells] == [
+        ("consensus", "ring", 1),
+        ("consensus", "complete", 1),
+        ("fedavg", None, 2),
+    ]
+    result.write(tmp_path)
+    with open(tmp_path / "sweep.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[2]["rule"] == "fedavg" and rows[2]["topology"] == ""

@@ -28,7 +28,7 @@ from ppaia.registry import Registry, SpecError
 from ppaia.rules import RULES
 from ppaia.simulation import RunResult, Simulation
 from ppaia.simulation.report import OutputError, check_output_dir, write_outputs
-from ppaia.simulation.sweep import parse_grid_option, sweep, sweep_runs
+from ppaia.simulation.sweep import parse_grid_option, sweep_runs, sweep_with_progress
 from ppaia.topology import MIXINGS, TOPOLOGIES, TopologyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="PPAIA: serverless federated learning.")
@@ -158,17 +158,7 @@ def sweep_command(
         axes = dict(parse_grid_option(option) for option in grid or [])
         out = out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
         check_output_dir(out)
-        runs = sweep_runs(base, axes, list(range(seeds)))
-        columns = (
-            TextColumn("[bold]sweep"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task("sweep", total=sum(run.config.rounds for run in runs))
-            result = sweep(runs, on_round=lambda: progress.advance(task))
+        result = sweep_with_progress(sweep_runs(base, axes, list(range(seeds))), console=console)
     except USER_ERRORS as err:
         raise fail(err) from None
     result.write(out)

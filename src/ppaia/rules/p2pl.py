@@ -12,7 +12,7 @@ from ppaia.topology.mixing import MIXINGS
 
 @RULES.register("p2pl")
 class P2PL(Consensus):
-    """K consensus steps per round with its own singly (row-) stochastic weights over the live links.
+    """P2PL: local epochs, then K consensus steps with row-stochastic weights over the live links.
 
     The local epochs are the config's `local_epochs`; the config's `mixing` is not used. Pair it with
     the `max_norm` init policy for P2PL's max-norm synchronization of the initial models.

@@ -51,6 +51,9 @@ class LearnedTrust(CooperationRule):
     faithful: bool = Field(
         default=False, description="original prototype: detached self weight, no projection"
     )
+    prior: float = Field(
+        default=0.0, ge=0, description="pull (λ/2)·Σ(T − 1/(k+1))² of trust towards its start"
+    )
 
     _trust: torch.Tensor = PrivateAttr(default_factory=lambda: torch.empty(0, 0))
 
@@ -110,13 +113,15 @@ class LearnedTrust(CooperationRule):
         logits = ctx.learner.logits(values, x).double()  # [R, M, H, C]
         own_logits = (own[..., None, None] * logits).sum(1)  # [R, H, C]
         counts = valid.sum(1).clamp(min=1)
+        first_meeting = 1.0 / (self.partners + 1)
 
         def losses(weights: torch.Tensor, detach_share: bool = False) -> torch.Tensor:
             weights = weights * partner
             share = weights.sum(1).detach() if detach_share else weights.sum(1)
             mixture = (1 - share)[:, None, None] * own_logits + torch.einsum("rm,rmhc->rhc", weights, logits)
             each = F.cross_entropy(mixture.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
-            return (each * valid).sum(1) / counts  # one held-out loss per receiver
+            pull = 0.5 * self.prior * ((weights - first_meeting) * partner).square().sum(1)
+            return (each * valid).sum(1) / counts + pull  # one regularised held-out loss per receiver
 
         def gradient(weights: torch.Tensor) -> torch.Tensor:
             weights = weights.detach().requires_grad_(True)

@@ -131,9 +131,9 @@ class Simulation:
 
     def _adversary(self, n: int) -> Adversary | None:
         cfg = self.config
-        if cfg.attack is None or self.rule.pooled:
-            return None
         attackers = choose_attackers(n, cfg.attackers, cfg.seed)
+        if cfg.attack is None or self.rule.pooled or not attackers.any():
+            return None
         return Adversary(cfg.attack, attackers, self.params[attackers].clone(), cfg.seed)
 
     def build_model(self) -> torch.nn.Module:

@@ -20,7 +20,7 @@ import torch
 
 from ppaia.simulation.engine import RunResult
 
-__all__ = ["OutputError", "check_output_dir", "write_outputs"]
+__all__ = ["OutputError", "check_output_dir", "line_plot", "write_outputs"]
 
 
 class OutputError(ValueError):
@@ -123,3 +123,23 @@ def _save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def line_plot(
+    lines: dict[str, tuple[list[float], list[float]]],
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    ylim: tuple[float, float] | None = None,
+) -> None:
+    """One line per label, e.g. accuracy against rounds or against the share of attackers."""
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for label, (x, y) in lines.items():
+        axis.plot(x, y, marker="o" if len(x) < 12 else None, label=label)
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if ylim:
+        axis.set_ylim(*ylim)
+    axis.legend(fontsize=8)
+    _save(figure, path)

@@ -5,15 +5,26 @@ from __future__ import annotations
 import csv
 import itertools
 import statistics
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 from ppaia.config import ConfigError, ExperimentConfig, parse_value, set_field
 from ppaia.simulation.engine import RunResult, Simulation
 
-__all__ = ["SweepResult", "SweepRun", "parse_grid_option", "sweep", "sweep_runs"]
+__all__ = ["SweepResult", "SweepRun", "parse_grid_option", "sweep", "sweep_runs", "sweep_with_progress"]
 
 DEFAULT_METRICS = ("acc_mean", "acc_min", "honest_acc_mean", "consensus_distance", "bytes_cumulative")
 
@@ -64,7 +75,8 @@ class SweepResult:
         out.mkdir(parents=True, exist_ok=True)
         for name, rows in (("runs.csv", self.runs), ("sweep.csv", self.cells)):
             with open(out / name, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                columns = list(dict.fromkeys(column for row in rows for column in row))
+                writer = csv.DictWriter(handle, fieldnames=columns, restval="")
                 writer.writeheader()
                 writer.writerows(rows)
 
@@ -99,16 +111,18 @@ def sweep(
     on_run: Callable[[SweepRun, RunResult], None] | None = None,
 ) -> SweepResult:
     """Run every sweep run; summarise each metric's mean ± std over the seeds of each grid cell."""
-    keys = list(runs[0].cell) if runs else []
-    finals = []
+    keys = list(dict.fromkeys(key for run in runs for key in run.cell))
+    finals, groups = [], defaultdict(list)
     for run in runs:
         result = Simulation(run.config).run(None if on_round is None else lambda _r, _row: on_round())
         if on_run is not None:
             on_run(run, result)
-        finals.append({**_labels(run.cell), "seed": run.seed, **_pick(result.final, metrics)})
+        labels = _labels(run.cell)
+        final = {**labels, "seed": run.seed, **_pick(result.final, metrics)}
+        finals.append(final)
+        groups[tuple(labels.items())].append(final)
     cells = []
-    for labels in dict.fromkeys(tuple(_labels(run.cell).items()) for run in runs):
-        mine = [final for final in finals if all(final[k] == v for k, v in labels)]
+    for labels, mine in groups.items():
         row: dict[str, Any] = {**dict(labels), "seeds": len(mine)}
         for metric in metrics:
             values = [final[metric] for final in mine if metric in final]
@@ -117,6 +131,25 @@ def sweep(
                 row[f"{metric}_std"] = statistics.pstdev(values)
         cells.append(row)
     return SweepResult(keys, metrics, finals, cells)
+
+
+def sweep_with_progress(
+    runs: list[SweepRun],
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    on_run: Callable[[SweepRun, RunResult], None] | None = None,
+    console: Console | None = None,
+) -> SweepResult:
+    """:func:`sweep` with one rich progress bar over every round of every run."""
+    columns = (
+        TextColumn("[bold]sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("sweep", total=sum(run.config.rounds for run in runs))
+        return sweep(runs, metrics, on_round=lambda: progress.advance(task), on_run=on_run)
 
 
 def _labels(cell: dict[str, Any]) -> dict[str, str]:
