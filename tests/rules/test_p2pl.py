@@ -2,18 +2,16 @@
 
 import pydantic
 import pytest
+import rule_cases
 import torch
+from rule_cases import N
 
-from ppaia.rules import RULES, RoundContext, apply_plan, apply_step_per_peer
-from ppaia.topology import MIXINGS, TOPOLOGIES, build_graph, mixing_step
-
-N, D = 10, 7
+from ppaia.rules import RULES, apply_plan, apply_step_per_peer
+from ppaia.topology import MIXINGS, mixing_step
 
 
 def context(topology="erdos_renyi(p=0.4)", link_up=1.0, mixing="metropolis", seed=0):
-    graph = build_graph(TOPOLOGIES.create(topology), N, seed=3)
-    sizes = torch.arange(1, N + 1) * 5
-    return RoundContext(1, graph, sizes, MIXINGS.create(mixing), link_up, torch.Generator().manual_seed(seed))
+    return rule_cases.context(topology, mixing, link_up, seed=seed)
 
 
 def dense(step) -> torch.Tensor:
@@ -26,7 +24,7 @@ def dense(step) -> torch.Tensor:
 @pytest.mark.parametrize("link_up", [1.0, 0.5])
 def test_batched_and_per_peer_forms_agree(weights, link_up):
     ctx = context(link_up=link_up)
-    theta = torch.randn(N, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theta = rule_cases.params()
     rule = RULES.create(f"p2pl(steps=3, weights={weights!r})")
     plan = rule.plan(ctx)
     batched = apply_plan(rule, plan, theta.clone(), ctx)

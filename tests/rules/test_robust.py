@@ -3,12 +3,12 @@
 import pytest
 import torch
 from pydantic import ValidationError
+from rule_cases import D, N, context, params, run_plan
 
-from ppaia.rules import RULES, RoundContext, apply_plan, apply_step_per_peer
+from ppaia.rules import RULES, apply_step_per_peer
 from ppaia.rules.robust import RobustRule, krum_mean, krum_scores
-from ppaia.topology import MIXINGS, TOPOLOGIES, Mixing, build_graph
+from ppaia.topology import Mixing
 
-N, D = 10, 7
 ROBUST = [
     "median",
     "trimmed_mean",
@@ -18,23 +18,6 @@ ROBUST = [
     "multi_krum",
     "multi_krum(2, 4)",
 ]
-
-
-def context(topology="ring", mixing="metropolis", link_up=1.0, round_=1, seed=0):
-    graph = build_graph(TOPOLOGIES.create(topology), N, seed=3)
-    sizes = torch.arange(1, N + 1) * 5
-    randomness = torch.Generator().manual_seed(seed)
-    return RoundContext(round_, graph, sizes, MIXINGS.create(mixing), link_up, randomness)
-
-
-def params(seed=0):
-    return torch.randn(N, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def run_plan(spec, ctx, theta):
-    rule = RULES.create(spec)
-    plan = rule.plan(ctx)
-    return rule, plan, apply_plan(rule, plan, theta.clone(), ctx)
 
 
 def per_peer(rule, plan, theta, ctx):
