@@ -25,6 +25,8 @@ from pydantic import (
 from ppaia.attacks import ATTACKS, Attack
 from ppaia.data import DATASETS, PARTITIONERS, DatasetSource, Partitioner
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, InitPolicy, ModelSpec, OptimizerSpec
+from ppaia.learning.continual import EWCSettings
+from ppaia.privacy import PRIVACY, PrivacyMechanism
 from ppaia.registry import Component, Registry, SpecError
 from ppaia.rules import RULES, CooperationRule
 from ppaia.topology import MIXINGS, TOPOLOGIES, MixingWeights, Topology
@@ -72,6 +74,7 @@ TopologyField = Annotated[Topology, _component(TOPOLOGIES), _as_table]
 MixingField = Annotated[MixingWeights, _component(MIXINGS), _as_table]
 OptimizerField = Annotated[OptimizerSpec, _component(OPTIMIZERS), _as_table]
 AttackField = Annotated[Attack, _component(ATTACKS), _as_table]
+PrivacyField = Annotated[PrivacyMechanism, _component(PRIVACY), _as_table]
 
 COMPONENT_FIELDS: dict[str, Registry] = {
     "dataset": DATASETS,
@@ -83,7 +86,9 @@ COMPONENT_FIELDS: dict[str, Registry] = {
     "mixing": MIXINGS,
     "optimizer": OPTIMIZERS,
     "attack": ATTACKS,
+    "privacy": PRIVACY,
 }
+NESTED_FIELDS = {"ewc": EWCSettings}
 
 
 class ExperimentConfig(BaseModel):
@@ -115,11 +120,28 @@ class ExperimentConfig(BaseModel):
     eval_local_phase: bool = Field(default=False, description="also evaluate right after local training")
     attack: AttackField | None = Field(default=None, description="what Byzantine peers do")
     attackers: float = Field(default=0.0, ge=0, lt=1, description="share of peers that attack (by seed)")
+    privacy: PrivacyField | None = Field(default=None, description="differential privacy of local training")
+    ewc: EWCSettings | None = Field(
+        default=None, description="Elastic Weight Consolidation against forgetting"
+    )
+    tasks: list[list[int]] | None = Field(
+        default=None, min_length=1, description="classes of each task, trained in turn (continual learning)"
+    )
 
     @model_validator(mode="after")
-    def _attackers_need_an_attack(self) -> ExperimentConfig:
+    def _consistent(self) -> ExperimentConfig:
         if self.attack is None and self.attackers > 0:
             raise ValueError("attackers: set `attack` to say what the attackers do")
+        if self.ewc is not None and self.ewc.anchor == "task" and not self.tasks:
+            raise ValueError("ewc.anchor = 'task' needs `tasks`")
+        if self.tasks and self.rounds < len(self.tasks):
+            raise ValueError(
+                f"tasks: {len(self.tasks)} tasks need at least as many rounds (rounds={self.rounds})"
+            )
+        if self.tasks and getattr(self.privacy, "target_epsilon", None) is not None:
+            raise ValueError(
+                "privacy.target_epsilon: not supported with `tasks` (set noise_multiplier instead)"
+            )
         return self
 
     def to_table(self) -> dict[str, Any]:
@@ -162,6 +184,13 @@ def set_field(table: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
         raise ConfigError(f"{key!r}: empty field name")
     if not option:
         result[field] = value
+        return result
+    if field in NESTED_FIELDS:
+        current = result.get(field) or {}
+        result[field] = {
+            **(current.model_dump() if isinstance(current, BaseModel) else current),
+            option: value,
+        }
         return result
     if field not in COMPONENT_FIELDS:
         raise ConfigError(f"{key!r}: {field!r} is not a field with options")

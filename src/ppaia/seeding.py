@@ -25,6 +25,8 @@ class Stream(enum.IntEnum):
     TOPOLOGY = 6
     ATTACK = 7
     HOLDOUT = 8
+    PRIVACY = 9
+    FISHER = 10
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:

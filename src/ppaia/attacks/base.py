@@ -69,6 +69,10 @@ class Adversary:
     past: deque = field(init=False)
 
     def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the models remembered in an earlier run."""
         self.past = deque(maxlen=max(1, self.attack.memory()))
 
     @property

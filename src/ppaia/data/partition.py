@@ -1,4 +1,4 @@
-"""Splitting a training set among peers: IID, label skew (Dirichlet, shards) and size skew (quantity).
+"""Splitting a training set among peers: IID, label skew (Dirichlet, shards, majority), size skew (quantity).
 
 A :class:`Partitioner` turns a label vector into one index array per peer. Parts are disjoint, sorted,
 deterministic given the seed, and each holds at least ``min_samples`` indices; when that is impossible a
@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import abstractmethod
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ppaia.registry import Component, Registry
 
@@ -185,3 +185,65 @@ class Quantity(Partitioner):
         rest = len(labels) - n_peers * min_samples
         sizes = min_samples + rng.multinomial(rest, rng.dirichlet(np.full(n_peers, self.alpha)))
         return _owner_from_sizes(rng.permutation(len(labels)), sizes, len(labels))
+
+
+@PARTITIONERS.register("majority")
+class Majority(Partitioner):
+    """Group label skew: peer i joins group i mod G and gets `share` of its group's classes (EWC split).
+
+    The samples of each class in group g are shuffled; ``round(share * count)`` of them are dealt evenly to
+    the peers of group g and the rest evenly to the peers of the other groups. Classes in no group are
+    dealt evenly to all peers. Each of these portions is dealt round-robin, in class order, over a random
+    permutation of its recipients, so their counts (per class and in all) differ by at most one.
+    With 2 peers and the defaults this is the split of the original EWC experiment: peer 0 holds 90 % of
+    digits 0-4 and 10 % of 5-9, peer 1 the complement. When a group has no peers (fewer peers than groups)
+    or no other group has any, the part that would go there goes to all peers instead. Parts are as even
+    as that allows and are not topped up: a peer left below ``min_samples`` is a :class:`PartitionError`.
+    """
+
+    groups: list[list[int]] = Field(default=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], min_length=1)
+    share: float = Field(default=0.9, gt=0, le=1)
+
+    @field_validator("groups")
+    @classmethod
+    def _classes_in_one_group(cls, groups: list[list[int]]) -> list[list[int]]:
+        classes = [c for group in groups for c in group]
+        repeated = sorted({c for c in classes if classes.count(c) > 1})
+        if repeated:
+            raise ValueError(f"a class may be in only one group; {repeated} appear more than once")
+        return groups
+
+    def _assign(
+        self, labels: np.ndarray, n_peers: int, rng: np.random.Generator, min_samples: int
+    ) -> np.ndarray:
+        n_groups = len(self.groups)
+        group_of = {c: g for g, group in enumerate(self.groups) for c in group}
+        # Samples sorted by class, random within each class; rank = position within the class.
+        order = rng.permutation(len(labels))
+        order = order[np.argsort(labels[order], kind="stable")]
+        classes, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+        rank = np.arange(len(labels)) - np.repeat(starts, counts)
+        group = np.repeat(np.array([group_of.get(int(c), -1) for c in classes], dtype=np.int64), counts)
+        kept = np.repeat(np.floor(self.share * counts + 0.5).astype(np.int64), counts)
+        # Portion 2g: group g's share of its classes; 2g+1: the rest of them; 2G: classes in no group.
+        portion = np.where(group < 0, 2 * n_groups, 2 * group + (rank >= kept))
+        peer_group = np.arange(n_peers) % n_groups
+        owner = np.full(len(labels), -1, dtype=np.int64)
+        for key in np.unique(portion):
+            g, outside = divmod(int(key), 2)
+            if g == n_groups:
+                recipients = np.arange(n_peers)
+            else:
+                recipients = np.flatnonzero((peer_group != g) if outside else (peer_group == g))
+                if len(recipients) == 0:
+                    recipients = np.arange(n_peers)
+            members = order[portion == key]
+            owner[members] = rng.permutation(recipients)[np.arange(len(members)) % len(recipients)]
+        sizes = np.bincount(owner, minlength=n_peers)
+        if sizes.min() < min_samples:
+            short = int(np.argmin(sizes))
+            raise PartitionError(
+                f"majority(share={self.share}) gives peer {short} only {sizes[short]} of {len(labels)} "
+                f"samples ({n_peers} peers in {n_groups} groups); need min_samples={min_samples} each"
+            )
+        return owner

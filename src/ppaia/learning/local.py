@@ -14,7 +14,16 @@ from ppaia.learning.layout import ParamLayout
 from ppaia.learning.optim import OptimizerSpec
 from ppaia.seeding import Stream, generator
 
-__all__ = ["BatchedTrainer", "LocalData", "activation_size", "epoch_order", "peer_chunks"]
+__all__ = [
+    "Anchor",
+    "BatchedTrainer",
+    "LocalData",
+    "PrivateSteps",
+    "activation_size",
+    "clip_rows",
+    "epoch_order",
+    "peer_chunks",
+]
 
 ELEMENT_BUDGET = 2**25  # activations held at once by a batched forward/backward (~128 MiB of floats)
 
@@ -38,6 +47,12 @@ class LocalData:
 
     def peer_samples(self, peer: int) -> torch.Tensor:
         return self.table[peer, : self.counts[peer]]
+
+
+def clip_rows(values: torch.Tensor, clip: float) -> torch.Tensor:
+    """Scale each vector (the last dimension) to ℓ2 norm at most `clip` (DP clipping)."""
+    norms = values.norm(dim=-1, keepdim=True)
+    return values * (clip / (norms + 1e-12)).clamp(max=1.0)
 
 
 def epoch_order(counts: torch.Tensor, seed: int, round_: int, epoch: int) -> torch.Tensor:
@@ -77,11 +92,37 @@ def peer_chunks(n_peers: int, samples: int, per_sample: int, budget: int = ELEME
     return [slice(start, min(start + size, n_peers)) for start in range(0, n_peers, size)]
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """An EWC penalty (strength/2)·Σ F ⊙ (θ − θ*)² on each peer's local loss (rows = all peers)."""
+
+    strength: float
+    fisher: torch.Tensor
+    center: torch.Tensor
+
+    def gradient(self, params: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        from ppaia.learning.ewc import ewc_gradient  # ewc imports this module
+
+        return ewc_gradient(params, self.fisher[rows], self.center[rows], self.strength)
+
+
+@dataclass(frozen=True)
+class PrivateSteps:
+    """DP-SGD for one round: per-sample clipping to `clip`, noise `noise[p]`·clip, batches by `sampling`."""
+
+    clip: float
+    noise: torch.Tensor
+    sampling: str
+    seed: int
+
+
 class BatchedTrainer:
     """Runs E local epochs of mini-batch training for a set of peers in one batched computation.
 
     Peers with fewer samples finish their epoch earlier and are masked (no update) until the longest
-    peer's epoch ends, so every peer does exactly `epochs` passes over its own data.
+    peer's epoch ends, so every peer does exactly `epochs` passes over its own data (ceil(n/B) steps
+    each). Optionally: an EWC penalty (its gradient is added to each peer's), and DP-SGD (per-sample
+    gradients clipped and noised, batches drawn by Poisson sampling or by shuffling).
     """
 
     def __init__(
@@ -105,6 +146,7 @@ class BatchedTrainer:
         )
         self.per_sample = activation_size(model, tuple(data.x.shape[1:]))
         self._grad = vmap(grad(self._loss))
+        self._sample_grads = vmap(vmap(grad(self._sample_loss), in_dims=(None, 0, 0)))
 
     def _loss(
         self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
@@ -114,39 +156,90 @@ class BatchedTrainer:
         losses = -logits.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
         return (losses * valid).sum() / valid.sum().clamp(min=1)
 
+    def _sample_loss(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(self.model, self.layout.unflatten(flat), (x.unsqueeze(0),))[0]
+        return -logits.log_softmax(-1).gather(0, y.unsqueeze(0))[0]  # indexing by a tensor breaks vmap
+
+    def steps_per_epoch(self, peers: torch.Tensor | None = None) -> torch.Tensor:
+        """ceil(n / B) for each peer: the optimizer steps one epoch takes."""
+        counts = self.data.counts if peers is None else self.data.counts[peers]
+        return (counts + self.batch_size - 1) // self.batch_size
+
     def warm_up(self, params: torch.Tensor) -> None:
         """One gradient evaluation for one peer, discarded: triggers torch.func's one-time set-up."""
         samples = self.data.table[:1, : min(self.batch_size, int(self.data.counts[0]))]
         self._grad(params[:1], self.data.x[samples], self.data.y[samples], torch.ones(samples.shape))
 
-    def train(self, params: torch.Tensor, round_: int, peers: torch.Tensor | None = None) -> torch.Tensor:
+    def train(
+        self,
+        params: torch.Tensor,
+        round_: int,
+        peers: torch.Tensor | None = None,
+        *,
+        anchor: Anchor | None = None,
+        private: PrivateSteps | None = None,
+    ) -> torch.Tensor:
         """Train `peers` (all when None) from their rows of `params`, updating `params` in place."""
         ids = torch.arange(params.shape[0]) if peers is None else peers.nonzero().flatten()
-        if ids.numel() == 0:
+        if ids.numel() == 0 or int(self.data.counts[ids].max()) == 0:
             return params
         orders = [epoch_order(self.data.counts, self.seed, round_, e) for e in range(self.epochs)]
-        chunks = peer_chunks(ids.numel(), 3 * self.batch_size, self.per_sample)
+        footprint = self.per_sample + (
+            self.layout.size if private else 0
+        )  # DP-SGD holds per-sample gradients
+        chunks = peer_chunks(ids.numel(), 3 * self.batch_size, footprint)
+        randomness = None if private is None else generator(private.seed, Stream.PRIVACY, round_)
         if len(chunks) == 1 and ids.numel() == params.shape[0]:
-            return self._train_rows(params, ids, orders)  # everyone at once, in place
+            return self._train_rows(params, ids, orders, anchor, private, randomness)  # everyone, in place
         for chunk in chunks:
             rows = ids[chunk]
-            params[rows] = self._train_rows(params[rows], rows, [o[rows] for o in orders])
+            orders_ = [o[rows] for o in orders]
+            params[rows] = self._train_rows(params[rows], rows, orders_, anchor, private, randomness)
         return params
 
-    def _train_rows(
-        self, params: torch.Tensor, rows: torch.Tensor, orders: list[torch.Tensor]
-    ) -> torch.Tensor:
-        counts = self.data.counts[rows]
-        table = self.data.table[rows]
+    def _train_rows(self, params, rows, orders, anchor, private, randomness) -> torch.Tensor:
+        counts, table = self.data.counts[rows], self.data.table[rows]
+        own_steps = self.steps_per_epoch(rows).unsqueeze(1)
         state = self.optimizer.init_state(params)
-        steps = math.ceil(int(counts.max()) / self.batch_size)
         for order in orders:
-            for step in range(steps):
-                window = slice(step * self.batch_size, (step + 1) * self.batch_size)
-                positions = order[:, window]
-                valid = positions < counts.unsqueeze(1)
-                samples = table.gather(1, positions.clamp(max=table.shape[1] - 1))
-                grads = self._grad(params, self.data.x[samples], self.data.y[samples], valid.float())
-                active = valid.any(dim=1, keepdim=True).float()
+            for step in range(int(own_steps.max())):
+                if private is None:
+                    positions = order[:, step * self.batch_size : (step + 1) * self.batch_size]
+                    valid = positions < counts.unsqueeze(1)
+                    samples = table.gather(1, positions.clamp(max=table.shape[1] - 1))
+                    grads = self._grad(params, self.data.x[samples], self.data.y[samples], valid.float())
+                else:
+                    grads = self._private_gradients(
+                        params, rows, counts, table, order, step, private, randomness
+                    )
+                if anchor is not None:
+                    grads = grads + anchor.gradient(params, rows)
+                active = (step < own_steps).float()
                 self.optimizer.step(params, grads, state, active, self.lr)
         return params
+
+    def _private_gradients(
+        self, params, rows, counts, table, order, step, private, randomness
+    ) -> torch.Tensor:
+        """DP-SGD: Σ clip(per-sample gradient) + N(0, (z·C)²), divided by the (expected) batch size."""
+        if (
+            private.sampling == "poisson"
+        ):  # each sample joins with probability B/n: Binomial size, random members
+            rate = (self.batch_size / counts.clamp(min=1)).clamp(max=1.0)
+            sizes = torch.binomial(counts.double(), rate.double(), generator=randomness).long()
+            keys = torch.rand(table.shape, generator=randomness).masked_fill_(
+                torch.arange(table.shape[1]) >= counts.unsqueeze(1), 2.0
+            )
+            width = max(1, int(sizes.max()))
+            positions = keys.argsort(dim=1, stable=True)[:, :width]
+            valid = torch.arange(width) < sizes.unsqueeze(1)
+            denominator = (rate * counts).clamp(min=1).unsqueeze(1)  # expected batch size
+        else:
+            positions = order[:, step * self.batch_size : (step + 1) * self.batch_size]
+            valid = positions < counts.unsqueeze(1)
+            denominator = valid.sum(1, keepdim=True).clamp(min=1)
+        samples = table.gather(1, positions.clamp(max=table.shape[1] - 1))
+        per_sample = self._sample_grads(params, self.data.x[samples], self.data.y[samples])  # [M, B, D]
+        clipped = (clip_rows(per_sample, private.clip) * valid.unsqueeze(-1)).sum(1)
+        noise = torch.randn(clipped.shape, generator=randomness, dtype=clipped.dtype)
+        return (clipped + private.noise[rows].unsqueeze(1) * private.clip * noise) / denominator

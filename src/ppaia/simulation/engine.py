@@ -21,7 +21,11 @@ from ppaia.attacks import Adversary, choose_attackers
 from ppaia.config import ExperimentConfig
 from ppaia.data import label_histogram
 from ppaia.learning import BatchedEvaluator, BatchedTrainer, LocalData, ModelError, ParamLayout
+from ppaia.learning.continual import TaskSchedule, forgetting
+from ppaia.learning.ewc import fisher_diagonal
 from ppaia.learning.holdout import PeerLearning, split_holdout
+from ppaia.learning.local import Anchor, PrivateSteps
+from ppaia.privacy import PrivateTraining
 from ppaia.rules import RoundContext, RoundPlan, apply_plan
 from ppaia.seeding import Stream, derive_seed, generator
 from ppaia.simulation.metrics import METRIC_COLUMNS, local_phase, metrics_row
@@ -49,6 +53,7 @@ class RunResult:
     setup_s: float
     init_steps: int = 0
     snapshots: dict[str, list[tuple[int, torch.Tensor]]] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
 
     @property
     def final(self) -> dict[str, float]:
@@ -64,6 +69,12 @@ class RunResult:
             "init_steps": self.init_steps,
             "init_bytes": self.history[0]["bytes_sent"],
             "attackers": self.attackers.nonzero().flatten().tolist(),
+            "events": self.events,
+            **(
+                {"peer_epsilon": self.snapshots["epsilon"][-1][1].tolist()}
+                if "epsilon" in self.snapshots
+                else {}
+            ),
             "peer_accuracy": self.peer_accuracy.tolist(),
             "peer_loss": self.peer_loss.tolist(),
             "peer_samples": self.n_samples.tolist(),
@@ -106,6 +117,11 @@ class Simulation:
             y = self.adversary.poison(y, own, self.dataset.n_classes)
         self.honest = torch.ones(n, dtype=torch.bool) if self.adversary is None else self.adversary.honest
         self.data = LocalData.from_parts(self.dataset.x_train, y, train_parts)
+        self.schedule = TaskSchedule(cfg.tasks, cfg.rounds)
+        self.task_data = [
+            LocalData.from_parts(self.dataset.x_train, y, self.schedule.restrict(train_parts, labels, task))
+            for task in range(len(self.schedule.tasks))
+        ]
         self.learner = PeerLearning(
             self.model,
             self.data if cfg.holdout == 0 else LocalData.from_parts(self.dataset.x_train, y, held_parts),
@@ -119,7 +135,12 @@ class Simulation:
             lr=cfg.lr,
             seed=cfg.seed,
         )
-        self.evaluator = BatchedEvaluator(self.model, self.dataset.x_test, self.dataset.y_test)
+        x_test, y_test = self.dataset.x_test, self.dataset.y_test
+        self.evaluator = BatchedEvaluator(self.model, x_test, y_test)
+        self.task_evaluators = [
+            BatchedEvaluator(self.model, x_test[mask], y_test[mask])
+            for mask in self.schedule.test_masks(y_test)
+        ]
         self.trainer.warm_up(self.params)  # torch.func's first call costs ~1 s: count it as set-up
         self.setup_s = time.perf_counter() - started
 
@@ -144,14 +165,22 @@ class Simulation:
         return self.graph.n
 
     # The three phases of a round; the reference executor overrides them with per-peer loops.
-    def train(self, params: torch.Tensor, round_: int, trainers: torch.Tensor | None) -> torch.Tensor:
-        return self.trainer.train(params, round_, trainers)
+    def train(
+        self,
+        params: torch.Tensor,
+        round_: int,
+        trainers: torch.Tensor,
+        anchor: Anchor | None = None,
+        private: PrivateSteps | None = None,
+    ) -> torch.Tensor:
+        return self.trainer.train(params, round_, trainers, anchor=anchor, private=private)
 
     def cooperate(self, plan: RoundPlan, params: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
         return apply_plan(self.rule, plan, params, ctx)
 
-    def evaluate(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.evaluator(params)
+    def evaluate(self, params: torch.Tensor, task: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-peer test accuracy and loss, on the whole test set or on one task's classes."""
+        return (self.evaluator if task is None else self.task_evaluators[task])(params)
 
     def round_context(self, round_: int) -> RoundContext:
         cfg = self.config
@@ -160,47 +189,107 @@ class Simulation:
             round_, self.graph, self.data.counts, cfg.mixing, cfg.link_up, rule_randomness, self.learner
         )
 
+    def enter_round(self, round_: int, privacy: PrivateTraining | None) -> None:
+        """Switch every peer to the current task's data when tasks change."""
+        if self.schedule and (round_ == 1 or self.schedule.starts_task(round_)):
+            self.data = self.trainer.data = self.task_data[self.schedule.task_of(round_)]
+            if privacy is not None:
+                privacy.use_counts(self.data.counts)
+
+    def anchor(self, params: torch.Tensor, round_: int, anchor: Anchor | None) -> Anchor | None:
+        """EWC's θ* and Fisher: at every round's start, or at the end of each finished task."""
+        ewc = self.config.ewc
+        if ewc is None:
+            return None
+        if ewc.anchor == "task":
+            if not self.schedule.starts_task(round_):
+                return anchor
+            data = self.task_data[self.schedule.task_of(round_) - 1]  # the task just finished
+        else:
+            data = self.data
+        fisher = fisher_diagonal(
+            self.model,
+            params,
+            data,
+            torch.arange(self.n_peers),
+            samples=ewc.samples,
+            mode=ewc.fisher,
+            generator=generator(self.config.seed, Stream.FISHER, round_),
+        )
+        return Anchor(ewc.strength, fisher, params.clone())
+
+    def private_training(self) -> PrivateTraining | None:
+        cfg = self.config
+        if cfg.privacy is None:
+            return None
+        return PrivateTraining(
+            cfg.privacy,
+            self.data.counts,
+            batch_size=cfg.batch_size,
+            epochs=cfg.local_epochs,
+            rounds=cfg.rounds,
+            seed=cfg.seed,
+        )
+
     def run(self, on_round: RoundCallback | None = None) -> RunResult:
         """Run every round; `on_round(round, metrics or None)` is called after each one."""
         cfg, params, adversary = self.config, self.params.clone(), self.adversary
         self.rule.reset(self.n_peers)
+        if adversary is not None:
+            adversary.reset()
+        privacy = self.private_training()
+        self.enter_round(1, privacy)
         model_bytes = self.layout.size * BYTES_PER_VALUE
         local = self.rule.reports_local_phase or cfg.eval_local_phase
         snapshots: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        history: list[dict[str, float]] = []
         total = self.init.models_sent * model_bytes
-        accuracy, loss = self.evaluate(params)
-        row = metrics_row(0, accuracy, loss, params, self.honest, total, total, 0.0)
-        history = [row | local_phase(accuracy, self.honest) if local else row]
+        first = self.measure(0, params, history, privacy)
+        first |= {"bytes_sent": total, "bytes_cumulative": total}
+        history.append(first | (local_phase(self.evaluate(params)[0], self.honest) if local else {}))
+        anchor = None
         started = time.perf_counter()
         for round_ in range(1, cfg.rounds + 1):
             evaluating = round_ % cfg.eval_every == 0 or round_ == cfg.rounds
+            self.enter_round(round_, privacy)
             ctx = self.round_context(round_)
             plan = self.rule.plan(ctx)
-            trainers = plan.trainers if adversary is None else adversary.trainers(plan.trainers)
-            held = None if adversary is None else params[adversary.attackers].clone()
-            params = self.train(params, round_, trainers)
+            trainers = torch.ones(self.n_peers, dtype=torch.bool) if plan.trainers is None else plan.trainers
+            if adversary is not None:
+                trainers = adversary.trainers(trainers)
+            if privacy is not None:
+                trainers = privacy.allowed(trainers, round_)
+            anchor = self.anchor(params, round_, anchor)
+            held = params.clone() if privacy is not None or adversary is not None else None
+            params = self.train(params, round_, trainers, anchor, privacy and privacy.private_steps())
+            if privacy is not None:
+                params = privacy.release(held, params, trainers, round_)
+                privacy.spend(trainers)
             after_training = (
                 local_phase(self.evaluate(params)[0], self.honest) if local and evaluating else {}
             )
             if adversary is not None:
-                params = adversary.send(params, held, round_)
+                params = adversary.send(params, held[adversary.attackers], round_)
             params = self.cooperate(plan, params, ctx)
             sent = plan.models_sent() * model_bytes
             total += sent
             row = None
             if evaluating:
-                accuracy, loss = self.evaluate(params)
-                wall = time.perf_counter() - started
-                row = (
-                    metrics_row(round_, accuracy, loss, params, self.honest, sent, total, wall)
-                    | after_training
-                )
+                row = self.measure(round_, params, history, privacy) | after_training
+                row |= {
+                    "bytes_sent": sent,
+                    "bytes_cumulative": total,
+                    "wall_s": time.perf_counter() - started,
+                }
                 history.append(row)
                 for name, value in self.rule.snapshot().items():
                     snapshots.setdefault(name, []).append((round_, value.clone()))
+                if privacy is not None:
+                    snapshots.setdefault("epsilon", []).append((round_, privacy.epsilon()))
             if on_round is not None:
                 on_round(round_, row)
-        attackers = ~self.honest
+        accuracy, loss = self.evaluate(params)
+        events = [] if privacy is None else privacy.events
         return RunResult(
             cfg,
             history,
@@ -209,11 +298,31 @@ class Simulation:
             params,
             self.data.counts,
             self.histogram,
-            attackers,
+            ~self.honest,
             self.setup_s,
             self.init.steps,
             snapshots,
+            events,
         )
+
+    def measure(
+        self,
+        round_: int,
+        params: torch.Tensor,
+        history: list[dict[str, float]],
+        privacy: PrivateTraining | None,
+    ) -> dict[str, float]:
+        """The metrics of an evaluated round (the caller fills in bytes and time)."""
+        accuracy, loss = self.evaluate(params)
+        row = metrics_row(round_, accuracy, loss, params, self.honest, 0, 0, 0.0)
+        if self.schedule:
+            for task in range(len(self.schedule.tasks)):
+                row[f"task{task}_acc"] = self.evaluate(params, task)[0][self.honest].mean().item()
+            row["forgetting"] = forgetting([*history, row], self.schedule.task_of(max(round_, 1)))
+        if privacy is not None:
+            epsilon = privacy.epsilon()
+            row |= {"epsilon_mean": epsilon.mean().item(), "epsilon_max": epsilon.max().item()}
+        return row
 
 
 def run(

@@ -22,15 +22,17 @@ class ReferenceSimulation(Simulation):
 
     def __init__(self, config) -> None:
         super().__init__(config)
+        if getattr(config.privacy, "record_level", False):
+            raise NotImplementedError(
+                "the reference executor does not implement DP-SGD (update-level DP is shared)"
+            )
         self.modules = [self.build_model() for _ in range(self.n_peers)]
 
-    def train(self, params: torch.Tensor, round_: int, trainers: torch.Tensor | None) -> torch.Tensor:
+    def train(self, params, round_, trainers, anchor=None, private=None) -> torch.Tensor:
         cfg, counts = self.config, self.data.counts
         orders = [epoch_order(counts, cfg.seed, round_, epoch) for epoch in range(cfg.local_epochs)]
         params = params.clone()
-        for peer in range(self.n_peers):
-            if trainers is not None and not trainers[peer]:
-                continue
+        for peer in trainers.nonzero().flatten().tolist():
             module = self.layout.load(self.modules[peer], params[peer])
             optimizer = cfg.optimizer.torch_optimizer(module.parameters(), cfg.lr)
             samples = self.data.peer_samples(peer)
@@ -38,7 +40,12 @@ class ReferenceSimulation(Simulation):
                 shuffled = samples[order[peer, : counts[peer]]]
                 for batch in shuffled.split(cfg.batch_size):
                     optimizer.zero_grad()
-                    F.cross_entropy(module(self.data.x[batch]), self.data.y[batch]).backward()
+                    loss = F.cross_entropy(module(self.data.x[batch]), self.data.y[batch])
+                    if anchor is not None:  # EWC by autograd: (λ/2)·Σ F (θ − θ*)²
+                        flat = torch.cat([p.reshape(-1) for p in module.parameters()])
+                        gap = flat - anchor.center[peer]
+                        loss = loss + 0.5 * anchor.strength * (anchor.fisher[peer] * gap * gap).sum()
+                    loss.backward()
                     optimizer.step()
             params[peer] = self.layout.flatten(module)
         return params
@@ -50,8 +57,11 @@ class ReferenceSimulation(Simulation):
         return torch.stack(models)
 
     @torch.no_grad()
-    def evaluate(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(self, params: torch.Tensor, task: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.dataset.x_test, self.dataset.y_test
+        if task is not None:
+            mask = self.schedule.test_masks(y)[task]
+            x, y = x[mask], y[mask]
         accuracy, loss = torch.zeros(self.n_peers), torch.zeros(self.n_peers)
         for peer, module in enumerate(self.modules):
             logits = self.layout.load(module, params[peer])(x)

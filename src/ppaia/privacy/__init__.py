@@ -1,0 +1,15 @@
+"""Differential privacy for local training, with per-peer accounting by Opacus."""
+
+from ppaia.privacy.accountant import PeerAccountant, noise_for_target
+from ppaia.privacy.mechanisms import DPSGD, PRIVACY, PrivacyMechanism, UpdateDP
+from ppaia.privacy.training import PrivateTraining
+
+__all__ = [
+    "DPSGD",
+    "PRIVACY",
+    "PeerAccountant",
+    "PrivacyMechanism",
+    "PrivateTraining",
+    "UpdateDP",
+    "noise_for_target",
+]

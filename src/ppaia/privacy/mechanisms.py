@@ -1,0 +1,83 @@
+"""Differential privacy for local training: what each mechanism protects, and its noise.
+
+* ``update_dp`` — update-level Gaussian mechanism (what the gossip + DP tutorial used): after its local
+  phase a peer clips its round update Δ = θ_after − θ_before to ℓ2 norm C and adds N(0, σ²) to every
+  coordinate, σ = C·√(2 ln(1.25/δ))/ε per release (the classical Gaussian mechanism). It protects the
+  peer's *whole update of one round*: neighbours cannot tell whether the peer's data set was replaced by
+  any other. One release per round.
+* ``dp_sgd`` — record-level DP-SGD: per-sample gradients are clipped to C, summed, and Gaussian noise
+  of standard deviation z·C is added at every step. It protects each *single training record*: the
+  models a peer sends reveal little about whether any one record was in its data.
+
+Both are accounted with Opacus' RDP accountant (see :mod:`ppaia.privacy.accountant`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from ppaia.learning.local import clip_rows
+from ppaia.registry import Component, Registry
+
+__all__ = ["DPSGD", "PRIVACY", "PrivacyMechanism", "UpdateDP"]
+
+
+class PrivacyMechanism(Component):
+    """A differential-privacy mechanism applied to every peer's local training."""
+
+    record_level: ClassVar[bool]
+    delta: float = Field(default=1e-5, gt=0, lt=1, description="δ of every (ε, δ) guarantee")
+    budget: float | None = Field(default=None, gt=0, description="ε a peer may spend; then it stops training")
+
+
+PRIVACY: Registry[PrivacyMechanism] = Registry("privacy mechanism")
+
+
+@PRIVACY.register("update_dp")
+class UpdateDP(PrivacyMechanism):
+    """Update-level Gaussian mechanism: clip each round's update to C, add N(0, σ²), σ from (ε, δ)."""
+
+    record_level: ClassVar[bool] = False
+    clip: float = Field(default=2.0, gt=0, description="ℓ2 bound C of a round's update")
+    epsilon: float = Field(default=8.0, gt=0, description="ε per release (inf: clip only)")
+
+    @property
+    def sigma(self) -> float:
+        """σ = C·√(2 ln(1.25/δ)) / ε (0 when ε is infinite)."""
+        return (
+            0.0
+            if math.isinf(self.epsilon)
+            else self.clip * math.sqrt(2 * math.log(1.25 / self.delta)) / self.epsilon
+        )
+
+    @property
+    def noise_multiplier(self) -> float:
+        return self.sigma / self.clip
+
+    def release(self, before: torch.Tensor, after: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The parameters each peer (row) publishes: before + clip(after − before) + N(0, σ²)."""
+        update = clip_rows(after - before, self.clip)
+        if self.sigma:
+            update = update + self.sigma * torch.randn(update.shape, generator=generator, dtype=update.dtype)
+        return before + update
+
+
+@PRIVACY.register("dp_sgd")
+class DPSGD(PrivacyMechanism):
+    """Record-level DP-SGD: per-sample gradients clipped to C, Gaussian noise z·C at every step."""
+
+    record_level: ClassVar[bool] = True
+    clip: float = Field(default=1.0, gt=0, description="ℓ2 bound C of each per-sample gradient")
+    noise_multiplier: float | None = Field(default=None, ge=0, description="z; or give target_epsilon")
+    target_epsilon: float | None = Field(default=None, gt=0, description="pick z up front for the whole run")
+    sampling: Literal["poisson", "shuffle"] = Field(default="poisson", description="how batches are drawn")
+
+    @model_validator(mode="after")
+    def _one_way_to_set_noise(self) -> DPSGD:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier and target_epsilon")
+        return self

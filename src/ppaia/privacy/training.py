@@ -1,0 +1,101 @@
+"""A privacy mechanism at work in one run: per-peer noise, budget, accounting (rows = peers)."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import torch
+
+from ppaia.learning.local import PrivateSteps
+from ppaia.privacy.accountant import PeerAccountant, noise_for_target
+from ppaia.privacy.mechanisms import DPSGD, PrivacyMechanism, UpdateDP
+from ppaia.seeding import Stream, generator
+
+__all__ = ["PrivateTraining"]
+
+log = logging.getLogger("ppaia.privacy")
+TARGET_TOLERANCE = 0.01  # Opacus' search for a target ε stops within this much of it
+
+
+class PrivateTraining:
+    """Chooses each peer's noise, keeps peers within their ε budget, and records what they spend."""
+
+    def __init__(
+        self,
+        mechanism: PrivacyMechanism,
+        counts: torch.Tensor,
+        *,
+        batch_size: int,
+        epochs: int,
+        rounds: int,
+        seed: int,
+    ) -> None:
+        self.mechanism, self.seed = mechanism, seed
+        self.batch_size, self.epochs = batch_size, epochs
+        self.accountant = PeerAccountant(counts.numel(), mechanism.delta)
+        self.stopped: dict[int, int] = {}
+        self.events: list[str] = []
+        self.budget = mechanism.budget
+        self.use_counts(counts)
+        if isinstance(mechanism, DPSGD) and mechanism.target_epsilon is not None:
+            target = mechanism.target_epsilon
+            noise = cache(lambda rate, steps: noise_for_target(target, mechanism.delta, rate, steps))
+            self.noise = torch.tensor(
+                [noise(float(r), int(s) * rounds) for r, s in zip(self.rate, self.steps, strict=True)],
+                dtype=torch.float64,
+            )
+            self.budget = min(self.budget or float("inf"), target + TARGET_TOLERANCE)
+
+    def use_counts(self, counts: torch.Tensor) -> None:
+        """Per-peer sampling rate and steps per round for the data each peer trains on now."""
+        if isinstance(self.mechanism, UpdateDP):  # one release of the whole update per round
+            self.rate = torch.ones(counts.numel(), dtype=torch.float64)
+            self.steps = torch.ones(counts.numel(), dtype=torch.long)
+            self.noise = torch.full((counts.numel(),), self.mechanism.noise_multiplier, dtype=torch.float64)
+            return
+        self.rate = (self.batch_size / counts.clamp(min=1).double()).clamp(max=1.0)
+        self.steps = self.epochs * ((counts + self.batch_size - 1) // self.batch_size)
+        if self.mechanism.noise_multiplier is not None:
+            self.noise = torch.full((counts.numel(),), self.mechanism.noise_multiplier, dtype=torch.float64)
+
+    def allowed(self, trainers: torch.Tensor, round_: int) -> torch.Tensor:
+        """The trainers whose ε stays within budget after this round; the others stop for good."""
+        trainers = trainers.clone()
+        for peer in self.stopped:
+            trainers[peer] = False
+        if self.budget is None:
+            return trainers
+        peers = trainers.nonzero().flatten()
+        after = self.accountant.epsilon_after(peers, self.noise, self.rate, self.steps)
+        for peer, epsilon in zip(peers.tolist(), after.tolist(), strict=True):
+            if epsilon > self.budget:
+                trainers[peer] = False
+                self.stopped[peer] = round_
+                message = (
+                    f"peer {peer} stops training at round {round_}: ε would reach {epsilon:.3g} "
+                    f"> budget {self.budget:.3g}"
+                )
+                self.events.append(message)
+                log.info(message)
+        return trainers
+
+    def private_steps(self) -> PrivateSteps | None:
+        """DP-SGD's per-step clipping and noise for the trainer (None for update-level DP)."""
+        mechanism = self.mechanism
+        if not isinstance(mechanism, DPSGD):
+            return None
+        return PrivateSteps(mechanism.clip, self.noise.float(), mechanism.sampling, self.seed)
+
+    def release(self, before: torch.Tensor, after: torch.Tensor, trainers: torch.Tensor, round_: int):
+        """Update-level DP: what the trainers publish after their local phase (in place in `after`)."""
+        if isinstance(self.mechanism, UpdateDP) and bool(trainers.any()):
+            randomness = generator(self.seed, Stream.PRIVACY, round_, 1)
+            after[trainers] = self.mechanism.release(before[trainers], after[trainers], randomness)
+        return after
+
+    def spend(self, trainers: torch.Tensor) -> None:
+        self.accountant.spend(trainers.nonzero().flatten(), self.noise, self.rate, self.steps)
+
+    def epsilon(self) -> torch.Tensor:
+        return self.accountant.epsilon()
