@@ -59,6 +59,7 @@ def main() -> None:
     )
     init_cost: dict[str, list[tuple[int, int]]] = defaultdict(list)
     oscillation: dict[str, list[list[float]]] = defaultdict(list)
+    rounds: list[int] = []
 
     def keep(run: SweepRun, result: RunResult) -> None:
         cell = run.cell
@@ -67,6 +68,7 @@ def main() -> None:
             init_cost[cell["topology"]].append((summary["init_steps"], summary["init_bytes"]))
         if cell.get("topology") == "ring" and cell.get("init") == "max_norm" and cell.get("link_up") == 1.0:
             key = cell["partition"]
+            rounds[:] = [row["round"] for row in result.history]
             oscillation[f"{key}: after local phase"].append([row["local_acc_mean"] for row in result.history])
             oscillation[f"{key}: after consensus"].append([row["acc_mean"] for row in result.history])
 
@@ -116,7 +118,7 @@ def main() -> None:
     lines = {}
     for label, curves in oscillation.items():
         mean = [statistics.fmean(values) for values in zip(*curves, strict=True)]
-        lines[label] = ([10 * i for i in range(len(mean))], mean)
+        lines[label] = (rounds, mean)
     line_plot(
         lines,
         args.out / "oscillation_ring.png",

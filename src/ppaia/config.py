@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from ppaia.attacks import ATTACKS, Attack
+from ppaia.attacks import ATTACKS, Attack, attacker_count
 from ppaia.data import DATASETS, PARTITIONERS, DatasetSource, Partitioner
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, InitPolicy, ModelSpec, OptimizerSpec
 from ppaia.learning.continual import EWCSettings
@@ -132,6 +132,17 @@ class ExperimentConfig(BaseModel):
     def _consistent(self) -> ExperimentConfig:
         if self.attack is None and self.attackers > 0:
             raise ValueError("attackers: set `attack` to say what the attackers do")
+        if attacker_count(self.peers, self.attackers) >= self.peers:
+            raise ValueError(f"attackers: {self.attackers} of {self.peers} peers leaves no honest peer")
+        if self.attackers > 0 and self.rule.pooled:
+            raise ValueError(
+                f"attackers: rule {self.rule.name!r} pools all data on one model; there are no peers"
+            )
+        if getattr(self.rule, "needs_holdout", False) and self.holdout == 0:
+            raise ValueError(
+                f"holdout: rule {self.rule.label()} fits trust on held-out data; set holdout (e.g. 0.2) — "
+                "on its training data a peer's own model always wins"
+            )
         if self.ewc is not None and self.ewc.anchor == "task" and not self.tasks:
             raise ValueError("ewc.anchor = 'task' needs `tasks`")
         if self.tasks and self.rounds < len(self.tasks):

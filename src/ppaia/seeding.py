@@ -20,7 +20,6 @@ class Stream(enum.IntEnum):
     INIT = 1
     DATA_ORDER = 2
     RULE = 3
-    LINKS = 4
     PARTITION = 5
     TOPOLOGY = 6
     ATTACK = 7

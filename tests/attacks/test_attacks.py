@@ -91,3 +91,19 @@ def test_noise_collapses_consensus_but_not_the_median():
     median = ppaia.run(attacked | {"rule": "median"}).final["honest_acc_mean"]
     assert clean > 0.8 and consensus < 0.3
     assert median > clean - 0.05
+
+
+def test_a_run_needs_at_least_one_honest_peer():
+    with pytest.raises(ValueError, match="attackers"):
+        ppaia.ExperimentConfig(peers=2, attack="sign_flip", attackers=0.75)
+    with pytest.raises(ValueError, match="attackers"):
+        ppaia.ExperimentConfig(rule="centralized", attack="sign_flip", attackers=0.2)
+
+
+@pytest.mark.parametrize("attack", ["stale(age=2)", "free_rider", "gaussian", "sign_flip", "label_flip"])
+def test_running_a_simulation_twice_gives_the_same_numbers(attack):
+    simulation = ppaia.Simulation(
+        ppaia.ExperimentConfig(**BASE | {"rounds": 4, "attack": attack, "attackers": 0.3})
+    )
+    first, second = simulation.run(), simulation.run()
+    assert torch.equal(first.params, second.params)

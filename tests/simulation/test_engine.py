@@ -185,3 +185,16 @@ def test_max_norm_initialization_cost_is_counted_at_round_zero():
     assert summary["init_steps"] == 3  # a ring of 6 peers: the largest model travels 3 hops
     assert result.history[0]["bytes_sent"] == summary["init_bytes"] > 0
     assert result.history[0]["consensus_distance"] == 0.0
+
+
+def test_learned_trust_needs_held_out_data_unless_faithful():
+    with pytest.raises(ValueError, match="holdout"):
+        ExperimentConfig(rule="learned_trust")
+    assert ExperimentConfig(rule="learned_trust(faithful=true)").holdout == 0
+
+
+def test_simulations_built_from_one_config_do_not_share_rule_state():
+    config = ExperimentConfig(**SMALL | {"rule": "learned_trust", "topology": "complete", "holdout": 0.2})
+    first, second = Simulation(config), Simulation(config)
+    assert first.rule is not second.rule and first.rule is not config.rule
+    torch.testing.assert_close(first.run().params, second.run().params)

@@ -88,3 +88,16 @@ def test_runs_from_different_grids_can_be_summarised_together(tmp_path):
     with open(tmp_path / "sweep.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert rows[2]["rule"] == "fedavg" and rows[2]["topology"] == ""
+
+
+def test_a_field_and_its_option_in_one_grid_keep_the_option():
+    runs = sweep_runs(BASE, {"rule.steps": [1, 4], "rule": ["consensus"]}, [0])
+    assert [run.config.rule.steps for run in runs] == [1, 4]
+
+
+def test_sweep_command_shows_the_chosen_metric_and_rejects_unknown_ones(tmp_path):
+    common = ["sweep", "--grid", "lr=0.05", "--seeds", "1", "--set", "rounds=1", "--set", "peers=4"]
+    shown = CliRunner().invoke(app, [*common, "--metric", "loss_mean", "--out", str(tmp_path / "a")])
+    assert shown.exit_code == 0 and "±" in shown.output
+    unknown = CliRunner().invoke(app, [*common, "--metric", "accuracy", "--out", str(tmp_path / "b")])
+    assert unknown.exit_code == 2 and "accuracy" in unknown.output

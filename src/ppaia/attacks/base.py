@@ -6,6 +6,7 @@ trains on); honest peers never know who is honest. Metrics over honest peers lea
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -15,7 +16,7 @@ import torch
 from ppaia.registry import Component, Registry
 from ppaia.seeding import Stream, generator
 
-__all__ = ["ATTACKS", "Adversary", "Attack", "AttackRound", "choose_attackers"]
+__all__ = ["ATTACKS", "Adversary", "Attack", "AttackRound", "attacker_count", "choose_attackers"]
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,14 @@ class Attack(Component):
 ATTACKS: Registry[Attack] = Registry("attack")
 
 
+def attacker_count(n_peers: int, fraction: float) -> int:
+    """⌊fraction · n + ½⌋: the share of peers rounded half up."""
+    return math.floor(fraction * n_peers + 0.5)
+
+
 def choose_attackers(n_peers: int, fraction: float, seed: int) -> torch.Tensor:
-    """A boolean mask of round(fraction · n) attackers, chosen by the seed."""
-    count = round(fraction * n_peers)
+    """A boolean mask of :func:`attacker_count` attackers, chosen by the seed."""
+    count = attacker_count(n_peers, fraction)
     chosen = torch.randperm(n_peers, generator=generator(seed, Stream.ATTACK))[:count]
     return torch.zeros(n_peers, dtype=torch.bool).index_fill_(0, chosen, True)
 

@@ -27,8 +27,9 @@ from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError
 from ppaia.registry import Registry, SpecError
 from ppaia.rules import RULES
 from ppaia.simulation import RunResult, Simulation
+from ppaia.simulation.metrics import LOCAL_PHASE_COLUMNS, METRIC_COLUMNS
 from ppaia.simulation.report import OutputError, check_output_dir, write_outputs
-from ppaia.simulation.sweep import parse_grid_option, sweep_runs, sweep_with_progress
+from ppaia.simulation.sweep import DEFAULT_METRICS, parse_grid_option, sweep_runs, sweep_with_progress
 from ppaia.topology import MIXINGS, TOPOLOGIES, TopologyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="PPAIA: serverless federated learning.")
@@ -158,7 +159,12 @@ def sweep_command(
         axes = dict(parse_grid_option(option) for option in grid or [])
         out = out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
         check_output_dir(out)
-        result = sweep_with_progress(sweep_runs(base, axes, list(range(seeds))), console=console)
+        if metric not in METRIC_COLUMNS + LOCAL_PHASE_COLUMNS:
+            raise ConfigError(
+                f"--metric {metric!r}: not a metric; choose from {', '.join(METRIC_COLUMNS[1:])}"
+            )
+        metrics = tuple(dict.fromkeys((*DEFAULT_METRICS, metric)))
+        result = sweep_with_progress(sweep_runs(base, axes, list(range(seeds))), metrics, console=console)
     except USER_ERRORS as err:
         raise fail(err) from None
     result.write(out)

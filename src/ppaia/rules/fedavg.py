@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from ppaia.registry import SpecError
 from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan
@@ -27,6 +27,8 @@ class FedAvg(CooperationRule):
 
     fraction: float = Field(default=1.0, gt=0, le=1)
     aggregator: str = "mean"
+
+    _robust: CooperationRule | None = PrivateAttr(default=None)
 
     @field_validator("aggregator")
     @classmethod
@@ -50,7 +52,9 @@ class FedAvg(CooperationRule):
 
     def robust_aggregator(self) -> CooperationRule | None:
         """The robust rule whose aggregate the server forms; None for the sample-weighted mean."""
-        return None if self.aggregator == "mean" else RULES.create(self.aggregator)
+        if self._robust is None and self.aggregator != "mean":
+            self._robust = RULES.create(self.aggregator)
+        return self._robust
 
     def initialize(self, params: torch.Tensor) -> torch.Tensor:
         return params[:1].expand_as(params).clone()

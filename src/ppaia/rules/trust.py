@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field, PrivateAttr
 
 from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan
-from ppaia.topology.mixing import Mixing
+from ppaia.topology.mixing import Mixing, rank_within
 
 __all__ = ["LearnedTrust", "project_capped_simplex"]
 
@@ -57,6 +57,11 @@ class LearnedTrust(CooperationRule):
 
     _trust: torch.Tensor = PrivateAttr(default_factory=lambda: torch.empty(0, 0))
 
+    @property
+    def needs_holdout(self) -> bool:
+        """Trust is fitted on held-out data (the faithful prototype used its training data)."""
+        return not self.faithful
+
     def reset(self, n_peers: int) -> None:
         self._trust = torch.full((n_peers, n_peers), float("nan"), dtype=torch.float64)
 
@@ -65,7 +70,12 @@ class LearnedTrust(CooperationRule):
         return self.lr if self.lr is not None else (1e-4 if self.faithful else 0.5)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        return {"trust": self._trust}
+        """Trust between every pair that has met, as a sparse N × N matrix (memory ∝ pairs met)."""
+        met = self._trust.isfinite()
+        entries = torch.sparse_coo_tensor(
+            met.nonzero().T, self._trust[met], self._trust.shape, check_invariants=False
+        )
+        return {"trust": entries.coalesce()}
 
     def plan(self, ctx: RoundContext) -> RoundPlan:
         """Each peer pulls from up to k live neighbours chosen at random."""
@@ -73,9 +83,7 @@ class LearnedTrust(CooperationRule):
         keys = torch.rand(receivers.numel(), generator=ctx.generator, dtype=torch.float64)
         order = torch.argsort(receivers.double() + keys * 0.5, stable=True)  # by receiver, random inside
         receivers, senders = receivers[order], senders[order]
-        counts = torch.bincount(receivers, minlength=ctx.n_peers)
-        rank = torch.arange(receivers.numel()) - (counts.cumsum(0) - counts)[receivers]
-        chosen = rank < self.partners
+        chosen = rank_within(receivers, ctx.n_peers) < self.partners
         peers = torch.arange(ctx.n_peers)
         rows = torch.cat([receivers[chosen], peers])
         sources = torch.cat([senders[chosen], peers])
@@ -88,16 +96,19 @@ class LearnedTrust(CooperationRule):
             raise ValueError("learned_trust needs the peers' data (RoundContext.learner)")
         receivers = step.receiver_ids()
         hood = step.gather(params)
-        partner = hood.mask & (hood.ids != receivers.unsqueeze(1))
-        own = hood.mask & ~partner
+        finite = hood.values.isfinite().all(-1)  # a model with NaN/Inf gets no trust and no arithmetic
+        values = torch.where(finite.unsqueeze(-1), hood.values, 0.0)
+        partner = hood.mask & (hood.ids != receivers.unsqueeze(1)) & finite
+        own = hood.mask & (hood.ids == receivers.unsqueeze(1))
         self._grow(int(max(receivers.max(), hood.ids.max())) + 1)
         known = self._trust[receivers.unsqueeze(1), hood.ids.clamp(min=0)]
         start = torch.where(partner & ~known.isnan(), known, 1.0 / (self.partners + 1)) * partner
-        trust = self._learn(start, partner, own, hood.values, receivers, ctx)
-        rows, cols = partner.nonzero(as_tuple=True)
+        trust = self._learn(start, partner, own, values, receivers, ctx)
+        met = hood.mask & (hood.ids != receivers.unsqueeze(1))
+        rows, cols = met.nonzero(as_tuple=True)
         self._trust[receivers[rows], hood.ids[rows, cols]] = trust[rows, cols]
         weights = trust + own * (1 - trust.sum(1, keepdim=True))
-        return torch.einsum("rm,rmd->rd", weights.to(params.dtype), hood.values)
+        return torch.einsum("rm,rmd->rd", weights.to(params.dtype), values)
 
     def _grow(self, size: int) -> None:
         if size > self._trust.shape[0]:

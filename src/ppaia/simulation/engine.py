@@ -87,7 +87,7 @@ class Simulation:
     def __init__(self, config: ExperimentConfig) -> None:
         started = time.perf_counter()
         self.config = cfg = config
-        self.rule = cfg.rule
+        self.rule = cfg.rule.model_copy(deep=True)  # its learned state belongs to this simulation
         self.dataset = cfg.dataset.load(cfg.seed)
         labels = self.dataset.y_train.numpy()
         parts = cfg.partition.split(

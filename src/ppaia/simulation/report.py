@@ -20,7 +20,7 @@ import torch
 
 from ppaia.simulation.engine import RunResult
 
-__all__ = ["OutputError", "check_output_dir", "line_plot", "write_outputs"]
+__all__ = ["OutputError", "check_output_dir", "densify", "line_plot", "write_outputs"]
 
 
 class OutputError(ValueError):
@@ -67,21 +67,33 @@ def _write_all(result: RunResult, folder: Path) -> None:
         for peer, (count, acc, loss, counts) in enumerate(columns):
             writer.writerow([peer, int(count), f"{acc:.6f}", f"{loss:.6f}", *counts.tolist()])
     for name, series in result.snapshots.items():
-        _write_matrices(name, series, folder)
+        _write_series(name, series, folder)
     _plot(result, folder)
 
 
-def _write_matrices(name: str, series: list[tuple[int, torch.Tensor]], folder: Path) -> None:
-    """A peer × peer matrix per evaluated round: a long table of its known (finite) entries, a heat map."""
+def densify(matrix: torch.Tensor) -> torch.Tensor:
+    """A sparse snapshot as a dense matrix with NaN where nothing is known (e.g. peers that never met)."""
+    dense = torch.full(matrix.shape, float("nan"), dtype=matrix.dtype)
+    dense[tuple(matrix.indices())] = matrix.values()
+    return dense
+
+
+def _write_series(name: str, series: list[tuple[int, torch.Tensor]], folder: Path) -> None:
+    """Per-round state as a long table: a value per peer, or a sparse peer × partner matrix (+ heat map)."""
     with open(folder / f"{name}.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
+        if series[-1][1].dim() == 1:
+            writer.writerow(["round", "peer", name])
+            for round_, values in series:
+                writer.writerows((round_, peer, f"{value:.6g}") for peer, value in enumerate(values.tolist()))
+            return
         writer.writerow(["round", "peer", "partner", name])
         for round_, matrix in series:
-            for peer, partner in matrix.isfinite().nonzero().tolist():
-                writer.writerow([round_, peer, partner, f"{matrix[peer, partner].item():.6g}"])
+            pairs, values = matrix.indices().T.tolist(), matrix.values().tolist()
+            writer.writerows((round_, i, j, f"{v:.6g}") for (i, j), v in zip(pairs, values, strict=True))
     round_, matrix = series[-1]
     figure, axis = plt.subplots(figsize=(5.5, 4.5))
-    image = axis.imshow(matrix.float().numpy(), cmap="viridis", vmin=0, interpolation="nearest")
+    image = axis.imshow(densify(matrix).float().numpy(), cmap="viridis", vmin=0, interpolation="nearest")
     figure.colorbar(image, ax=axis, label=f"{name} (blank: never met)")
     axis.set(xlabel="partner", ylabel="peer", title=f"{name} after round {round_}")
     _save(figure, folder / f"{name}.png")

@@ -96,7 +96,9 @@ def sweep_runs(base: Mapping[str, Any], grid: Mapping[str, list[Any]], seeds: li
     for values in itertools.product(*grid.values()):
         cell = dict(zip(grid, values, strict=True))
         table = dict(base)
-        for key, value in cell.items():
+        for key, value in sorted(
+            cell.items(), key=lambda item: "." in item[0]
+        ):  # fields before their options
             table = set_field(table, key, value)
         runs += [
             SweepRun(cell, seed, ExperimentConfig.model_validate(table | {"seed": seed})) for seed in seeds

@@ -14,7 +14,7 @@ import torch
 from ppaia.registry import Component, Registry
 from ppaia.topology.graphs import PeerGraph
 
-__all__ = ["MIXINGS", "Mixing", "MixingWeights", "Neighbourhoods", "mixing_step"]
+__all__ = ["MIXINGS", "Mixing", "MixingWeights", "Neighbourhoods", "mixing_step", "rank_within"]
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,8 @@ class Mixing:
         row, sender, weight = self.rows[keep] - first, self.senders[keep], self.weights[keep]
         order = torch.argsort(row, stable=True)
         row, sender, weight = row[order], sender[order], weight[order]
-        counts = torch.bincount(row, minlength=n_rows)
-        slot = torch.arange(row.numel()) - (torch.cumsum(counts, 0) - counts)[row]
-        width = int(counts.max()) if row.numel() else 0
+        slot = rank_within(row, n_rows)
+        width = int(slot.max()) + 1 if row.numel() else 0
         values = params.new_zeros(n_rows, width, params.shape[1])
         values[row, slot] = params[sender]
         mask = torch.zeros(n_rows, width, dtype=torch.bool)
@@ -123,6 +122,12 @@ class Neighbourhoods:
     mask: torch.Tensor
     weights: torch.Tensor
     ids: torch.Tensor
+
+
+def rank_within(groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Position of each entry inside its group, for entries already sorted by group (0, 1, 2, ... per group)."""
+    counts = torch.bincount(groups, minlength=n_groups)
+    return torch.arange(groups.numel()) - (counts.cumsum(0) - counts)[groups]
 
 
 class MixingWeights(Component):
