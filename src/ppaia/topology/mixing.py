@@ -125,7 +125,7 @@ class Neighbourhoods:
 
 
 def rank_within(groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Position of each entry inside its group, for entries already sorted by group (0, 1, 2, ... per group)."""
+    """Position of each entry inside its group, for entries sorted by group (0, 1, 2, ... per group)."""
     counts = torch.bincount(groups, minlength=n_groups)
     return torch.arange(groups.numel()) - (counts.cumsum(0) - counts)[groups]
 
