@@ -143,6 +143,11 @@ class ExperimentConfig(BaseModel):
                 f"holdout: rule {self.rule.label()} fits trust on held-out data; set holdout (e.g. 0.2) — "
                 "on its training data a peer's own model always wins"
             )
+        if self.ewc is not None and getattr(self.privacy, "record_level", False):
+            raise ValueError(
+                "ewc: its Fisher is computed on raw records outside DP-SGD's clipping and noise, which would "
+                "void the reported ε; use update_dp or leave ewc out"
+            )
         if self.ewc is not None and self.ewc.anchor == "task" and not self.tasks:
             raise ValueError("ewc.anchor = 'task' needs `tasks`")
         if self.tasks and self.rounds < len(self.tasks):

@@ -9,6 +9,8 @@ from opacus.accountants.utils import get_noise_multiplier
 __all__ = ["PeerAccountant", "noise_for_target"]
 
 History = tuple[tuple[float, float, int], ...]  # (noise multiplier, sample rate, steps), as Opacus keeps it
+# Opacus' default RDP orders stop at 63; small noise multipliers (update-level DP at large ε) need higher ones
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 192, 256, 384, 512, 1024]
 
 
 def _merged(history: History, noise: float, rate: float, steps: int) -> History:
@@ -36,7 +38,7 @@ class PeerAccountant:
             else:
                 accountant = RDPAccountant()
                 accountant.history = list(history)
-                self._cache[history] = float(accountant.get_epsilon(self.delta))
+                self._cache[history] = float(accountant.get_epsilon(self.delta, alphas=ORDERS))
         return self._cache[history]
 
     def epsilon(self) -> torch.Tensor:

@@ -9,6 +9,7 @@ compared number for number.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from ppaia.topology import PeerGraph, build_graph
 __all__ = ["METRIC_COLUMNS", "RunResult", "Simulation", "run"]
 
 BYTES_PER_VALUE = 4  # models travel as float32
+
+log = logging.getLogger("ppaia")
 
 RoundCallback = Callable[[int, dict[str, float] | None], None]
 
@@ -117,6 +120,7 @@ class Simulation:
             y = self.adversary.poison(y, own, self.dataset.n_classes)
         self.honest = torch.ones(n, dtype=torch.bool) if self.adversary is None else self.adversary.honest
         self.data = LocalData.from_parts(self.dataset.x_train, y, train_parts)
+        self.train_counts = self.data.counts  # all of a peer's training data, whatever task it is on
         self.schedule = TaskSchedule(cfg.tasks, cfg.rounds)
         self.task_data = [
             LocalData.from_parts(self.dataset.x_train, y, self.schedule.restrict(train_parts, labels, task))
@@ -216,6 +220,14 @@ class Simulation:
             mode=ewc.fisher,
             generator=generator(self.config.seed, Stream.FISHER, round_),
         )
+        stiffness = self.config.lr * ewc.strength * float(fisher.max())
+        if stiffness > 2 and not self.warned_stiff:
+            self.warned_stiff = True
+            log.warning(
+                "round %d: lr·λ·max F = %.3g > 2: explicit SGD on the EWC penalty can diverge; lower lr or λ",
+                round_,
+                stiffness,
+            )
         return Anchor(ewc.strength, fisher, params.clone())
 
     def private_training(self) -> PrivateTraining | None:
@@ -238,15 +250,15 @@ class Simulation:
         if adversary is not None:
             adversary.reset()
         privacy = self.private_training()
-        self.enter_round(1, privacy)
+        self.warned_stiff = False
         model_bytes = self.layout.size * BYTES_PER_VALUE
         local = self.rule.reports_local_phase or cfg.eval_local_phase
         snapshots: dict[str, list[tuple[int, torch.Tensor]]] = {}
         history: list[dict[str, float]] = []
         total = self.init.models_sent * model_bytes
-        first = self.measure(0, params, history, privacy)
+        first, accuracy, loss = self.measure(0, params, history, privacy)
         first |= {"bytes_sent": total, "bytes_cumulative": total}
-        history.append(first | (local_phase(self.evaluate(params)[0], self.honest) if local else {}))
+        history.append(first | (local_phase(accuracy, self.honest) if local else {}))
         anchor = None
         started = time.perf_counter()
         for round_ in range(1, cfg.rounds + 1):
@@ -275,7 +287,8 @@ class Simulation:
             total += sent
             row = None
             if evaluating:
-                row = self.measure(round_, params, history, privacy) | after_training
+                row, accuracy, loss = self.measure(round_, params, history, privacy)
+                row |= after_training
                 row |= {
                     "bytes_sent": sent,
                     "bytes_cumulative": total,
@@ -288,7 +301,6 @@ class Simulation:
                     snapshots.setdefault("epsilon", []).append((round_, privacy.epsilon()))
             if on_round is not None:
                 on_round(round_, row)
-        accuracy, loss = self.evaluate(params)
         events = [] if privacy is None else privacy.events
         return RunResult(
             cfg,
@@ -296,7 +308,7 @@ class Simulation:
             accuracy,
             loss,
             params,
-            self.data.counts,
+            self.train_counts,
             self.histogram,
             ~self.honest,
             self.setup_s,
@@ -311,8 +323,8 @@ class Simulation:
         params: torch.Tensor,
         history: list[dict[str, float]],
         privacy: PrivateTraining | None,
-    ) -> dict[str, float]:
-        """The metrics of an evaluated round (the caller fills in bytes and time)."""
+    ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """An evaluated round's metrics (the caller adds bytes and time) and each peer's accuracy and loss."""
         accuracy, loss = self.evaluate(params)
         row = metrics_row(round_, accuracy, loss, params, self.honest, 0, 0, 0.0)
         if self.schedule:
@@ -322,7 +334,7 @@ class Simulation:
         if privacy is not None:
             epsilon = privacy.epsilon()
             row |= {"epsilon_mean": epsilon.mean().item(), "epsilon_max": epsilon.max().item()}
-        return row
+        return row, accuracy, loss
 
 
 def run(
