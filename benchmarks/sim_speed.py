@@ -74,7 +74,7 @@ def synthetic_case() -> None:
 
 
 def main() -> None:
-    console = Console()
+    console = Console(width=160)
     table = Table(title=f"engine vs reference · digits · MLP 64-64-10 · consensus/ring · {ROUNDS} rounds")
     for column in (
         "peers",
