@@ -138,6 +138,11 @@ class ExperimentConfig(BaseModel):
             raise ValueError(
                 f"attackers: rule {self.rule.name!r} pools all data on one model; there are no peers"
             )
+        if self.privacy is not None and getattr(self.rule, "needs_holdout", False):
+            raise ValueError(
+                f"privacy: rule {self.rule.label()} fits its mixing weights on raw held-out records, "
+                "outside the privacy mechanism; the reported ε would not cover them"
+            )
         if getattr(self.rule, "needs_holdout", False) and self.holdout == 0:
             raise ValueError(
                 f"holdout: rule {self.rule.label()} fits trust on held-out data; set holdout (e.g. 0.2) — "

@@ -147,3 +147,15 @@ def test_reported_sample_counts_cover_every_task():
         {"peers": 2, "rounds": 2, "model": "logistic", "tasks": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]}
     )
     assert result.n_samples.tolist() == result.label_histogram.sum(1).tolist()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"partition": "shards(2)", "rule": "fedavg(fraction=0.25)"},
+        {"partition": "shards(1)", "rule": "consensus", "mixing": "data_size", "peers": 10},
+    ],
+)
+def test_peers_with_no_data_in_a_task_do_not_break_count_weighted_rules(extra):
+    result = ppaia.run({"peers": 4, "rounds": 4, "tasks": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]} | extra)
+    assert result.params.isfinite().all()

@@ -247,3 +247,8 @@ def test_dp_sgd_refuses_ewc_whose_fisher_would_leak_raw_records():
     with pytest.raises(ValidationError, match="ewc"):
         ExperimentConfig(privacy="dp_sgd(noise_multiplier=1.0)", ewc={"strength": 25})
     assert ExperimentConfig(privacy="update_dp(epsilon=8)", ewc={"strength": 25}).ewc is not None
+
+
+def test_privacy_refuses_rules_fitted_on_raw_held_out_records():
+    with pytest.raises(ValidationError, match="privacy"):
+        ExperimentConfig(rule="learned_trust", holdout=0.2, privacy="dp_sgd(noise_multiplier=1.0)")

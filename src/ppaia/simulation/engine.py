@@ -9,7 +9,6 @@ compared number for number.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +34,6 @@ from ppaia.topology import PeerGraph, build_graph
 __all__ = ["METRIC_COLUMNS", "RunResult", "Simulation", "run"]
 
 BYTES_PER_VALUE = 4  # models travel as float32
-
-log = logging.getLogger("ppaia")
 
 RoundCallback = Callable[[int, dict[str, float] | None], None]
 
@@ -190,7 +187,7 @@ class Simulation:
         cfg = self.config
         rule_randomness = generator(cfg.seed, Stream.RULE, round_)
         return RoundContext(
-            round_, self.graph, self.data.counts, cfg.mixing, cfg.link_up, rule_randomness, self.learner
+            round_, self.graph, self.train_counts, cfg.mixing, cfg.link_up, rule_randomness, self.learner
         )
 
     def enter_round(self, round_: int, privacy: PrivateTraining | None) -> None:
@@ -220,14 +217,6 @@ class Simulation:
             mode=ewc.fisher,
             generator=generator(self.config.seed, Stream.FISHER, round_),
         )
-        stiffness = self.config.lr * ewc.strength * float(fisher.max())
-        if stiffness > 2 and not self.warned_stiff:
-            self.warned_stiff = True
-            log.warning(
-                "round %d: lr·λ·max F = %.3g > 2: explicit SGD on the EWC penalty can diverge; lower lr or λ",
-                round_,
-                stiffness,
-            )
         return Anchor(ewc.strength, fisher, params.clone())
 
     def private_training(self) -> PrivateTraining | None:
@@ -236,7 +225,7 @@ class Simulation:
             return None
         return PrivateTraining(
             cfg.privacy,
-            self.data.counts,
+            self.train_counts,
             batch_size=cfg.batch_size,
             epochs=cfg.local_epochs,
             rounds=cfg.rounds,
@@ -250,7 +239,6 @@ class Simulation:
         if adversary is not None:
             adversary.reset()
         privacy = self.private_training()
-        self.warned_stiff = False
         model_bytes = self.layout.size * BYTES_PER_VALUE
         local = self.rule.reports_local_phase or cfg.eval_local_phase
         snapshots: dict[str, list[tuple[int, torch.Tensor]]] = {}
