@@ -1,5 +1,7 @@
 """PPAIA ("Papaya"): serverless federated learning — peers train locally and cooperate without a server.
 
+The ledger (an EVM contract recording model hashes, votes and scores) is the subpackage ``ppaia.ledger``.
+
 Quick use::
 
     import ppaia
@@ -7,24 +9,29 @@ Quick use::
     print(result.final["acc_mean"])
 """
 
+from ppaia.attacks import ATTACKS
 from ppaia.config import ConfigError, ExperimentConfig, apply_overrides, load_config
 from ppaia.data import DATASETS, PARTITIONERS, DataError, Dataset, PartitionError, label_histogram
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError, ParamLayout
+from ppaia.privacy import PRIVACY
 from ppaia.registry import Component, Registry, SpecError
 from ppaia.rules import RULES, CooperationRule, RoundContext, RoundPlan, apply_plan, apply_step_per_peer
 from ppaia.simulation import ReferenceSimulation, RunResult, Simulation, run
 from ppaia.simulation.report import write_outputs
+from ppaia.simulation.sweep import SweepResult, sweep, sweep_runs
 from ppaia.topology import MIXINGS, TOPOLOGIES, Mixing, PeerGraph, TopologyError, build_graph, mixing_step
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ATTACKS",
     "DATASETS",
     "INIT_POLICIES",
     "MIXINGS",
     "MODELS",
     "OPTIMIZERS",
     "PARTITIONERS",
+    "PRIVACY",
     "RULES",
     "TOPOLOGIES",
     "Component",
@@ -45,6 +52,7 @@ __all__ = [
     "RunResult",
     "Simulation",
     "SpecError",
+    "SweepResult",
     "TopologyError",
     "apply_overrides",
     "apply_plan",
@@ -54,5 +62,7 @@ __all__ = [
     "load_config",
     "mixing_step",
     "run",
+    "sweep",
+    "sweep_runs",
     "write_outputs",
 ]

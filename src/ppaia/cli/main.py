@@ -24,6 +24,7 @@ from ppaia.attacks import ATTACKS
 from ppaia.config import ConfigError, ExperimentConfig, apply_overrides, format_validation_error, load_config
 from ppaia.data import DATASETS, PARTITIONERS, DataError, PartitionError
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError
+from ppaia.privacy import PRIVACY
 from ppaia.registry import Registry, SpecError
 from ppaia.rules import RULES
 from ppaia.simulation import RunResult, Simulation
@@ -56,6 +57,7 @@ REGISTRIES: tuple[tuple[str, Registry], ...] = (
     ("mixing weights", MIXINGS),
     ("cooperation rules", RULES),
     ("attacks", ATTACKS),
+    ("privacy mechanisms", PRIVACY),
 )
 
 
