@@ -3,6 +3,7 @@
 The contract (Registry.vy) is the ledger; :class:`Ledger` drives it in process or on any JSON-RPC node.
 """
 
+from ppaia.ledger.blobs import BlobError, BlobStore, decode, encode
 from ppaia.ledger.client import (
     SCORE_SCALE,
     Ledger,
@@ -14,15 +15,24 @@ from ppaia.ledger.client import (
     load_artifact,
     to_fixed,
 )
+from ppaia.ledger.flow import FlowError, FlowResult, RoundRecord, run_publisher_flow
 
 __all__ = [
     "SCORE_SCALE",
+    "BlobError",
+    "BlobStore",
+    "FlowError",
+    "FlowResult",
     "Ledger",
     "LedgerError",
+    "RoundRecord",
     "Update",
     "Version",
     "content_hash",
+    "decode",
+    "encode",
     "from_fixed",
     "load_artifact",
+    "run_publisher_flow",
     "to_fixed",
 ]

@@ -1,0 +1,212 @@
+"""The organisation-centred flow of "federated learning on IPFS + Ethereum", with every hash checked.
+
+One publisher (an organisation) owns the registry contract and is its only validator, so the quorum is
+one and each of its proposals releases a model version at once. The clients are registered trainers,
+each with its own account. Models never go on chain: they are safetensors blobs in a content-addressed
+store (:class:`~ppaia.ledger.blobs.BlobStore`, standing in for IPFS), and the ledger records their
+SHA-256. Each round r = 1..R:
+
+1. every client reads ``latest_version()`` from the ledger, fetches the blob of that hash from the store
+   (verified against the hash), decodes and checks it, and trains it on its own data;
+2. every client encodes its trained model, stores it, and records the hash with ``submit_update(r, h)``;
+3. the publisher reads each submitted update back from the ledger (``update(id)``: trainer, round,
+   hash), fetches and verifies each blob, decodes it, and forms the sample-weighted mean (FedAvg);
+4. the publisher stores the new global model and proposes it with ``propose_model(r, h, score)``, where
+   the score is its test accuracy in fixed point; with one validator that releases version r + 1.
+
+Before round 1 the publisher releases the initial model as round 0 (version 1). The flow is FedAvg with
+every client taking part in every round, trained exactly as the simulator trains it, so its numbers are
+those of ``ppaia.run`` with ``rule = "fedavg"`` (``config.rule`` itself is not used).
+
+Simplifications, all stated: the clients' local training is computed in one batched call (each client's
+row is the model it decoded from its own download, trained on its own samples only — the computation
+the simulator does); the publisher knows each client's sample count (declared off chain, as in FedAvg);
+and the store is one in-memory object shared by everyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ppaia.config import ExperimentConfig
+from ppaia.learning import ParamLayout
+from ppaia.ledger.blobs import BlobError, BlobStore, decode, encode
+from ppaia.ledger.client import Ledger, LedgerError, content_hash, to_fixed
+from ppaia.simulation.engine import Simulation
+
+__all__ = ["FlowError", "FlowResult", "RoundRecord", "run_publisher_flow"]
+
+
+class FlowError(ValueError):
+    """A configuration or ledger set-up the publisher flow cannot run."""
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One released global model: round 0 is the initial model, round r the aggregate of round r.
+
+    `trained_from` holds, per client, the content hash of the blob it downloaded and trained from in this
+    round (empty for round 0); `update_ids` are the ledger ids of the updates averaged into this model.
+    """
+
+    round: int
+    version: int
+    model_hash: bytes
+    accuracy: float
+    score: int
+    update_ids: tuple[int, ...] = ()
+    trained_from: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class FlowResult:
+    """Every release, plus the ledger and store they live in (for auditing) and the final global model."""
+
+    rounds: list[RoundRecord]
+    ledger: Ledger
+    store: BlobStore
+    publisher: str
+    clients: tuple[str, ...]
+    sample_counts: tuple[int, ...]
+    layout: ParamLayout
+    params: torch.Tensor  # the final global model, flat
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.rounds[-1].accuracy
+
+    def expected(self) -> dict[str, tuple[torch.Size, torch.dtype]]:
+        """What a model blob of this flow must contain: name -> (shape, dtype)."""
+        return expected_tensors(self.layout)
+
+
+def expected_tensors(layout: ParamLayout) -> dict[str, tuple[torch.Size, torch.dtype]]:
+    return {name: (shape, torch.float32) for name, shape in zip(layout.names, layout.shapes, strict=True)}
+
+
+def _unsupported(config: ExperimentConfig) -> list[str]:
+    problems = []
+    if config.attack is not None or config.attackers > 0:
+        problems.append("attack/attackers")
+    if config.privacy is not None:
+        problems.append("privacy")
+    if config.ewc is not None:
+        problems.append("ewc")
+    if config.tasks:
+        problems.append("tasks")
+    return problems
+
+
+def _setup_ledger(ledger: Ledger, peers: int) -> tuple[str, list[str]]:
+    """Register the owner as the only validator and `peers` further accounts as trainers."""
+    accounts = ledger.accounts
+    if peers > len(accounts) - 1:
+        raise FlowError(
+            f"peers: each client needs its own account and the publisher one more; the node has "
+            f"{len(accounts)} accounts, so at most {len(accounts) - 1} peers, got {peers}"
+        )
+    publisher = ledger.owner()
+    if publisher not in accounts:
+        raise FlowError(f"the ledger's owner {publisher} is not an account of this node")
+    clients = [account for account in accounts if account != publisher][:peers]
+    if not ledger.is_validator(publisher):
+        ledger.register_validator(publisher, sender=publisher)
+    for client in clients:
+        if not ledger.is_trainer(client):
+            ledger.register_trainer(client, sender=publisher)
+    quorum = ledger.quorum()
+    if quorum != 1:
+        raise FlowError(f"the publisher must be the only validator (quorum 1), but the quorum is {quorum}")
+    return publisher, clients
+
+
+def run_publisher_flow(
+    config: ExperimentConfig,
+    ledger: Ledger | None = None,
+    rounds: int | None = None,
+    store: BlobStore | None = None,
+) -> FlowResult:
+    """Run the publisher/clients flow for `rounds` (default ``config.rounds``) on `ledger` (a fresh
+    in-process EVM when None), with models in `store` (a fresh in-memory store when None)."""
+    problems = _unsupported(config)
+    if problems:
+        raise FlowError(f"the publisher flow does not support {', '.join(problems)}")
+    n_rounds = config.rounds if rounds is None else rounds
+    if n_rounds < 1:
+        raise FlowError(f"rounds: need at least 1, got {n_rounds}")
+    if ledger is None:
+        if config.peers > 9:  # eth-tester's node holds 10 accounts: fail before deploying anything
+            raise FlowError(
+                "peers: each client needs its own account and the publisher one more; the in-process "
+                f"node has 10 accounts, so at most 9 peers, got {config.peers}"
+            )
+        ledger = Ledger.in_process()
+    store = BlobStore() if store is None else store
+    publisher, clients = _setup_ledger(ledger, config.peers)
+
+    # Data, model, trainer and the initial model come from the simulator's own set-up.
+    simulation = Simulation(config)
+    layout, trainer, evaluator = simulation.layout, simulation.trainer, simulation.evaluator
+    counts = simulation.train_counts
+    expected = expected_tensors(layout)
+    global_params = simulation.params[0].clone()
+    client_index = {client: i for i, client in enumerate(clients)}
+
+    def to_flat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([tensors[name].reshape(-1) for name in layout.names])
+
+    def release(round_: int, flat: torch.Tensor, update_ids=(), trained_from=()) -> RoundRecord:
+        """The publisher stores the global model, scores it on its test set and proposes it."""
+        model_hash = store.put(encode(layout.unflatten(flat)))
+        accuracy = float(evaluator(flat.unsqueeze(0))[0][0])
+        score = to_fixed(accuracy)
+        version = ledger.propose_model(round_, model_hash, score, sender=publisher)
+        if version is None:  # cannot happen with quorum 1, but never report an unreleased model
+            raise LedgerError(f"round {round_}: the publisher's proposal released no version")
+        return RoundRecord(
+            round_, version, model_hash, accuracy, score, tuple(update_ids), tuple(trained_from)
+        )
+
+    records = [release(0, global_params)]
+    for round_ in range(1, n_rounds + 1):
+        # Clients: download the latest release named on the ledger, verify, decode, train, upload.
+        latest = ledger.latest_version()
+        blobs = [store.get(latest.model_hash) for _ in clients]  # each client's own verified download
+        downloads = [content_hash(blob) for blob in blobs]
+        rows = torch.stack([to_flat(decode(blob, expected)) for blob in blobs])
+        trained = trainer.train(rows, round_)
+        update_ids = []
+        for client, row in zip(clients, trained, strict=True):
+            update_hash = store.put(encode(layout.unflatten(row)))
+            update_ids.append(ledger.submit_update(round_, update_hash, sender=client))
+
+        # Publisher: read the updates from the ledger, fetch and verify their blobs, average them.
+        received: dict[int, torch.Tensor] = {}
+        for update_id in update_ids:
+            update = ledger.update(update_id)
+            if update.round != round_ or update.trainer not in client_index:
+                raise FlowError(f"update {update_id} is not a round-{round_} update of a registered client")
+            try:
+                received[client_index[update.trainer]] = to_flat(
+                    decode(store.get(update.update_hash), expected)
+                )
+            except BlobError as err:
+                raise BlobError(f"update {update_id} from {update.trainer}: {err}") from None
+        order = sorted(received)
+        sizes = counts[order].double()
+        weights = (sizes / sizes.sum()).to(torch.float32).unsqueeze(0)  # as FedAvg's mixing step does
+        global_params = (weights @ torch.stack([received[i] for i in order]))[0]
+        records.append(release(round_, global_params, update_ids, downloads))
+
+    return FlowResult(
+        records,
+        ledger,
+        store,
+        publisher,
+        tuple(clients),
+        tuple(int(c) for c in counts),
+        layout,
+        global_params,
+    )
