@@ -140,13 +140,13 @@ class ExperimentConfig(BaseModel):
             )
         if self.privacy is not None and getattr(self.rule, "needs_holdout", False):
             raise ValueError(
-                f"privacy: rule {self.rule.label()} fits its mixing weights on raw held-out records, "
-                "outside the privacy mechanism; the reported ε would not cover them"
+                f"privacy: rule {self.rule.label()} uses raw held-out records outside the privacy mechanism; "
+                "the reported ε would not cover them"
             )
         if getattr(self.rule, "needs_holdout", False) and self.holdout == 0:
             raise ValueError(
-                f"holdout: rule {self.rule.label()} fits trust on held-out data; set holdout (e.g. 0.2) — "
-                "on its training data a peer's own model always wins"
+                f"holdout: rule {self.rule.label()} judges models on each peer's held-out data; set holdout "
+                "(e.g. 0.2) — judged on its own training data, a peer's own model always looks best"
             )
         if self.ewc is not None and getattr(self.privacy, "record_level", False):
             raise ValueError(

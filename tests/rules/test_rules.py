@@ -36,6 +36,7 @@ PARITY_ELSEWHERE = {
     "centralized": "one pooled model, no mixing step",
     "p2pl": "tests/rules/test_p2pl.py",
     "learned_trust": "tests/rules/test_trust.py",
+    "flobc": "tests/rules/test_flobc.py",
     "median": "tests/rules/test_robust.py",
     "trimmed_mean": "tests/rules/test_robust.py",
     "krum": "tests/rules/test_robust.py",
