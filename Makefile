@@ -3,6 +3,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEVCHAIN := devchain/node_modules/.package-lock.json
 
 .PHONY: demo test lint bench clean
 
@@ -14,10 +15,14 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# the local Ethereum dev node (hardhat, from the npm registry) for the JSON-RPC ledger test
+$(DEVCHAIN): devchain/package.json devchain/package-lock.json
+	npm ci --prefix devchain --no-audit --no-fund --loglevel=error
+
 demo: $(STAMP)
 	$(VENV)/bin/ppaia run
 
-test: $(STAMP)
+test: $(STAMP) $(DEVCHAIN)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(PY) -m pytest
 
@@ -29,4 +34,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/sim_speed.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache devchain/node_modules
