@@ -30,8 +30,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
-bench: $(STAMP)
+bench: $(STAMP) $(DEVCHAIN)
 	$(PY) benchmarks/sim_speed.py
+	$(PY) benchmarks/ledger_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache devchain/node_modules
