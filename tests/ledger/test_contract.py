@@ -135,7 +135,7 @@ def test_unknown_update(ledger, roles):
 def test_one_vote_per_validator_per_update(ledger, roles):
     _, (validator, *_), (trainer, _) = roles
     update_id = ledger.submit_update(1, H1, sender=trainer)
-    ledger.vote(update_id, False, to_fixed(-1.0), sender=validator)
+    ledger.vote(update_id, False, to_fixed(0.0), sender=validator)
     with reverts("already voted"):
         ledger.vote(update_id, True, to_fixed(1.0), sender=validator)
     assert ledger.update(update_id).valid_votes == 0
@@ -178,11 +178,11 @@ def test_quorum_of_matching_proposals_releases_a_version(ledger, roles):
         ledger.version(2)
 
 
-def test_released_score_is_mean_of_supporters_rounded_toward_zero(ledger, roles):
+def test_released_score_is_the_mean_of_its_supporters_rounded_down(ledger, roles):
     _, validators, _ = roles
-    for v, score in zip(validators, (-1, -1, 0), strict=False):
+    for v, score in zip(validators, (1, 1, 0), strict=False):
         ledger.propose_model(1, H1, score, sender=v)
-    assert ledger.latest_version().score == 0  # -2 / 3 -> 0, not -1
+    assert ledger.latest_version().score == 0  # 2 // 3
 
 
 def test_disagreeing_proposals_release_nothing(ledger, roles):
@@ -210,8 +210,8 @@ def test_validators_set_trainer_scores_last_one_wins(ledger, roles):
     owner, (v1, v2, *_), (trainer, _) = roles
     assert ledger.score(trainer) == 0
     ledger.set_score(trainer, to_fixed(0.75), sender=v1)
-    ledger.set_score(trainer, to_fixed(-2.5), sender=v2)
-    assert from_fixed(ledger.score(trainer)) == -2.5
+    ledger.set_score(trainer, to_fixed(0.25), sender=v2)
+    assert from_fixed(ledger.score(trainer)) == 0.25
     with reverts("not a trainer"):
         ledger.set_score(owner, 1, sender=v1)
 
@@ -226,8 +226,24 @@ def test_content_hash_is_sha256():
     assert content_hash(b"abc") == hashlib.sha256(b"abc").digest() and len(H1) == 32
 
 
-def test_revert_without_message_is_still_a_ledger_error(ledger, roles):
-    _, (v1, v2, *_), _ = roles
-    ledger.propose_model(1, H1, 2**255 - 1, sender=v1)
-    with reverts("execution reverted without a message"):
-        ledger.propose_model(1, H1, 2**255 - 1, sender=v2)  # the supporters' score sum overflows int256
+def test_scores_outside_zero_to_one_are_refused(ledger, roles):
+    """One validator must not block a release (overflowing the score sum) or skew its score."""
+    _, (v1, v2, v3, *_), (trainer, _) = roles
+    update = ledger.submit_update(1, H1, sender=trainer)
+    for score in (-1, SCORE_SCALE + 1, 2**255 - 1):
+        with reverts("score out of range"):
+            ledger.propose_model(1, H1, score, sender=v1)
+        with reverts("score out of range"):
+            ledger.vote(update, True, score, sender=v1)
+        with reverts("score out of range"):
+            ledger.set_score(trainer, score, sender=v1)
+    assert [ledger.propose_model(1, H1, SCORE_SCALE, sender=v) for v in (v1, v2, v3)] == [None, None, 1]
+
+
+def test_rounds_release_in_increasing_order(ledger, roles):
+    _, validators, _ = roles
+    for v in validators[:3]:
+        ledger.propose_model(5, H1, 0, sender=v)
+    for round_ in (5, 4):
+        with reverts("round already released" if round_ == 5 else "round is not newer"):
+            ledger.propose_model(round_, H2, 0, sender=validators[3])

@@ -135,3 +135,12 @@ def test_decode_rejects_bytes_that_are_not_safetensors() -> None:
 def test_more_peers_than_accounts_is_a_clear_error() -> None:
     with pytest.raises(FlowError, match="at most 9 peers, got 10"):
         run_publisher_flow(CONFIG.model_copy(update={"peers": 10}))
+
+
+def test_a_used_ledger_is_refused_and_left_unchanged():
+    config = ppaia.ExperimentConfig(peers=2, rounds=1, model="logistic")
+    first = run_publisher_flow(config)
+    before = first.ledger.latest_version()
+    with pytest.raises(FlowError, match="already holds released versions"):
+        run_publisher_flow(config, ledger=first.ledger)
+    assert first.ledger.latest_version() == before

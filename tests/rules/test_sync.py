@@ -142,3 +142,11 @@ def test_registry():
         assert cls.__doc__ and "\n" not in cls.__doc__.strip()
     assert SYNC_SCHEMES.create("bap").spec() == {"name": "bap", "quota": 1}
     assert SYNC_SCHEMES.create("ssp(2.5)").label() == "ssp(period=2.5)"
+
+
+@pytest.mark.parametrize("scheme", ["bsp(period=0.001)", "ssp(period=0.001)", "bsp(period=1.0)"])
+def test_long_idle_stretches_are_skipped_not_stepped_through(scheme):
+    (release,) = SYNC_SCHEMES.create(scheme).schedule([1e4], 1)  # 10⁷ empty barriers at period 0.001
+    assert release.contributions == (Contribution(0, 0),) and 1e4 <= release.time <= 1e4 + 0.003
+    (far,) = SYNC_SCHEMES.create("bsp(period=1.0)").schedule([1e17], 1)  # past 2⁵³ a +1 s step is lost
+    assert far.time == pytest.approx(1e17)

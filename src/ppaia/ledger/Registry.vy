@@ -144,6 +144,7 @@ def vote(update_id: uint256, valid: bool, score: int256):
             update stays accepted even if more validators are registered later.
     """
     assert self.is_validator[msg.sender], "not a validator"
+    assert score >= 0 and score <= SCORE_SCALE, "score out of range"
     assert update_id < self.update_count, "unknown update"
     assert not self.voted[update_id][msg.sender], "already voted"
     self.voted[update_id][msg.sender] = True
@@ -180,7 +181,9 @@ def propose_model(round: uint256, model_hash: bytes32, score: int256) -> uint256
             or 0 if nothing was released. A round releases at most one version.
     """
     assert self.is_validator[msg.sender], "not a validator"
+    assert score >= 0 and score <= SCORE_SCALE, "score out of range"
     assert self.released_in[round] == 0, "round already released"
+    assert self.version_count == 0 or round > self.versions[self.version_count].round, "round is not newer"
     assert not self.proposed[round][msg.sender], "already proposed"
     self.proposed[round][msg.sender] = True
     self.support[round][model_hash] += 1
@@ -222,6 +225,7 @@ def set_score(trainer: address, score: int256):
             Computing scores (and agreeing on them) is the protocol's job, not this contract's.
     """
     assert self.is_validator[msg.sender], "not a validator"
+    assert score >= 0 and score <= SCORE_SCALE, "score out of range"
     assert self.is_trainer[trainer], "not a trainer"
     self.scores[trainer] = score
     log ScoreSet(trainer=trainer, validator=msg.sender, score=score)

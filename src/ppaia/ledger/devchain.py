@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
             return "result" in json.loads(response.read())
-    except OSError:
+    except (OSError, ValueError):  # not up yet, or something else answering on the port
         return False
 
 
@@ -46,26 +47,29 @@ def dev_node(startup_seconds: float = 60) -> Iterator[str]:
         )
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    node = subprocess.Popen(
-        [str(HARDHAT), "node", "--hostname", "127.0.0.1", "--port", str(port)],
-        cwd=DEVCHAIN,
-        env=os.environ | {"HARDHAT_DISABLE_TELEMETRY_PROMPT": "true"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + startup_seconds
-        while not _answers(url):
-            if node.poll() is not None:
-                raise RuntimeError("the hardhat node exited while starting")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the hardhat node did not answer within {startup_seconds} s")
-            time.sleep(0.25)
-        yield url
-    finally:
-        node.terminate()
+    with tempfile.TemporaryFile() as log:  # the node's output, shown if it fails to start
+        node = subprocess.Popen(
+            [str(HARDHAT), "node", "--hostname", "127.0.0.1", "--port", str(port)],
+            cwd=DEVCHAIN,
+            env=os.environ | {"HARDHAT_DISABLE_TELEMETRY_PROMPT": "true"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            node.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait(timeout=10)
+            deadline = time.monotonic() + startup_seconds
+            while not _answers(url):
+                if node.poll() is not None:
+                    log.seek(0)
+                    output = log.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"the hardhat node exited while starting:\n{output}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the hardhat node did not answer within {startup_seconds} s")
+                time.sleep(0.25)
+            yield url
+        finally:
+            node.terminate()
+            try:
+                node.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait(timeout=10)

@@ -33,7 +33,7 @@ import torch
 from ppaia.config import ExperimentConfig
 from ppaia.learning import ParamLayout
 from ppaia.ledger.blobs import BlobError, BlobStore, decode, encode
-from ppaia.ledger.client import Ledger, LedgerError, content_hash, to_fixed
+from ppaia.ledger.client import Ledger, LedgerError, to_fixed
 from ppaia.simulation.engine import Simulation
 
 __all__ = ["FlowError", "FlowResult", "RoundRecord", "run_publisher_flow"]
@@ -110,15 +110,18 @@ def _setup_ledger(ledger: Ledger, peers: int) -> tuple[str, list[str]]:
     publisher = ledger.owner()
     if publisher not in accounts:
         raise FlowError(f"the ledger's owner {publisher} is not an account of this node")
+    # checked before anything is written, so a refused ledger is left as it was
+    if ledger.latest_version().version:
+        raise FlowError("the ledger already holds released versions; the flow starts from a fresh contract")
+    validators = [account for account in accounts if ledger.is_validator(account)]
+    if validators not in ([], [publisher]):
+        raise FlowError(f"the publisher must be the only validator (quorum 1); validators: {validators}")
     clients = [account for account in accounts if account != publisher][:peers]
-    if not ledger.is_validator(publisher):
+    if not validators:
         ledger.register_validator(publisher, sender=publisher)
     for client in clients:
         if not ledger.is_trainer(client):
             ledger.register_trainer(client, sender=publisher)
-    quorum = ledger.quorum()
-    if quorum != 1:
-        raise FlowError(f"the publisher must be the only validator (quorum 1), but the quorum is {quorum}")
     return publisher, clients
 
 
@@ -137,11 +140,6 @@ def run_publisher_flow(
     if n_rounds < 1:
         raise FlowError(f"rounds: need at least 1, got {n_rounds}")
     if ledger is None:
-        if config.peers > 9:  # eth-tester's node holds 10 accounts: fail before deploying anything
-            raise FlowError(
-                "peers: each client needs its own account and the publisher one more; the in-process "
-                f"node has 10 accounts, so at most 9 peers, got {config.peers}"
-            )
         ledger = Ledger.in_process()
     store = BlobStore() if store is None else store
     publisher, clients = _setup_ledger(ledger, config.peers)
@@ -174,7 +172,7 @@ def run_publisher_flow(
         # Clients: download the latest release named on the ledger, verify, decode, train, upload.
         latest = ledger.latest_version()
         blobs = [store.get(latest.model_hash) for _ in clients]  # each client's own verified download
-        downloads = [content_hash(blob) for blob in blobs]
+        downloads = [latest.model_hash] * len(blobs)  # store.get verified each blob against this hash
         rows = torch.stack([to_flat(decode(blob, expected)) for blob in blobs])
         trained = trainer.train(rows, round_)
         update_ids = []

@@ -129,12 +129,26 @@ class SyncScheme(Component):
             raise ValueError(f"releases: need an integer ≥ 1, got {releases!r}")
         sim = _Simulation(_compute_times(compute), self.submissions)
         while len(sim.releases) < releases:
+            self._skip_idle(sim)
             self.step(sim)
         return sim.releases
 
     def step(self, sim: _Simulation) -> None:
         """Run the simulation to its next barrier or release."""
         raise NotImplementedError
+
+    def idle_step(self) -> float | None:
+        """How far one step moves the clock when nobody submits (None: the scheme has no barriers)."""
+        return None
+
+    def _skip_idle(self, sim: _Simulation) -> None:
+        """Jump over whole steps in which nobody submits (each would release nothing), in one move."""
+        span = self.idle_step()
+        if span is None or sim.latest:
+            return
+        skips = math.ceil((min(sim.finish) - sim.time - TIE) / span) - 1
+        if skips > 0:
+            sim.time += skips * span
 
 
 SYNC_SCHEMES: Registry[SyncScheme] = Registry("sync scheme")
@@ -145,6 +159,9 @@ class BSP(SyncScheme):
     """Bulk-synchronous: every `period` seconds, release every update submitted since the last release."""
 
     period: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="seconds between barriers")
+
+    def idle_step(self) -> float:
+        return self.period
 
     def step(self, sim: _Simulation) -> None:
         barrier = sim.time + self.period
@@ -157,6 +174,9 @@ class SSP(SyncScheme):
     """Stale-synchronous: BSP whose barrier waits once period·missing/T longer if trainers are missing."""
 
     period: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="seconds between barriers")
+
+    def idle_step(self) -> float:
+        return 2 * self.period  # a barrier with every trainer missing, then a full extension
 
     def step(self, sim: _Simulation) -> None:
         """At the barrier, with m of T trainers not submitted since the last release, release m/T periods
