@@ -7,6 +7,7 @@ and its parameters θ* (the anchor). While it learns something else (e.g. from i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -16,7 +17,7 @@ from torch.func import functional_call, grad, vmap
 from ppaia.learning.layout import ParamLayout
 from ppaia.learning.local import ELEMENT_BUDGET, LocalData, activation_size, peer_chunks
 
-__all__ = ["draw_fisher_samples", "ewc_gradient", "fisher_diagonal", "sampled_label"]
+__all__ = ["Anchor", "draw_fisher_samples", "ewc_gradient", "fisher_diagonal", "sampled_label"]
 
 
 def draw_fisher_samples(
@@ -112,3 +113,15 @@ def ewc_gradient(
     Shapes broadcast (one peer ``[D]`` or many ``[P, D]``); the trainer adds this to the data gradient.
     """
     return strength * fisher * (params - anchor)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """An EWC penalty (strength/2)·Σ F ⊙ (θ − θ*)² on each peer's local loss (rows = all peers)."""
+
+    strength: float
+    fisher: torch.Tensor
+    center: torch.Tensor
+
+    def gradient(self, params: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return ewc_gradient(params, self.fisher[rows], self.center[rows], self.strength)

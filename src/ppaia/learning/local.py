@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,8 +15,10 @@ from ppaia.learning.layout import ParamLayout
 from ppaia.learning.optim import OptimizerSpec
 from ppaia.seeding import Stream, generator
 
+if TYPE_CHECKING:
+    from ppaia.learning.ewc import Anchor
+
 __all__ = [
-    "Anchor",
     "BatchedTrainer",
     "LocalData",
     "PrivateSteps",
@@ -23,6 +26,8 @@ __all__ = [
     "clip_rows",
     "epoch_order",
     "peer_chunks",
+    "poisson_rate",
+    "steps_per_epoch",
 ]
 
 ELEMENT_BUDGET = 2**25  # activations held at once by a batched forward/backward (~128 MiB of floats)
@@ -53,6 +58,16 @@ def clip_rows(values: torch.Tensor, clip: float) -> torch.Tensor:
     """Scale each vector (the last dimension) to ℓ2 norm at most `clip` (DP clipping)."""
     norms = values.norm(dim=-1, keepdim=True)
     return values * (clip / (norms + 1e-12)).clamp(max=1.0)
+
+
+def steps_per_epoch(counts: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """ceil(n / B) per peer: the optimizer steps of one local epoch (also what the accountant counts)."""
+    return (counts + batch_size - 1) // batch_size
+
+
+def poisson_rate(counts: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """DP-SGD's per-step sampling rate B / n for each peer (1 when it holds B samples or fewer)."""
+    return (batch_size / counts.clamp(min=1).double()).clamp(max=1.0)
 
 
 def epoch_order(counts: torch.Tensor, seed: int, round_: int, epoch: int) -> torch.Tensor:
@@ -90,20 +105,6 @@ def peer_chunks(n_peers: int, samples: int, per_sample: int, budget: int = ELEME
     """Split peers into chunks whose batched forward pass stays within the activation budget."""
     size = max(1, min(n_peers, budget // max(1, samples * per_sample)))
     return [slice(start, min(start + size, n_peers)) for start in range(0, n_peers, size)]
-
-
-@dataclass(frozen=True)
-class Anchor:
-    """An EWC penalty (strength/2)·Σ F ⊙ (θ − θ*)² on each peer's local loss (rows = all peers)."""
-
-    strength: float
-    fisher: torch.Tensor
-    center: torch.Tensor
-
-    def gradient(self, params: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        from ppaia.learning.ewc import ewc_gradient  # ewc imports this module
-
-        return ewc_gradient(params, self.fisher[rows], self.center[rows], self.strength)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class BatchedTrainer:
     def steps_per_epoch(self, peers: torch.Tensor | None = None) -> torch.Tensor:
         """ceil(n / B) for each peer: the optimizer steps one epoch takes."""
         counts = self.data.counts if peers is None else self.data.counts[peers]
-        return (counts + self.batch_size - 1) // self.batch_size
+        return steps_per_epoch(counts, self.batch_size)
 
     def warm_up(self, params: torch.Tensor) -> None:
         """One gradient evaluation for one peer, discarded: triggers torch.func's one-time set-up."""
@@ -183,7 +184,11 @@ class BatchedTrainer:
         ids = torch.arange(params.shape[0]) if peers is None else peers.nonzero().flatten()
         if ids.numel() == 0 or int(self.data.counts[ids].max()) == 0:
             return params
-        orders = [epoch_order(self.data.counts, self.seed, round_, e) for e in range(self.epochs)]
+        shuffled = private is None or private.sampling == "shuffle"  # Poisson batches need no epoch order
+        orders = [
+            epoch_order(self.data.counts, self.seed, round_, e) if shuffled else None
+            for e in range(self.epochs)
+        ]
         footprint = self.per_sample + (
             self.layout.size if private else 0
         )  # DP-SGD holds per-sample gradients
@@ -193,7 +198,7 @@ class BatchedTrainer:
             return self._train_rows(params, ids, orders, anchor, private, randomness)  # everyone, in place
         for chunk in chunks:
             rows = ids[chunk]
-            orders_ = [o[rows] for o in orders]
+            orders_ = [None if o is None else o[rows] for o in orders]
             params[rows] = self._train_rows(params[rows], rows, orders_, anchor, private, randomness)
         return params
 
@@ -225,7 +230,7 @@ class BatchedTrainer:
         if (
             private.sampling == "poisson"
         ):  # each sample joins with probability B/n: Binomial size, random members
-            rate = (self.batch_size / counts.clamp(min=1)).clamp(max=1.0)
+            rate = poisson_rate(counts, self.batch_size)
             sizes = torch.binomial(counts.double(), rate.double(), generator=randomness).long()
             keys = torch.rand(table.shape, generator=randomness).masked_fill_(
                 torch.arange(table.shape[1]) >= counts.unsqueeze(1), 2.0

@@ -33,6 +33,7 @@ class PeerAccountant:
     def __init__(self, n_peers: int, delta: float) -> None:
         self.delta = delta
         self.rdp = np.zeros((n_peers, len(ORDERS)))
+        self._spent: torch.Tensor | None = None  # ε of every peer, until the next spend
 
     def _epsilon(self, rdp: np.ndarray) -> float:
         if not rdp.any():
@@ -48,7 +49,9 @@ class PeerAccountant:
 
     def epsilon(self) -> torch.Tensor:
         """Each peer's ε so far."""
-        return torch.tensor([self._epsilon(row) for row in self.rdp], dtype=torch.float64)
+        if self._spent is None:
+            self._spent = torch.tensor([self._epsilon(row) for row in self.rdp], dtype=torch.float64)
+        return self._spent.clone()
 
     def epsilon_after(
         self, peers: torch.Tensor, noise: torch.Tensor, rate: torch.Tensor, steps: torch.Tensor
@@ -67,6 +70,7 @@ class PeerAccountant:
         ids = peers.tolist()
         if ids:
             self.rdp[ids] += self._added(ids, noise, rate, steps)
+            self._spent = None
 
 
 def noise_for_target(target_epsilon: float, delta: float, rate: float, steps: int) -> float:

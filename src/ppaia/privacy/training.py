@@ -7,7 +7,7 @@ from functools import cache
 
 import torch
 
-from ppaia.learning.local import PrivateSteps
+from ppaia.learning.local import PrivateSteps, poisson_rate, steps_per_epoch
 from ppaia.privacy.accountant import PeerAccountant, noise_for_target
 from ppaia.privacy.mechanisms import DPSGD, PrivacyMechanism, UpdateDP
 from ppaia.seeding import Stream, generator
@@ -54,8 +54,8 @@ class PrivateTraining:
             self.steps = torch.ones(counts.numel(), dtype=torch.long)
             self.noise = torch.full((counts.numel(),), self.mechanism.noise_multiplier, dtype=torch.float64)
             return
-        self.rate = (self.batch_size / counts.clamp(min=1).double()).clamp(max=1.0)
-        self.steps = self.epochs * ((counts + self.batch_size - 1) // self.batch_size)
+        self.rate = poisson_rate(counts, self.batch_size)
+        self.steps = self.epochs * steps_per_epoch(counts, self.batch_size)
         if self.mechanism.noise_multiplier is not None:
             self.noise = torch.full((counts.numel(),), self.mechanism.noise_multiplier, dtype=torch.float64)
 
@@ -79,6 +79,11 @@ class PrivateTraining:
                 self.events.append(message)
                 log.info(message)
         return trainers
+
+    @property
+    def releases_updates(self) -> bool:
+        """Update-level DP: the parameters before the local phase are needed to release the update."""
+        return isinstance(self.mechanism, UpdateDP)
 
     def private_steps(self) -> PrivateSteps | None:
         """DP-SGD's per-step clipping and noise for the trainer (None for update-level DP)."""

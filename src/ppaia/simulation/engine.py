@@ -22,9 +22,9 @@ from ppaia.config import ExperimentConfig
 from ppaia.data import label_histogram
 from ppaia.learning import BatchedEvaluator, BatchedTrainer, LocalData, ModelError, ParamLayout
 from ppaia.learning.continual import TaskSchedule, forgetting
-from ppaia.learning.ewc import fisher_diagonal
+from ppaia.learning.ewc import Anchor, fisher_diagonal
 from ppaia.learning.holdout import PeerLearning, split_holdout
-from ppaia.learning.local import Anchor, PrivateSteps
+from ppaia.learning.local import PrivateSteps
 from ppaia.privacy import PrivateTraining
 from ppaia.rules import RoundContext, RoundPlan, apply_plan
 from ppaia.seeding import Stream, derive_seed, generator
@@ -260,7 +260,8 @@ class Simulation:
             if privacy is not None:
                 trainers = privacy.allowed(trainers, round_)
             anchor = self.anchor(params, round_, anchor)
-            held = params.clone() if privacy is not None or adversary is not None else None
+            needs_held = adversary is not None or (privacy is not None and privacy.releases_updates)
+            held = params.clone() if needs_held else None
             params = self.train(params, round_, trainers, anchor, privacy and privacy.private_steps())
             if privacy is not None:
                 params = privacy.release(held, params, trainers, round_)
