@@ -119,7 +119,9 @@ class ExperimentConfig(BaseModel):
     eval_every: int = Field(default=1, ge=1, description="evaluate every this many rounds (and the last)")
     eval_local_phase: bool = Field(default=False, description="also evaluate right after local training")
     attack: AttackField | None = Field(default=None, description="what Byzantine peers do")
-    attackers: float = Field(default=0.0, ge=0, lt=1, description="share of peers that attack (by seed)")
+    attackers: Annotated[float, Field(ge=0, lt=1)] | list[Annotated[int, Field(ge=0)]] = Field(
+        default=0.0, description="share of peers that attack (chosen by seed), or the attackers' peer ids"
+    )
     privacy: PrivacyField | None = Field(default=None, description="differential privacy of local training")
     ewc: EWCSettings | None = Field(
         default=None, description="Elastic Weight Consolidation against forgetting"
@@ -130,14 +132,27 @@ class ExperimentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
-        if self.attack is None and self.attackers > 0:
+        if isinstance(self.attackers, list):
+            if (
+                len(set(self.attackers)) != len(self.attackers)
+                or max(self.attackers, default=0) >= self.peers
+            ):
+                raise ValueError(f"attackers: need distinct peer ids below peers={self.peers}")
+            count = len(self.attackers)
+        else:
+            count = attacker_count(self.peers, self.attackers)
+        if self.attack is None and self.attackers:
             raise ValueError("attackers: set `attack` to say what the attackers do")
-        if attacker_count(self.peers, self.attackers) >= self.peers:
+        if count >= self.peers:
             raise ValueError(f"attackers: {self.attackers} of {self.peers} peers leaves no honest peer")
-        if self.attackers > 0 and self.rule.pooled:
+        if self.attackers and self.rule.pooled:
             raise ValueError(
                 f"attackers: rule {self.rule.name!r} pools all data on one model; there are no peers"
             )
+        try:
+            self.rule.check(self.peers)
+        except ValueError as err:
+            raise ValueError(f"rule: {self.rule.label()} with {self.peers} peers: {err}") from None
         if self.privacy is not None and getattr(self.rule, "needs_holdout", False):
             raise ValueError(
                 f"privacy: rule {self.rule.label()} uses raw held-out records outside the privacy mechanism; "

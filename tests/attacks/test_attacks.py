@@ -9,11 +9,11 @@ from ppaia.attacks import ATTACKS, Adversary, AttackRound, choose_attackers
 BASE = {"peers": 10, "rounds": 3, "partition": "iid", "model": "mlp(hidden=[16])"}
 
 
-def round_of(trained, held=None, past=(), round_=1):
+def round_of(trained, held=None, past=(), round_=1, peers=None):
     held = torch.zeros_like(trained) if held is None else held
-    return AttackRound(
-        round_, trained, held, torch.full_like(trained, 7.0), past, torch.Generator().manual_seed(0)
-    )
+    peers = torch.arange(len(trained)) if peers is None else peers
+    initial = torch.full_like(trained, 7.0)
+    return AttackRound(round_, peers, trained, held, initial, past, torch.Generator().manual_seed(0))
 
 
 def test_attackers_are_a_seeded_share_of_peers():
@@ -29,6 +29,27 @@ def test_sign_flip_and_gaussian_messages():
     torch.testing.assert_close(ATTACKS.create("sign_flip(scale=2)").message(round_of(trained)), -2 * trained)
     noise = ATTACKS.create("gaussian(sigma=3)").message(round_of(trained))
     assert noise.std().item() == pytest.approx(3, rel=0.05) and abs(noise.mean().item()) < 0.2
+
+
+def test_noisy_peers_add_noise_graded_by_their_id():
+    trained = torch.randn(3, 20000)
+    sent = ATTACKS.create("noisy(scale=0.5)").message(round_of(trained))
+    assert (sent - trained).std().item() == pytest.approx(0.5, rel=0.05)
+    graded = ATTACKS.create("noisy(scale=0.5, graded=true)").message(
+        round_of(trained, peers=torch.tensor([0, 2, 5]))
+    )
+    spread = (graded - trained).std(dim=1)
+    assert spread[0] == 0 and spread[1:].tolist() == pytest.approx([1.0, 2.5], rel=0.05)
+
+
+def test_attackers_can_be_listed_by_peer_id():
+    assert choose_attackers(6, [1, 4], seed=0).tolist() == [False, True, False, False, True, False]
+    config = ppaia.ExperimentConfig.model_validate({**BASE, "attack": "noisy", "attackers": [0, 3]})
+    result = ppaia.run(config.model_copy(update={"rounds": 1}))
+    assert result.attackers.nonzero().flatten().tolist() == [0, 3]
+    for bad in ([3, 3], [10], list(range(10))):
+        with pytest.raises(ValueError, match="attackers"):
+            ppaia.ExperimentConfig.model_validate({**BASE, "attack": "noisy", "attackers": bad})
 
 
 def test_free_rider_sends_back_what_it_held_and_does_not_train():

@@ -1,5 +1,7 @@
 """FLoBC: roles, parity of the batched and per-peer forms, validation gating, reward-penalty scores."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 import ppaia
 from ppaia.learning import MODELS, LocalData
 from ppaia.learning.holdout import PeerLearning
+from ppaia.ledger import content_hash, encode
 from ppaia.rules import RULES, RoundContext, apply_plan, apply_step_per_peer
 from ppaia.topology import MIXINGS, TOPOLOGIES, build_graph
 
@@ -207,3 +210,66 @@ def test_a_noise_attacking_trainers_score_falls():
     scores = result.snapshots["score"][-1][1][:5]
     honest = [peer for peer in range(5) if peer not in noisy]
     assert scores[noisy].max() < 0.05 < scores[honest].min()
+
+
+def test_a_stale_update_is_rebased_onto_the_current_global_model():
+    # trainers 0..4, trainer 4 twice as slow; BSP period 1: release 2 carries its update from version 0
+    rule, ctx = fresh("flobc(stragglers=1, slowdown=2)"), context()
+    params = HALF.expand(8, -1).clone()
+    plan = rule.plan(ctx)
+    assert plan.trainers.tolist() == [True] * 4 + [False] * 4 and plan.info["sim_time"] == 1.0
+    params = rule.prepare(params, plan, ctx)
+    params[:4] = torch.stack([PERFECT + 0.1 * k for k in range(4)])
+    first = apply_plan(rule, plan, params, ctx)[0]
+
+    ctx = context(round_=2)
+    plan = rule.plan(ctx)
+    assert plan.trainers.tolist() == [True] * 5 + [False] * 3
+    assert plan.info == {"sim_time": 2.0, "contributors": 5, "staleness_mean": 0.2}
+    params = rule.prepare(first.expand(8, -1).clone(), plan, ctx)
+    assert torch.equal(params[4], HALF) and torch.equal(params[0], first)  # each starts from its base
+    delta = 0.01 * torch.arange(24.0)
+    params[4] = HALF + delta  # the straggler's update, trained from version 0
+    apply_plan(rule, plan, params, ctx)
+    last = rule.last_round
+    assert last.base_versions.tolist() == [1, 1, 1, 1, 0]
+    torch.testing.assert_close(last.candidates[4], first + delta)  # judged and applied as θ + Δ
+    torch.testing.assert_close(last.candidates[0], first)  # no change: Δ = 0 for the fresh ones
+
+
+def test_every_validator_computes_the_bit_identical_model():
+    rule, ctx = fresh("flobc"), context()
+    g = torch.Generator().manual_seed(1)
+    params = round_params(HALF, [PERFECT + 0.5 * torch.randn(24, generator=g) for _ in range(5)])
+    models = apply_step_per_peer(rule, rule.plan(ctx).steps[0], list(params), ctx)
+    hashes = {content_hash(encode({"theta": m})) for m in models[5:]}  # each validator's own result
+    assert len(hashes) == 1
+    assert all(torch.equal(m, models[5]) for m in models)
+
+
+@pytest.mark.parametrize(
+    ("sync", "times"),
+    [("bsp(period=1)", [1, 2, 3, 4, 5, 6]), ("ssp(period=1)", None), ("bap(quota=2)", [3, 6, 9, 12, 15, 18])],
+)
+def test_sync_schemes_drive_the_rounds_on_a_simulated_clock(sync, times, tmp_path):
+    config = {
+        "peers": 8,
+        "rounds": 6,
+        "rule": f"flobc(sync='{sync}', stragglers=2, slowdown=3)",
+        "holdout": 0.2,
+        "partition": "iid",
+    }
+    result = ppaia.run(config)
+    rows = result.history[1:]
+    clock = [row["sim_time"] for row in rows]
+    assert all(b > a for a, b in itertools.pairwise(clock))
+    if times is not None:
+        assert clock == times
+    assert result.final["acc_mean"] > result.history[0]["acc_mean"] + 0.2
+    if sync.startswith("bsp"):  # the two stragglers' updates arrive every third release, 2 versions stale
+        assert [row["contributors"] for row in rows] == [3, 3, 5, 3, 3, 5]
+        assert rows[2]["staleness_mean"] == pytest.approx(4 / 5)
+    ppaia.write_outputs(result, tmp_path / "out")
+    assert (tmp_path / "out" / "accuracy_vs_time.png").exists()
+    header = (tmp_path / "out" / "metrics.csv").read_text().splitlines()[0]
+    assert "sim_time" in header.split(",")

@@ -24,6 +24,7 @@ class AttackRound:
     """What the attackers know when they choose their messages in one round (rows = attackers)."""
 
     round: int
+    peers: torch.Tensor  # the attackers' peer ids, in row order
     trained: torch.Tensor  # their parameters after this round's local phase
     held: torch.Tensor  # their parameters before it (what they were sent and kept last round)
     initial: torch.Tensor  # their initial parameters
@@ -57,9 +58,14 @@ def attacker_count(n_peers: int, fraction: float) -> int:
     return math.floor(fraction * n_peers + 0.5)
 
 
-def choose_attackers(n_peers: int, fraction: float, seed: int) -> torch.Tensor:
-    """A boolean mask of :func:`attacker_count` attackers, chosen by the seed."""
-    count = attacker_count(n_peers, fraction)
+def choose_attackers(n_peers: int, attackers: float | list[int], seed: int) -> torch.Tensor:
+    """A boolean mask of the attackers: :func:`attacker_count` peers chosen by the seed for a share,
+    or exactly the listed peer ids."""
+    if isinstance(attackers, list):
+        return torch.zeros(n_peers, dtype=torch.bool).index_fill_(
+            0, torch.tensor(attackers, dtype=torch.long), True
+        )
+    count = attacker_count(n_peers, attackers)
     chosen = torch.randperm(n_peers, generator=generator(seed, Stream.ATTACK))[:count]
     return torch.zeros(n_peers, dtype=torch.bool).index_fill_(0, chosen, True)
 
@@ -104,6 +110,7 @@ class Adversary:
         trained = params[self.attackers]
         now = AttackRound(
             round_,
+            self.attackers.nonzero().flatten(),
             trained,
             held,
             self.initial,

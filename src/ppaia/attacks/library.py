@@ -31,6 +31,19 @@ class Gaussian(Attack):
         return self.sigma * noise
 
 
+@ATTACKS.register("noisy")
+class Noisy(Attack):
+    """Sends its trained model plus N(0, s²) noise: s = scale, or scale · (its peer id) when graded."""
+
+    scale: float = Field(default=0.1, ge=0)
+    graded: bool = Field(default=False, description="peer i adds noise of scale i·scale")
+
+    def message(self, now: AttackRound) -> torch.Tensor:
+        noise = torch.randn(now.trained.shape, generator=now.generator, dtype=now.trained.dtype)
+        scale = now.peers.to(now.trained.dtype).unsqueeze(1) if self.graded else 1.0
+        return now.trained + self.scale * scale * noise
+
+
 @ATTACKS.register("label_flip")
 class LabelFlip(Attack):
     """Trains on permuted labels (every class shifted by the same random non-zero offset) and sends that."""

@@ -26,7 +26,7 @@ from ppaia.data import DATASETS, PARTITIONERS, DataError, PartitionError
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError
 from ppaia.privacy import PRIVACY
 from ppaia.registry import Registry, SpecError
-from ppaia.rules import RULES
+from ppaia.rules import RULES, SYNC_SCHEMES
 from ppaia.simulation import RunResult, Simulation
 from ppaia.simulation.metrics import LOCAL_PHASE_COLUMNS, METRIC_COLUMNS
 from ppaia.simulation.report import OutputError, check_output_dir, write_outputs
@@ -56,6 +56,7 @@ REGISTRIES: tuple[tuple[str, Registry], ...] = (
     ("topologies", TOPOLOGIES),
     ("mixing weights", MIXINGS),
     ("cooperation rules", RULES),
+    ("sync schemes (flobc's `sync`)", SYNC_SCHEMES),
     ("attacks", ATTACKS),
     ("privacy mechanisms", PRIVACY),
 )

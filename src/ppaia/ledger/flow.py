@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ppaia.codec import BlobError, decode, encode
 from ppaia.config import ExperimentConfig
 from ppaia.learning import ParamLayout
-from ppaia.ledger.blobs import BlobError, BlobStore, decode, encode
+from ppaia.ledger.blobs import BlobStore
 from ppaia.ledger.client import Ledger, LedgerError, to_fixed
 from ppaia.simulation.engine import Simulation
 
@@ -88,7 +89,7 @@ def expected_tensors(layout: ParamLayout) -> dict[str, tuple[torch.Size, torch.d
 
 def _unsupported(config: ExperimentConfig) -> list[str]:
     problems = []
-    if config.attack is not None or config.attackers > 0:
+    if config.attack is not None or config.attackers:
         problems.append("attack/attackers")
     if config.privacy is not None:
         problems.append("privacy")

@@ -3,5 +3,14 @@
 # importing the rule modules registers them
 from ppaia.rules import centralized, consensus, fedavg, flobc, gossip, isolated, p2pl, robust, trust  # noqa: F401
 from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan, apply_plan, apply_step_per_peer
+from ppaia.rules.sync import SYNC_SCHEMES
 
-__all__ = ["RULES", "CooperationRule", "RoundContext", "RoundPlan", "apply_plan", "apply_step_per_peer"]
+__all__ = [
+    "RULES",
+    "SYNC_SCHEMES",
+    "CooperationRule",
+    "RoundContext",
+    "RoundPlan",
+    "apply_plan",
+    "apply_step_per_peer",
+]

@@ -57,11 +57,16 @@ class RoundContext:
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """Who trains this round (None: everybody), the mixing steps in order, and models sent."""
+    """Who trains this round (None: everybody), the mixing steps in order, and models sent.
+
+    `info` holds extra per-round metrics the rule reports (e.g. ``sim_time`` on a simulated clock); the
+    simulator adds them to the round's row of ``metrics.csv``.
+    """
 
     trainers: torch.Tensor | None = None
     steps: list[Mixing] = field(default_factory=list)
     transfers: int | None = None
+    info: dict[str, float] = field(default_factory=dict)
 
     def models_sent(self) -> int:
         """Model transfers this round: as the rule counted them, else one per off-diagonal step entry."""
@@ -77,6 +82,9 @@ class CooperationRule(Component):
     uses_topology: ClassVar[bool] = True  # False: the topology and mixing settings are ignored
     reports_local_phase: ClassVar[bool] = False  # True: also evaluate right after local training
 
+    def check(self, n_peers: int) -> None:
+        """Raise ValueError (naming the option) if the rule cannot run with `n_peers` peers."""
+
     def reset(self, n_peers: int) -> None:
         """Forget state learned in an earlier run (called when a run starts)."""
 
@@ -87,6 +95,13 @@ class CooperationRule(Component):
     def plan(self, ctx: RoundContext) -> RoundPlan:
         """Who trains and which mixing steps run this round."""
         return RoundPlan()
+
+    def prepare(self, params: torch.Tensor, plan: RoundPlan, ctx: RoundContext) -> torch.Tensor:
+        """The parameters the peers start this round's local training from (default: their own).
+
+        A rule whose trainers may work from an older model (FLoBC's stale updates) puts it in place here.
+        """
+        return params
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """State worth recording at each evaluated round (e.g. a learned trust matrix), by name."""

@@ -1,44 +1,76 @@
-"""FLoBC: trainers and validators, validation-gated updates and reward-penalty score weights.
+"""FLoBC: trainers and validators, validation-gated updates, reward-penalty scores, BSP/SSP/BAP sync.
 
 FLoBC ("A Decentralized Blockchain-Based Federated Learning Framework", arXiv 2112.11873, IEEE BCCA
-2022) reduced to what changes the models: the last `validators` peers (ids N−V..N−1) are
-validators, all others trainers. Each round every trainer trains from the global model θ and uploads
-its model θ'ᵢ; each validator v scores every candidate and θ itself on its own held-out data (accuracy),
-S[v, i] and g[v], and finds update i valid iff S[v, i] ≥ decay · g[v]. An update is accepted iff at least
-⌊2V/3⌋ + 1 validators find it valid. Each trainer's score moves by the mean accuracy gain of its model,
-sᵢ ← max(sᵢ + (meanᵥ S[v, i] − meanᵥ g[v]), 0), and the scores are normalised to sum 1 over the trainers
-(uniform if all are 0). The new global model, which every peer receives, is
+2022) reduced to what changes the models: the last `validators` peers (ids N−V..N−1) are validators, all
+others (ids 0..T−1) trainers. Every engine round is one model release (version r) of the `sync` scheme
+(:mod:`ppaia.rules.sync`), which decides on a simulated clock when the release happens and which trainers
+contribute, each from the version it started training on (trainer i needs `compute` simulated seconds per
+update; the last `stragglers` trainers need `slowdown` times longer). A contributor trains from its base
+version θ_b and uploads θ'ᵢ; its update Δᵢ = θ'ᵢ − θ_b is *rebased* onto the current global model θ, so
+a stale update is judged and applied as θ + Δᵢ. Each validator v scores every candidate θ + Δᵢ and θ itself
+on its own held-out data (accuracy), S[v, i] and g[v], and finds update i valid iff S[v, i] ≥ decay · g[v].
+An update is accepted iff at least ⌊2V/3⌋ + 1 validators find it valid. Each contributor's score moves by
+the mean accuracy gain of its candidate, sᵢ ← max(sᵢ + (meanᵥ S[v, i] − meanᵥ g[v]), 0); the scores of
+all registered trainers are then normalised to sum 1 (uniform if all are 0). The new global model, which
+every peer receives, is
 
-    θ ← θ + Σ_{i accepted} wᵢ · (θ'ᵢ − θ),  wᵢ = sᵢ / Σ_{j accepted} sⱼ
+    θ ← θ + Σ_{i accepted} wᵢ · Δᵢ,  wᵢ = sᵢ / Σ_{j accepted} sⱼ
 
 so a rejected update does not shrink the step (no accepted update, or no score mass on the accepted ones:
 θ stays). ``faithful = true`` follows the original instead: decay is 0 (every update is valid) and
 wᵢ = sᵢ, normalised over all registered trainers, so a missing or rejected trainer shrinks the step.
 Updates with NaN/Inf entries are always rejected (in both modes) and score 0 accuracy.
 
-Only synchronous rounds (BSP) are simulated; the original's SSP and asynchronous schemes are future work.
+The aggregation is a fixed sequence of float operations over the committee's inputs in peer-id order, so
+every validator computing it gets bit-identical parameters and hence the same model hash (tested).
 Validators never train and hold the global model, which the rule takes from the first validator (an
 attacking validator therefore corrupts it: FLoBC trusts its validator committee). Scores start at 1/T
-for the T trainers; the original reset every score to 1/N whenever a peer registered. A round counts T
-uploads (the trainers' models to the validators) and N downloads (the new global model to every peer).
+for the T trainers; the original reset every score to 1/N whenever a peer registered. A release counts
+the scheme's uploads (BAP resubmissions included) plus N downloads of the new global model. The rule keeps
+every released global model (stale updates need their base): memory grows by one model per round.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
+from ppaia.registry import SpecError
 from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan
+from ppaia.rules.sync import SYNC_SCHEMES, Release, SyncScheme
 from ppaia.topology.mixing import Mixing
 
-__all__ = ["FLoBC"]
+__all__ = ["CommitteeRound", "FLoBC"]
+
+
+@dataclass(frozen=True)
+class CommitteeRound:
+    """What the validator committee saw and decided in one release (what goes on a ledger).
+
+    `candidates` are the contributors' rebased models θ + Δᵢ ([T_r, D], rows in `trainers` order);
+    `accuracy[v, i]` is validator v's score of candidate i and `votes[v, i]` its verdict.
+    """
+
+    round: int
+    trainers: torch.Tensor
+    base_versions: torch.Tensor
+    validators: torch.Tensor
+    candidates: torch.Tensor
+    accuracy: torch.Tensor
+    reference: torch.Tensor
+    votes: torch.Tensor
+    accepted: torch.Tensor
+    scores: torch.Tensor
+    weights: torch.Tensor
+    model: torch.Tensor
 
 
 @RULES.register("flobc")
 class FLoBC(CooperationRule):
-    """FLoBC (BSP): validators gate the trainers' updates; accepted ones are weighted by learned scores."""
+    """FLoBC: validators gate the trainers' updates; accepted ones are weighted by learned scores."""
 
     uses_topology: ClassVar[bool] = False
 
@@ -47,12 +79,29 @@ class FLoBC(CooperationRule):
     faithful: bool = Field(
         default=False, description="original: decay 0, weights normalised over all trainers"
     )
+    sync: str = Field(default="bsp", description="release schedule: bsp(period), ssp(period), bap(quota)")
+    compute: float = Field(
+        default=1.0, gt=0, allow_inf_nan=False, description="simulated seconds per local update"
+    )
+    stragglers: int = Field(default=0, ge=0, description="the last S trainers are stragglers")
+    slowdown: float = Field(
+        default=3.0, ge=1, allow_inf_nan=False, description="a straggler's compute time multiplier"
+    )
 
     _scores: torch.Tensor = PrivateAttr(default_factory=lambda: torch.empty(0, dtype=torch.float64))
     _start: torch.Tensor = PrivateAttr(default_factory=lambda: torch.empty(0, dtype=torch.float64))
     _round: int | None = PrivateAttr(default=None)
-    _accepted: torch.Tensor = PrivateAttr(default_factory=lambda: torch.empty(0, dtype=torch.bool))
-    _weights: torch.Tensor = PrivateAttr(default_factory=lambda: torch.empty(0, dtype=torch.float64))
+    _releases: list[Release] = PrivateAttr(default_factory=list)
+    _versions: dict[int, torch.Tensor] = PrivateAttr(default_factory=dict)
+    _last: CommitteeRound | None = PrivateAttr(default=None)
+
+    @field_validator("sync")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        try:
+            return SYNC_SCHEMES.create(value).label()
+        except SpecError as err:
+            raise ValueError(str(err)) from None
 
     @property
     def needs_holdout(self) -> bool:
@@ -69,21 +118,38 @@ class FLoBC(CooperationRule):
         """Validators that must find an update valid for it to be accepted: ⌊2V/3⌋ + 1."""
         return 2 * self.validators // 3 + 1
 
-    def roles(self, n_peers: int) -> torch.Tensor:
-        """True for the trainers (ids 0..N−V−1), False for the validators (the last V peers)."""
+    def scheme(self) -> SyncScheme:
+        return SYNC_SCHEMES.create(self.sync)
+
+    def check(self, n_peers: int) -> None:
         if self.validators >= n_peers:
             raise ValueError(
                 f"validators: need at least one trainer ({self.validators} validators among {n_peers} peers)"
             )
+        if self.stragglers > n_peers - self.validators:
+            raise ValueError(
+                f"stragglers: {self.stragglers} stragglers among {n_peers - self.validators} trainers"
+            )
+
+    def roles(self, n_peers: int) -> torch.Tensor:
+        """True for the trainers (ids 0..N−V−1), False for the validators (the last V peers)."""
+        self.check(n_peers)
         return torch.arange(n_peers) < n_peers - self.validators
+
+    def compute_times(self, n_peers: int) -> list[float]:
+        """Each trainer's simulated seconds per update: `compute`, times `slowdown` for the last S."""
+        trainers = n_peers - self.validators
+        return [
+            self.compute * (self.slowdown if i >= trainers - self.stragglers else 1.0)
+            for i in range(trainers)
+        ]
 
     def reset(self, n_peers: int) -> None:
         trainers = self.roles(n_peers)
         self._scores = torch.where(trainers, 1.0 / int(trainers.sum()), float("nan")).double()
         self._start = self._scores.clone()
         self._round = None
-        self._accepted = torch.zeros(n_peers, dtype=torch.bool)
-        self._weights = torch.zeros(n_peers, dtype=torch.float64)
+        self._releases, self._versions, self._last = [], {}, None
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """Each trainer's score (NaN for validators)."""
@@ -95,46 +161,94 @@ class FLoBC(CooperationRule):
         return self._scores.clone()
 
     @property
+    def last_round(self) -> CommitteeRound | None:
+        """The committee's inputs and decisions in the last release (None before the first)."""
+        return self._last
+
+    @property
     def last_accepted(self) -> torch.Tensor:
-        """Whether each peer's update was accepted in the last round (False for validators)."""
-        return self._accepted.clone()
+        """Per peer id: whether its update was accepted in the last release (False if it sent none)."""
+        last, n = self._last, self._scores.numel()
+        accepted = torch.zeros(n, dtype=torch.bool)
+        return accepted if last is None else accepted.index_put_((last.trainers,), last.accepted)
 
     @property
     def last_weights(self) -> torch.Tensor:
-        """Each peer's aggregation weight in the last round (0 for validators and rejected updates)."""
-        return self._weights.clone()
+        """Per peer id: its aggregation weight in the last release (0 if it sent none or was rejected)."""
+        last, n = self._last, self._scores.numel()
+        weights = torch.zeros(n, dtype=torch.float64)
+        return weights if last is None else weights.index_put_((last.trainers,), last.weights)
+
+    def _base_model(self, version: int, round_: int, global_model: torch.Tensor) -> torch.Tensor:
+        """The global model of `version`, which a contributor of round `round_` trained from."""
+        if version == round_ - 1:
+            return global_model
+        if version not in self._versions:
+            raise ValueError(f"flobc: round {round_} has an update from version {version}, which is unknown")
+        return self._versions[version]
 
     def initialize(self, params: torch.Tensor) -> torch.Tensor:
         return params[:1].expand_as(params).clone()
 
+    def release(self, ctx: RoundContext) -> Release:
+        """Round r's release (version r) of the sync schedule, computed ahead in blocks."""
+        if len(self._releases) < ctx.round:
+            count = max(ctx.round, 2 * len(self._releases), 16)
+            self._releases = self.scheme().schedule(self.compute_times(ctx.n_peers), count)
+        return self._releases[ctx.round - 1]
+
     def plan(self, ctx: RoundContext) -> RoundPlan:
-        """The trainers train; one committee row over every peer's model is broadcast to all peers."""
-        trainers = self.roles(ctx.n_peers)
-        every = torch.arange(ctx.n_peers)
-        weights = torch.full((ctx.n_peers,), float("nan"), dtype=torch.float64)  # decided in combine
-        committee = Mixing(torch.zeros_like(every), every, weights, 1, every, torch.zeros_like(every))
-        return RoundPlan(trainers=trainers, steps=[committee], transfers=int(trainers.sum()) + ctx.n_peers)
+        """This release's contributors train; one committee row over their and the validators' models
+        is broadcast to every peer."""
+        n, roles = ctx.n_peers, self.roles(ctx.n_peers)
+        release = self.release(ctx)
+        contributors = torch.tensor([c.trainer for c in release.contributions])
+        members = torch.cat([contributors, (~roles).nonzero().flatten()])
+        every = torch.arange(n)
+        weights = torch.full((members.numel(),), float("nan"), dtype=torch.float64)  # decided in combine
+        committee = Mixing(torch.zeros_like(members), members, weights, 1, every, torch.zeros_like(every))
+        trainers = torch.zeros(n, dtype=torch.bool).index_fill_(0, contributors, True)
+        staleness = list(release.staleness.values())
+        info = {
+            "sim_time": release.time,
+            "contributors": len(staleness),
+            "staleness_mean": sum(staleness) / len(staleness),
+        }
+        return RoundPlan(trainers=trainers, steps=[committee], transfers=release.uploads + n, info=info)
+
+    def prepare(self, params: torch.Tensor, plan: RoundPlan, ctx: RoundContext) -> torch.Tensor:
+        """Record the current global model as version r − 1; each contributor starts from its base."""
+        roles = self.roles(ctx.n_peers)
+        self._versions[ctx.round - 1] = params[int(roles.sum())].clone()  # the first validator holds it
+        for contribution in self.release(ctx).contributions:
+            params[contribution.trainer] = self._versions[contribution.base_version]
+        return params
 
     def combine(self, params: torch.Tensor, step: Mixing, ctx: RoundContext) -> torch.Tensor:
-        """Validate each trainer's update, update the scores and form the new global model."""
+        """Validate each rebased update, update the scores and form the new global model."""
         if ctx.learner is None:
             raise ValueError("flobc needs the peers' held-out data (RoundContext.learner)")
         n = ctx.n_peers
-        trainer_role = self.roles(n)
+        roles = self.roles(n)
         if self._scores.numel() != n:
             self.reset(n)
         if self._round != ctx.round:  # per-peer form: every receiver recomputes the round from its start
             self._start, self._round = self._scores.clone(), ctx.round
         hood = step.gather(params)
         ids, values = hood.ids[0][hood.mask[0]], hood.values[0][hood.mask[0]]
-        is_trainer = trainer_role[ids]
+        is_trainer = roles[ids]
         validator_ids = ids[~is_trainer]
         if validator_ids.numel() != self.validators or not bool(is_trainer.any()):
             raise ValueError("flobc: the committee step must carry every validator's and a trainer's model")
-        trainer_ids, candidates = ids[is_trainer], values[is_trainer]
+        trainer_ids, trained = ids[is_trainer], values[is_trainer]
         global_model = values[~is_trainer][0]
-        finite = candidates.isfinite().all(-1)
-        candidates = torch.where(finite.unsqueeze(-1), candidates, 0.0)
+        base_of = {c.trainer: c.base_version for c in self.release(ctx).contributions}
+        bases = torch.tensor([base_of.get(i, ctx.round - 1) for i in trainer_ids.tolist()])
+        base_models = torch.stack([self._base_model(b, ctx.round, global_model) for b in bases.tolist()])
+        deltas = trained - base_models.to(trained.dtype)
+        finite = deltas.isfinite().all(-1)
+        deltas = torch.where(finite.unsqueeze(-1), deltas, 0.0)
+        candidates = global_model + deltas
 
         # each validator scores every candidate and the global model on its own held-out data
         x, y, valid = ctx.learner.samples(validator_ids)
@@ -147,20 +261,35 @@ class FLoBC(CooperationRule):
         votes = (scored >= self.threshold * reference.unsqueeze(1)) & finite
         accepted = votes.sum(0) >= self.quorum
 
-        start = self._start[trainer_ids]
-        scores = (start + (scored.mean(0) - reference.mean())).clamp(min=0)
-        total = scores.sum()
-        scores = scores / total if bool(total > 0) else torch.full_like(scores, 1 / scores.numel())
+        # reward-penalty over the contributors, then normalised over every registered trainer
+        scores_all = self._start.clone()
+        scores_all[trainer_ids] = (self._start[trainer_ids] + (scored.mean(0) - reference.mean())).clamp(
+            min=0
+        )
+        total = scores_all[roles].sum()
+        scores_all[roles] = scores_all[roles] / total if bool(total > 0) else 1 / int(roles.sum())
+        scores = scores_all[trainer_ids]
         if self.faithful:
             weights = scores * accepted
         else:
             mass = (scores * accepted).sum()
             weights = scores * accepted / mass if bool(mass > 0) else torch.zeros_like(scores)
+        self._scores = scores_all
 
-        self._scores = self._start.clone()
-        self._scores[trainer_ids] = scores
-        self._accepted = torch.zeros(n, dtype=torch.bool).index_fill_(0, trainer_ids[accepted], True)
-        self._weights = torch.zeros(n, dtype=torch.float64).index_copy_(0, trainer_ids, weights)
-
-        update = torch.einsum("t,td->d", weights.to(params.dtype), candidates - global_model)
-        return (global_model + update).unsqueeze(0)
+        update = torch.einsum("t,td->d", weights.to(params.dtype), deltas)
+        model = global_model + update
+        self._last = CommitteeRound(
+            ctx.round,
+            trainer_ids,
+            bases,
+            validator_ids,
+            candidates,
+            scored,
+            reference,
+            votes,
+            accepted,
+            scores,
+            weights,
+            model,
+        )
+        return model.unsqueeze(0)

@@ -254,6 +254,7 @@ class Simulation:
             self.enter_round(round_, privacy)
             ctx = self.round_context(round_)
             plan = self.rule.plan(ctx)
+            params = self.rule.prepare(params, plan, ctx)
             trainers = torch.ones(self.n_peers, dtype=torch.bool) if plan.trainers is None else plan.trainers
             if adversary is not None:
                 trainers = adversary.trainers(trainers)
@@ -277,7 +278,7 @@ class Simulation:
             row = None
             if evaluating:
                 row, accuracy, loss = self.measure(round_, params, history, privacy)
-                row |= after_training
+                row |= after_training | plan.info
                 row |= {
                     "bytes_sent": sent,
                     "bytes_cumulative": total,

@@ -53,7 +53,8 @@ def write_outputs(result: RunResult, out: str | Path) -> Path:
 def _write_all(result: RunResult, folder: Path) -> None:
     (folder / "config.toml").write_text(result.config.to_toml())
     with open(folder / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(result.history[0]))
+        columns = dict.fromkeys(key for row in result.history for key in row)  # rules may add columns
+        writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
         writer.writeheader()
         writer.writerows(result.history)
     (folder / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
@@ -115,6 +116,18 @@ def _plot(result: RunResult, folder: Path) -> None:
     axis.set(xlabel="round", ylabel="test accuracy", title=title, ylim=(0, 1))
     axis.legend(loc="lower right")
     _save(figure, folder / "accuracy.png")
+
+    timed = [row for row in result.history if "sim_time" in row]
+    if timed:  # a rule on a simulated clock (FLoBC's sync schemes): accuracy per simulated second
+        start = result.history[0]
+        figure, axis = plt.subplots(figsize=(6, 4))
+        axis.plot(
+            [0.0] + [row["sim_time"] for row in timed],
+            [start["acc_mean"]] + [row["acc_mean"] for row in timed],
+            marker="o" if len(timed) < 30 else None,
+        )
+        axis.set(xlabel="simulated time (s)", ylabel="test accuracy (mean)", title=title, ylim=(0, 1))
+        _save(figure, folder / "accuracy_vs_time.png")
 
     figure, axis = plt.subplots(figsize=(6, 4))
     distance = [row["consensus_distance"] for row in result.history]
