@@ -3,7 +3,8 @@
 The contract (Registry.vy) is the ledger; :class:`Ledger` drives it in process or on any JSON-RPC node.
 """
 
-from ppaia.ledger.blobs import BlobError, BlobStore, decode, encode
+from ppaia.codec import BlobError, decode, encode
+from ppaia.ledger.blobs import BlobStore
 from ppaia.ledger.client import (
     SCORE_SCALE,
     Ledger,

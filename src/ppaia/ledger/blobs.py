@@ -7,55 +7,15 @@ re-hashes whatever it returns, so a blob altered after it was stored is refused 
 (IPFS names content by a multihash CID over a chunked DAG rather than a plain SHA-256 of the bytes; the
 guarantee used here — content verified against the name the ledger recorded — is the same.)
 
-Models travel as safetensors: a flat, code-free format (unlike pickle), so decoding untrusted bytes can
-only yield tensors, which :func:`decode` then checks against the expected names, shapes and dtypes.
+Models travel as safetensors, encoded and checked by :mod:`ppaia.codec`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
-
+from ppaia.codec import BlobError
 from ppaia.ledger.client import content_hash
 
-__all__ = ["BlobError", "BlobStore", "decode", "encode"]
-
-Expected = Mapping[str, tuple[tuple[int, ...] | torch.Size, torch.dtype]]
-
-
-class BlobError(ValueError):
-    """A blob that is missing, does not match its content hash, or is not the expected model."""
-
-
-def encode(params: Mapping[str, torch.Tensor]) -> bytes:
-    """A model's named tensors as safetensors bytes; the same tensors always give the same bytes."""
-    tensors = {name: params[name].detach().cpu().contiguous().clone() for name in sorted(params)}
-    return save_tensors(tensors)
-
-
-def decode(data: bytes, expected: Expected) -> dict[str, torch.Tensor]:
-    """Tensors from safetensors bytes, checked to be exactly `expected` (name -> (shape, dtype)), finite."""
-    try:
-        tensors = load_tensors(bytes(data))
-    except (SafetensorError, ValueError, RuntimeError) as err:
-        raise BlobError(f"not a safetensors model: {err}") from None
-    unknown = sorted(set(tensors) - set(expected))
-    missing = sorted(set(expected) - set(tensors))
-    if unknown or missing:
-        raise BlobError(f"tensor names differ from the model's: unknown {unknown}, missing {missing}")
-    for name, (shape, dtype) in expected.items():
-        tensor = tensors[name]
-        if tuple(tensor.shape) != tuple(shape):
-            raise BlobError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
-        if tensor.dtype != dtype:
-            raise BlobError(f"tensor {name!r} has dtype {tensor.dtype}, expected {dtype}")
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise BlobError(f"tensor {name!r} has non-finite values (NaN or inf)")
-    return {name: tensors[name] for name in expected}
+__all__ = ["BlobStore"]
 
 
 class BlobStore:
