@@ -16,6 +16,7 @@ from ppaia.ledger.client import (
     load_artifact,
     to_fixed,
 )
+from ppaia.ledger.committee import LedgerRelease, LedgerRun, run_flobc_on_ledger
 from ppaia.ledger.flow import FlowError, FlowResult, RoundRecord, run_publisher_flow
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "FlowResult",
     "Ledger",
     "LedgerError",
+    "LedgerRelease",
+    "LedgerRun",
     "RoundRecord",
     "Update",
     "Version",
@@ -34,6 +37,7 @@ __all__ = [
     "encode",
     "from_fixed",
     "load_artifact",
+    "run_flobc_on_ledger",
     "run_publisher_flow",
     "to_fixed",
 ]

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from importlib.resources import files
 from typing import Any, NamedTuple
 
+from eth_tester import EthereumTester, PyEVMBackend
 from eth_tester.exceptions import TransactionFailed
 from web3 import EthereumTesterProvider, Web3
 from web3.contract.contract import ContractConstructor, ContractFunction
@@ -129,9 +130,11 @@ class Ledger:
         return cls(w3, address)
 
     @classmethod
-    def in_process(cls) -> Ledger:
-        """A fresh in-process EVM with a newly deployed registry; the owner is ``accounts[0]``."""
-        return cls.on(Web3(EthereumTesterProvider()))
+    def in_process(cls, accounts: int = 10) -> Ledger:
+        """A fresh in-process EVM with `accounts` funded accounts and a newly deployed registry; the owner
+        is ``accounts[0]``."""
+        genesis = PyEVMBackend.generate_genesis_state(num_accounts=accounts)
+        return cls.on(Web3(EthereumTesterProvider(EthereumTester(PyEVMBackend(genesis_state=genesis)))))
 
     @classmethod
     def connect(cls, url: str, address: str | None = None) -> Ledger:
