@@ -227,3 +227,28 @@ def test_gather_lays_each_receivers_senders_side_by_side() -> None:
         )
     part = step.gather(x, slice(2, 5))
     assert torch.equal(part.ids, hood.ids[2:5, : part.ids.shape[1]])
+
+
+def test_a_row_restricted_to_available_senders_keeps_its_total():
+    import torch
+
+    from ppaia.topology.mixing import Mixing
+
+    row = Mixing(
+        torch.zeros(4, dtype=torch.long),
+        torch.tensor([0, 1, 2, 3]),
+        torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64),
+        1,
+        torch.tensor([5]),
+        torch.tensor([0]),
+        torch.tensor([2, 5, 7, 9]),  # peer 5 is the receiver itself
+    )
+    params = torch.arange(4.0).unsqueeze(1)
+    cut = row.restricted(torch.tensor([True, True, False, True]), peer=5)
+    assert cut.sender_ids.tolist() == [2, 5, 9]
+    # peer 7's weight went to the receiver's own model
+    torch.testing.assert_close(cut.weights, torch.tensor([0.4, 0.5, 0.1], dtype=torch.float64))
+    torch.testing.assert_close(cut.weighted_sum(params[[0, 1, 3]]), torch.tensor([[0.5 * 1 + 0.1 * 3]]))
+    without_self = row.restricted(torch.tensor([True, False, True, False]), peer=5)
+    assert without_self.sender_ids.tolist() == [2, 7]
+    torch.testing.assert_close(without_self.weights, torch.tensor([2 / 3, 1 / 3], dtype=torch.float64))

@@ -1,4 +1,5 @@
-"""The ``ppaia`` command line: run an experiment, list what is registered."""
+"""The ``ppaia`` command line: run or sweep experiments, list what is registered (network commands:
+:mod:`ppaia.cli.network`)."""
 
 from __future__ import annotations
 
@@ -204,6 +205,9 @@ def list_components() -> None:
         for name, cls in registry:
             table.add_row(name, _options(cls), (inspect.getdoc(cls) or "").splitlines()[0])
         console.print(table)
+
+
+from ppaia.cli import network  # noqa: E402, F401  (registers peer, launch and status on `app`)
 
 
 def main() -> None:

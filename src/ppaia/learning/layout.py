@@ -43,6 +43,14 @@ class ParamLayout:
             for name, shape, piece in zip(self.names, self.shapes, pieces, strict=True)
         }
 
+    def join(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The flat vector of named tensors (the inverse of :meth:`unflatten`)."""
+        return torch.cat([tensors[name].reshape(-1) for name in self.names])
+
+    def expected(self) -> dict[str, tuple[torch.Size, torch.dtype]]:
+        """Name -> (shape, dtype) of every parameter: what a received model must be exactly."""
+        return {name: (shape, torch.float32) for name, shape in zip(self.names, self.shapes, strict=True)}
+
     def load(self, module: nn.Module, flat: torch.Tensor) -> nn.Module:
         """Copy a flat vector into the module's parameters."""
         with torch.no_grad():

@@ -80,11 +80,7 @@ class FlowResult:
 
     def expected(self) -> dict[str, tuple[torch.Size, torch.dtype]]:
         """What a model blob of this flow must contain: name -> (shape, dtype)."""
-        return expected_tensors(self.layout)
-
-
-def expected_tensors(layout: ParamLayout) -> dict[str, tuple[torch.Size, torch.dtype]]:
-    return {name: (shape, torch.float32) for name, shape in zip(layout.names, layout.shapes, strict=True)}
+        return self.layout.expected()
 
 
 def _unsupported(config: ExperimentConfig) -> list[str]:
@@ -149,12 +145,9 @@ def run_publisher_flow(
     simulation = Simulation(config)
     layout, trainer, evaluator = simulation.layout, simulation.trainer, simulation.evaluator
     counts = simulation.train_counts
-    expected = expected_tensors(layout)
+    expected = layout.expected()
     global_params = simulation.params[0].clone()
     client_index = {client: i for i, client in enumerate(clients)}
-
-    def to_flat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([tensors[name].reshape(-1) for name in layout.names])
 
     def release(round_: int, flat: torch.Tensor, update_ids=(), trained_from=()) -> RoundRecord:
         """The publisher stores the global model, scores it on its test set and proposes it."""
@@ -174,7 +167,7 @@ def run_publisher_flow(
         latest = ledger.latest_version()
         blobs = [store.get(latest.model_hash) for _ in clients]  # each client's own verified download
         downloads = [latest.model_hash] * len(blobs)  # store.get verified each blob against this hash
-        rows = torch.stack([to_flat(decode(blob, expected)) for blob in blobs])
+        rows = torch.stack([layout.join(decode(blob, expected)) for blob in blobs])
         trained = trainer.train(rows, round_)
         update_ids = []
         for client, row in zip(clients, trained, strict=True):
@@ -188,7 +181,7 @@ def run_publisher_flow(
             if update.round != round_ or update.trainer not in client_index:
                 raise FlowError(f"update {update_id} is not a round-{round_} update of a registered client")
             try:
-                received[client_index[update.trainer]] = to_flat(
+                received[client_index[update.trainer]] = layout.join(
                     decode(store.get(update.update_hash), expected)
                 )
             except BlobError as err:

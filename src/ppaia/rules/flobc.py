@@ -20,6 +20,7 @@ so a rejected update does not shrink the step (no accepted update, or no score m
 θ stays). ``faithful = true`` follows the original instead: decay is 0 (every update is valid) and
 wᵢ = sᵢ, normalised over all registered trainers, so a missing or rejected trainer shrinks the step.
 Updates with NaN/Inf entries are always rejected (in both modes) and score 0 accuracy.
+``reward_penalty = false`` keeps every score at 1/T, so accepted updates are simply averaged.
 
 The aggregation is a fixed sequence of float operations over the committee's inputs in peer-id order, so
 every validator computing it gets bit-identical parameters and hence the same model hash (tested).
@@ -79,6 +80,7 @@ class FLoBC(CooperationRule):
     faithful: bool = Field(
         default=False, description="original: decay 0, weights normalised over all trainers"
     )
+    reward_penalty: bool = Field(default=True, description="false: scores stay uniform (plain mean)")
     sync: str = Field(default="bsp", description="release schedule: bsp(period), ssp(period), bap(quota)")
     compute: float = Field(
         default=1.0, gt=0, allow_inf_nan=False, description="simulated seconds per local update"
@@ -263,9 +265,9 @@ class FLoBC(CooperationRule):
 
         # reward-penalty over the contributors, then normalised over every registered trainer
         scores_all = self._start.clone()
-        scores_all[trainer_ids] = (self._start[trainer_ids] + (scored.mean(0) - reference.mean())).clamp(
-            min=0
-        )
+        if self.reward_penalty:
+            gain = scored.mean(0) - reference.mean()
+            scores_all[trainer_ids] = (self._start[trainer_ids] + gain).clamp(min=0)
         total = scores_all[roles].sum()
         scores_all[roles] = scores_all[roles] / total if bool(total > 0) else 1 / int(roles.sum())
         scores = scores_all[trainer_ids]

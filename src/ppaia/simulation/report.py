@@ -33,19 +33,32 @@ def check_output_dir(out: Path) -> None:
         raise OutputError(f"--out {out}: already exists and is not empty; choose a new folder")
 
 
-def write_outputs(result: RunResult, out: str | Path) -> Path:
-    """Write every output file of `result` into `out` (created; must not exist or be empty)."""
+def staging_dir(out: str | Path) -> Path:
+    """A fresh hidden folder beside `out` to build outputs in (checked: `out` must be new or empty)."""
     out = Path(out)
     check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+
+
+def write_outputs(result: RunResult, out: str | Path, staging: Path | None = None) -> Path:
+    """Write every output file of `result` into `out` (created; must not exist or be empty).
+
+    Files are written into `staging` (default: a fresh :func:`staging_dir`, removed on failure) which is
+    then renamed to `out`, so `out` never holds a half-written run.
+    """
+    out = Path(out)
+    own = staging is None
+    staging = staging_dir(out) if staging is None else staging
     try:
         _write_all(result, staging)
+        check_output_dir(out)
         if out.exists():
             out.rmdir()
         staging.rename(out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if own:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
 

@@ -79,6 +79,27 @@ class Mixing:
             torch.zeros_like(local), local, self.weights[mine], 1, torch.tensor([peer]), zero, senders
         )
 
+    def restricted(self, available: torch.Tensor, peer: int) -> Mixing:
+        """This one-row step (from :meth:`for_peer`) over only the senders marked `available`.
+
+        `available` is a mask over ``sender_ids``. The weight of the missing senders moves to `peer`'s own
+        entry when it is a sender (a missing neighbour counts as an unchanged one), else the remaining
+        weights are rescaled to the row's total; a rule that learns its weights ignores them anyway.
+        """
+        if self.n_rows != 1 or self.sender_ids is None:
+            raise ValueError("restricted: only a single peer's row (Mixing.for_peer) can lose senders")
+        kept = available[self.senders]
+        position = torch.cumsum(available.long(), 0) - 1
+        senders, weights = position[self.senders[kept]], self.weights[kept].clone()
+        ids = self.sender_ids[available]
+        own = (ids == peer).nonzero().flatten()
+        total, remaining = self.weights.sum(), weights.sum()
+        if own.numel():
+            weights[senders == own[0]] += total - remaining
+        elif bool(remaining > 0):
+            weights = weights * (total / remaining)
+        return Mixing(self.rows[kept], senders, weights, 1, self.targets, self.target_rows, ids)
+
     def sender_peers(self) -> torch.Tensor:
         """Peer id of each entry's sender."""
         return self.senders if self.sender_ids is None else self.sender_ids[self.senders]

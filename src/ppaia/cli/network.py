@@ -1,0 +1,173 @@
+"""The network commands: ``ppaia peer`` (one peer), ``ppaia launch`` (a local swarm), ``ppaia status``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from ppaia.cli.main import USER_ERRORS, app, console, default_out, fail, summary_table
+from ppaia.config import load_config
+from ppaia.network.checkpoint import CheckpointError
+from ppaia.network.dht import parse_address
+from ppaia.network.errors import ProtocolError
+from ppaia.network.identity import Identity, IdentityError
+from ppaia.network.learner import unsupported
+from ppaia.network.peer import Peer, PeerOptions
+from ppaia.network.swarm import Swarm
+from ppaia.network.transfer import fetch_status
+from ppaia.simulation.report import staging_dir, write_outputs
+
+__all__ = ["launch", "peer", "status"]
+
+NETWORK_ERRORS = (*USER_ERRORS, CheckpointError, IdentityError, ValueError)
+
+
+def _partition(text: str) -> tuple[int, int]:
+    index, _, total = text.partition("/")
+    try:
+        i, n = int(index), int(total)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected i/N, e.g. 3/8") from None
+    if not 0 <= i < n:
+        raise typer.BadParameter(f"{text!r}: need 0 <= i < N")
+    return i, n
+
+
+@app.command()
+def peer(
+    config: Annotated[
+        Path | None, typer.Option(help="experiment TOML file (the built-in default if omitted)")
+    ] = None,
+    listen: Annotated[str, typer.Option(help="HOST:PORT for models (TCP) and the DHT (UDP)")] = "127.0.0.1:0",
+    bootstrap: Annotated[
+        list[str] | None, typer.Option(help="HOST:PORT of a peer already in the swarm")
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="this peer's key, checkpoints and logs")] = Path("peer-data"),
+    partition: Annotated[str, typer.Option(help="i/N: this peer plays index i of N")] = "0/1",
+    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a field")] = None,
+    asynchronous: Annotated[
+        bool, typer.Option("--async", help="bounded waits; stale models allowed")
+    ] = False,
+    wait: Annotated[float, typer.Option(help="synchronous: seconds to wait for a neighbour's model")] = 60.0,
+    deadline: Annotated[float, typer.Option(help="asynchronous: seconds a mixing step waits")] = 2.0,
+    swarm: Annotated[str, typer.Option(help="swarm name (DHT topics)")] = "ppaia",
+) -> None:
+    """Run one peer: train on partition i of N, exchange models with its neighbours, checkpoint."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    index, total = _partition(partition)
+    try:
+        cfg = load_config(config, [*(overrides or []), f"peers={total}"])
+        host, port = parse_address(listen)
+        options = PeerOptions(
+            index=index,
+            data_dir=data_dir,
+            listen=(host, port),
+            bootstrap=tuple(parse_address(seed) for seed in bootstrap or []),
+            swarm=swarm,
+            synchronous=not asynchronous,
+            wait=wait,
+            deadline=deadline,
+        )
+        node = Peer(cfg, options)
+    except NETWORK_ERRORS as err:
+        raise fail(err) from None
+    try:
+        asyncio.run(node.run())
+    except CheckpointError as err:
+        raise fail(err) from None
+
+
+def _progress_table(statuses: dict[int, dict | None], rounds: int, exited: dict[int, int | None]) -> Table:
+    table = Table(title=f"swarm · {len(exited)} peers · {rounds} rounds")
+    for column in ("peer", "round", "phase", "accuracy", "left out", "rejected", "state"):
+        table.add_column(column, justify="right")
+    for index in sorted(exited):
+        info = statuses.get(index) or {}
+        code = exited[index]
+        state = "running" if code is None else ("finished" if code == 0 else f"exit {code}")
+        accuracy = info.get("accuracy")
+        table.add_row(
+            str(index),
+            str(info.get("round", "-")),
+            str(info.get("phase", "-")),
+            "-" if accuracy is None else f"{accuracy:.3f}",
+            str(info.get("missing", "-")),
+            str(sum(info.get("rejections", {}).values())) if info else "-",
+            state,
+        )
+    return table
+
+
+@app.command()
+def launch(
+    config: Annotated[
+        Path | None, typer.Option(help="experiment TOML file (the built-in default if omitted)")
+    ] = None,
+    peers: Annotated[
+        int | None, typer.Option(help="number of peer processes (default: the config's)")
+    ] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a field")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (new or empty)")] = None,
+    asynchronous: Annotated[bool, typer.Option("--async", help="peers wait at most --deadline")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds before the whole swarm is stopped")] = 1800.0,
+) -> None:
+    """Start a local swarm of peer processes on 127.0.0.1, show live progress, write the run's outputs."""
+    try:
+        cfg = load_config(config, [*(overrides or []), *([f"peers={peers}"] if peers else [])])
+        problems = unsupported(cfg)
+        if problems:
+            raise ValueError(f"a networked peer does not support {', '.join(problems)}")
+        out = out or default_out(cfg)
+        staging = staging_dir(out)
+    except NETWORK_ERRORS as err:
+        raise fail(err) from None
+    swarm = Swarm(cfg, staging, synchronous=not asynchronous)
+    started = time.monotonic()
+    swarm.start()
+    try:
+        with Live(console=console, refresh_per_second=4) as live:
+            while swarm.running():
+                if time.monotonic() - started > timeout:
+                    raise TimeoutError(f"the swarm did not finish within {timeout:.0f} s")
+                statuses = asyncio.run(swarm.statuses())
+                exited = {i: p.poll() for i, p in swarm.processes.items()}
+                live.update(_progress_table(statuses, cfg.rounds, exited))
+                time.sleep(0.5)
+            live.update(_progress_table({}, cfg.rounds, {i: p.poll() for i, p in swarm.processes.items()}))
+        codes = swarm.wait(timeout=10)
+        result = swarm.result()
+    except BaseException:
+        swarm.stop()
+        console.print(f"peer logs kept in {staging}/peers")
+        raise
+    failed = {i: code for i, code in codes.items() if code != 0}
+    write_outputs(result, out, staging)
+    console.print(summary_table(result, out))
+    if failed:
+        console.print(f"[bold red]peers that failed:[/] {failed} (logs in {out}/peers/<i>/peer.log)")
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def status(
+    address: Annotated[str, typer.Argument(help="HOST:PORT of a running peer")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 5.0,
+) -> None:
+    """Ask a running peer for its status (signed; printed as JSON)."""
+    try:
+        host, port = parse_address(address)
+    except ValueError as err:
+        raise fail(err) from None
+    try:
+        info = asyncio.run(fetch_status(host, port, identity=Identity.generate(), timeout=timeout))
+    except ProtocolError as err:
+        raise fail(err) from None
+    console.print_json(json.dumps(info))

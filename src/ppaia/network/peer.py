@@ -1,0 +1,320 @@
+"""A networked peer: train, publish, fetch the neighbours' models, apply the rule, checkpoint, repeat.
+
+One asyncio process per peer. It serves its models over TCP (:class:`ModelServer`), announces itself and
+the swarm index it plays (topic ``<swarm>/peer/<i>``) in the Kademlia DHT, and runs the rounds of the
+config it was given — the same rule code as the simulator (:class:`PeerLearner`).
+
+**Versions.** In round r the model entering mixing step s is version (r, s); (r, S) is the round's
+result for a rule with S steps. A peer publishes each version as soon as it has it and fetches exactly
+the versions of the senders in its own row of the step. A broadcast step (one result for every peer:
+FedAvg's server) is computed by peer 0, the server; the others fetch its version (r, s + 1).
+
+**Timing policy.** No global barrier: every peer proceeds as soon as it has what it needs.
+
+- ``synchronous`` (default): a peer waits up to `wait` seconds for each sender's exact version; with every
+  model received the numbers are the simulator's. A sender still missing at the deadline (crashed,
+  banned) is left out of the step (:meth:`Mixing.restricted`: its weight goes to the peer's own model).
+- asynchronous: each step waits at most `deadline` seconds; a sender that has not reached the version by
+  then contributes its newest model if it is at most `max_staleness` rounds old — with its ordinary
+  weight — and is left out otherwise.
+
+**Bad input.** Every received model is checked (signature, sender, nonce, version, size, CID, tensor
+names/shapes/dtypes, NaN/Inf) before use; a failure is logged, counted by reason and strikes the sender,
+which is banned for a while after repeated strikes (its models are not used, its requests refused).
+
+**Identity of indices.** The first peer id seen providing index j is pinned for the run (trust on first
+use): a later claimant of the same index is ignored. A restarted peer keeps its id (its key is in its
+data directory), so it is recognised again.
+
+**Checkpoints** after every round (:class:`Checkpoint`); a restarted peer resumes after the last one.
+Learned rule state (the trust matrix) restarts from its initial value after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ppaia.config import ExperimentConfig
+from ppaia.network.checkpoint import Checkpoint
+from ppaia.network.dht import PeerDHT
+from ppaia.network.errors import ProtocolError
+from ppaia.network.identity import Identity
+from ppaia.network.learner import PeerLearner, StepRole
+from ppaia.network.transfer import BanList, ModelServer, NotReady, fetch_model, fetch_status
+
+__all__ = ["Peer", "PeerOptions", "index_topic"]
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+UNREACHABLE = frozenset({"unreachable", "timeout", "closed"})  # the sender may be gone: look it up again
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
+def index_topic(swarm: str, index: int) -> str:
+    """The DHT topic a peer provides to say "I play index `index` in swarm `swarm`"."""
+    return f"{swarm}/peer/{index}"
+
+
+@dataclass(frozen=True)
+class PeerOptions:
+    """How one peer joins and runs (the experiment itself is the config)."""
+
+    index: int
+    data_dir: Path
+    listen: Address = ("127.0.0.1", 0)
+    bootstrap: tuple[Address, ...] = ()
+    swarm: str = "ppaia"
+    synchronous: bool = True
+    wait: float = 60.0  # synchronous: seconds to wait for a sender's version before leaving it out
+    deadline: float = 2.0  # asynchronous: seconds a step waits for its senders
+    max_staleness: int = 2  # asynchronous: rounds a substitute model may lag behind
+    linger: float = 30.0  # after the last round: seconds to keep serving until every peer is done
+    dht_ttl: float = 30.0
+    max_model_bytes: int = 256 << 20
+
+
+@dataclass
+class _Progress:
+    round: int = 0
+    phase: str = "starting"
+    accuracy: float | None = None
+    missing: int = 0
+    stale: int = 0
+    rejections: Counter = field(default_factory=Counter)
+
+
+class Peer:
+    """One peer process's state and main loop (see the module docstring)."""
+
+    def __init__(
+        self, config: ExperimentConfig, options: PeerOptions, identity: Identity | None = None
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.identity = identity or Identity.load_or_create(options.data_dir)
+        self.learner = PeerLearner(config, options.index)
+        self.expected = self.learner.layout.expected()
+        self.checkpoint = Checkpoint(Path(options.data_dir), config, options.index)
+        self.bans = BanList()
+        self.progress = _Progress()
+        self.server = ModelServer(
+            self.identity,
+            options.listen[0],
+            options.listen[1],
+            keep=16,
+            status=self.status,
+            bans=self.bans,
+            shared_addresses=LOOPBACK,  # in a local swarm every peer has the same address
+        )
+        self.dht = PeerDHT(self.identity, ttl=options.dht_ttl, rpc_timeout=2.0)
+        self._pinned: dict[int, str] = {}  # swarm index -> peer id (trust on first use)
+        self._addresses: dict[int, Address] = {}
+
+    def status(self) -> dict:
+        """What ``ppaia status`` and the launcher see."""
+        p = self.progress
+        return {
+            "peer": self.options.index,
+            "peer_id": self.identity.peer_id,
+            "round": p.round,
+            "rounds": self.config.rounds,
+            "phase": p.phase,
+            "accuracy": p.accuracy,
+            "missing": p.missing,
+            "stale": p.stale,
+            "rejections": dict(p.rejections + self.server.rejections),
+            "banned": sorted(self.bans.banned()),
+        }
+
+    async def run(self) -> None:
+        """Join the swarm, run every remaining round, then linger until the others are done."""
+        await self.server.start()
+        host = self.options.listen[0]
+        await self.dht.start(host, self.options.listen[1] or 0)
+        try:
+            await self._join(host)
+            await self._rounds()
+            self.progress.phase = "done"
+            await self._linger()
+        finally:
+            await self.dht.stop()
+            await self.server.stop()
+
+    async def _join(self, host: str) -> None:
+        """Bootstrap into the DHT (retrying while the seeds start) and announce this peer's index."""
+        for attempt in range(50):
+            if not self.options.bootstrap or await self.dht.bootstrap(self.options.bootstrap):
+                break
+            await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
+        else:
+            raise ConnectionError(f"no bootstrap peer answered: {self.options.bootstrap}")
+        await self.dht.announce(self.server.port, host)
+        await self.dht.provide(index_topic(self.options.swarm, self.options.index))
+
+    async def _rounds(self) -> None:
+        learner = self.learner
+        resumed = self.checkpoint.latest(self.expected)
+        first = 1
+        if resumed is not None:
+            first = resumed[0] + 1
+            learner.params = learner.layout.join(resumed[1])
+            log.info("peer %d resumes after round %d", self.options.index, resumed[0])
+        else:
+            self.checkpoint.save(0, learner.tensors())
+        for round_ in range(first, self.config.rounds + 1):
+            self.progress.round = round_
+            started = time.perf_counter()
+            ctx = learner.context(round_)
+            trains, roles = learner.roles(ctx)
+            self.progress.phase = "train"
+            if trains:
+                await asyncio.to_thread(learner.train, round_)
+            trained = time.perf_counter()
+            self.progress.phase = "mix"
+            received = missing = 0
+            for step, role in enumerate(roles):
+                self.server.publish(round_, step, learner.tensors())
+                got, lost = await self._step(round_, step, role, ctx)
+                received, missing = received + got, missing + lost
+            self.server.publish(round_, len(roles), learner.tensors())
+            mixed = time.perf_counter()
+            self.checkpoint.save(round_, learner.tensors())
+            if round_ % self.config.eval_every == 0 or round_ == self.config.rounds:
+                self.progress.accuracy = learner.evaluate()[0]
+            self._log_round(round_, trained - started, mixed - trained, received, missing)
+
+    async def _step(self, round_: int, step: int, role: StepRole, ctx) -> tuple[int, int]:
+        """Run this peer's part of one mixing step; (models received, senders left out)."""
+        learner = self.learner
+        if role.server is not None:  # a broadcast step: fetch the server's result
+            model = await self._fetch(role.server, round_, step + 1)
+            if model is not None:
+                learner.params = model
+            return int(model is not None), int(model is None)
+        if role.row is None:
+            return 0, 0
+        others = [j for j in role.senders if j != self.options.index]
+        models = await asyncio.gather(*(self._fetch(j, round_, step) for j in others))
+        received = {j: m for j, m in zip(others, models, strict=True) if m is not None}
+        learner.params = learner.combine(role.row, received, ctx)
+        missing = len(others) - len(received)
+        self.progress.missing += missing
+        return len(received), missing
+
+    async def _fetch(self, index: int, round_: int, step: int) -> torch.Tensor | None:
+        """Peer `index`'s version (round, step), or a substitute/None per the timing policy."""
+        options = self.options
+        loop = asyncio.get_running_loop()
+        until = loop.time() + (options.wait if options.synchronous else options.deadline)
+        latest = None
+        pause = 0.01
+        while True:
+            address = await self._address(index)
+            peer_id = self._pinned.get(index)
+            if peer_id is not None and self.bans.is_banned(peer_id):
+                return None
+            if address is not None:
+                try:
+                    return await self._download(address, peer_id, round_, step, until - loop.time())
+                except NotReady as err:
+                    latest = err.latest
+                except ProtocolError as err:
+                    self._reject(index, peer_id, err)
+            if loop.time() >= until:
+                break
+            await asyncio.sleep(min(pause, max(until - loop.time(), 0)))
+            pause = min(pause * 1.5, 0.25)
+        stale_ok = latest is not None and latest[0] >= round_ - options.max_staleness
+        if options.synchronous or not stale_ok or address is None:
+            log.warning(
+                "peer %d: no version %s from peer %d in time; left out", options.index, (round_, step), index
+            )
+            return None
+        try:
+            model = await self._download(address, peer_id, latest[0], latest[1], max(options.deadline, 1.0))
+        except (NotReady, ProtocolError) as err:
+            log.warning("peer %d: stale substitute from peer %d failed: %s", options.index, index, err)
+            return None
+        self.progress.stale += 1
+        return model
+
+    async def _download(
+        self, address: Address, peer_id: str | None, round_: int, step: int, timeout: float
+    ) -> torch.Tensor:
+        fetched = await fetch_model(
+            address[0],
+            address[1],
+            identity=self.identity,
+            round=round_,
+            step=step,
+            expected=self.expected,
+            max_bytes=self.options.max_model_bytes,
+            timeout=max(timeout, 0.5),
+            expect_sender=peer_id,
+        )
+        return self.learner.layout.join(fetched.tensors)
+
+    def _reject(self, index: int, peer_id: str | None, err: ProtocolError) -> None:
+        if err.reason in UNREACHABLE:
+            self._addresses.pop(index, None)  # it may have restarted elsewhere: look it up again
+            return
+        self.progress.rejections[err.reason] += 1
+        log.warning(
+            "peer %d: rejected a model from peer %d (%s): %s", self.options.index, index, err.reason, err
+        )
+        if peer_id is not None and self.bans.strike(peer_id, err.reason):
+            log.warning("peer %d: peer %d (%s) is banned", self.options.index, index, peer_id)
+
+    async def _address(self, index: int) -> Address | None:
+        """Where peer `index` serves, from the DHT (pinning its peer id on first sight)."""
+        if index in self._addresses:
+            return self._addresses[index]
+        providers = await self.dht.find_providers(index_topic(self.options.swarm, index))
+        pinned = self._pinned.get(index)
+        for record in providers:
+            if pinned is None or record.peer_id == pinned:
+                self._pinned[index] = record.peer_id
+                self._addresses[index] = (record.host, record.tcp_port)
+                return self._addresses[index]
+        return None
+
+    async def _linger(self) -> None:
+        """Keep serving until every other peer reports done (or cannot be reached), within `linger` s."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.options.linger
+        waiting = set(range(self.config.peers)) - {self.options.index}
+        while waiting and loop.time() < until:
+            for index in sorted(waiting):
+                address = await self._address(index)
+                if address is None:
+                    continue
+                try:
+                    info = await fetch_status(*address, identity=self.identity, timeout=1.0)
+                except ProtocolError:
+                    waiting.discard(index)  # gone: nobody left to serve there
+                    continue
+                if info.get("phase") == "done":
+                    waiting.discard(index)
+            await asyncio.sleep(0.2)
+
+    def _log_round(self, round_: int, train_s: float, mix_s: float, received: int, missing: int) -> None:
+        """Append the round's timings to the peer's metrics.csv (benchmarks read the non-training share)."""
+        path = Path(self.options.data_dir) / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["round", "accuracy", "train_s", "mix_s", "received", "missing", "stale"])
+            accuracy = "" if self.progress.accuracy is None else f"{self.progress.accuracy:.6f}"
+            writer.writerow(
+                [round_, accuracy, f"{train_s:.6f}", f"{mix_s:.6f}", received, missing, self.progress.stale]
+            )

@@ -1,0 +1,186 @@
+"""A local swarm: N peer processes on 127.0.0.1, their live status, and the run's outputs.
+
+:class:`Swarm` starts ``python -m ppaia peer`` processes (peer 0 first; the others bootstrap from it),
+can kill and restart any of them, polls their status over the wire protocol, and at the end evaluates
+the models every peer checkpointed after each round — with the simulator's own evaluator — into a
+:class:`RunResult`, so ``ppaia launch`` writes the same files as ``ppaia run``. A peer that died keeps
+its last checkpointed model in later rounds' metrics. ``bytes_sent`` counts model transfers as the
+simulator does (one model per sender in each peer's row), not bytes measured on the sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ppaia.config import ExperimentConfig
+from ppaia.network.checkpoint import read_rounds
+from ppaia.network.errors import ProtocolError
+from ppaia.network.identity import Identity
+from ppaia.network.transfer import fetch_status
+from ppaia.simulation.engine import BYTES_PER_VALUE, RunResult, Simulation
+from ppaia.simulation.metrics import metrics_row
+
+__all__ = ["Swarm", "free_port"]
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port that is free for both TCP and UDP on 127.0.0.1 right now (a peer uses both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((HOST, 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((HOST, port))
+                except OSError:
+                    continue
+            return port
+    raise OSError("no free TCP+UDP port on 127.0.0.1")
+
+
+@dataclass
+class Swarm:
+    """N local peer processes running one config; their data directories live under `root`."""
+
+    config: ExperimentConfig
+    root: Path
+    synchronous: bool = True
+    extra_args: tuple[str, ...] = ()
+    ports: list[int] = field(default_factory=list)
+    processes: dict[int, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_file = self.root / "config.toml"
+        self.config_file.write_text(self.config.to_toml())
+        self.ports = [free_port() for _ in range(self.config.peers)]
+        self.identity = Identity.generate()  # the launcher's own key, to sign status requests
+
+    @property
+    def n_peers(self) -> int:
+        return self.config.peers
+
+    def data_dir(self, index: int) -> Path:
+        return self.root / "peers" / str(index)
+
+    def start(self, index: int | None = None) -> None:
+        """Start every peer (peer 0 first, the bootstrap seed), or (re)start peer `index`."""
+        for i in range(self.n_peers) if index is None else [index]:
+            data_dir = self.data_dir(i)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            command = [
+                sys.executable, "-m", "ppaia", "peer",
+                "--config", str(self.config_file),
+                "--listen", f"{HOST}:{self.ports[i]}",
+                "--data-dir", str(data_dir),
+                "--partition", f"{i}/{self.n_peers}",
+                *([] if self.synchronous else ["--async"]),
+                *self.extra_args,
+            ]  # fmt: skip
+            if i != 0:
+                command += ["--bootstrap", f"{HOST}:{self.ports[0]}"]
+            log = open(data_dir / "peer.log", "ab")  # noqa: SIM115  (the child process owns it)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            self.processes[i] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            log.close()
+
+    def kill(self, index: int) -> None:
+        """Kill peer `index` at once (SIGKILL: no clean-up, as in a crash)."""
+        process = self.processes[index]
+        process.kill()
+        process.wait(timeout=10)
+
+    def running(self) -> list[int]:
+        return [i for i, process in self.processes.items() if process.poll() is None]
+
+    def stop(self) -> None:
+        """Kill every process still running."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+
+    async def statuses(self, timeout: float = 1.0) -> dict[int, dict | None]:
+        """Each running peer's status (None if it does not answer)."""
+
+        async def one(index: int) -> dict | None:
+            try:
+                return await fetch_status(HOST, self.ports[index], identity=self.identity, timeout=timeout)
+            except ProtocolError:
+                return None
+
+        indices = self.running()
+        answers = await asyncio.gather(*(one(i) for i in indices))
+        return dict(zip(indices, answers, strict=True))
+
+    def wait(self, timeout: float) -> dict[int, int]:
+        """Wait until every process exited (killing all on timeout); each peer's exit code."""
+        deadline = time.monotonic() + timeout
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                self.stop()
+                raise TimeoutError(f"the swarm did not finish within {timeout:.0f} s") from None
+        return {i: process.returncode for i, process in self.processes.items()}
+
+    def log(self, index: int) -> str:
+        path = self.data_dir(index) / "peer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def result(self) -> RunResult:
+        """The run's metrics from every peer's checkpoints, computed as ``ppaia run`` computes them."""
+        simulation = Simulation(self.config)
+        expected = simulation.layout.expected()
+        rounds = [read_rounds(self.data_dir(i), expected) for i in range(self.n_peers)]
+        honest = torch.ones(self.n_peers, dtype=torch.bool)
+        model_bytes = simulation.layout.size * BYTES_PER_VALUE
+        history, total = [], 0
+        params = accuracy = loss = None
+        for round_ in range(self.config.rounds + 1):
+            evaluated = round_ % self.config.eval_every == 0 or round_ == self.config.rounds
+            if round_ > 0:
+                plan = simulation.rule.plan(simulation.round_context(round_))
+                sent = plan.models_sent() * model_bytes
+                total += sent
+            if not evaluated:
+                continue
+            params = torch.stack([simulation.layout.join(_at(peer, round_)) for peer in rounds])
+            accuracy, loss = simulation.evaluate(params)
+            row = metrics_row(round_, accuracy, loss, params, honest, 0, 0, 0.0)
+            row |= {"bytes_sent": sent if round_ else 0, "bytes_cumulative": total}
+            history.append(row)
+        return RunResult(
+            self.config,
+            history,
+            accuracy,
+            loss,
+            params,
+            simulation.train_counts,
+            simulation.histogram,
+            ~honest,
+            simulation.setup_s,
+        )
+
+
+def _at(models: dict[int, dict[str, torch.Tensor]], round_: int) -> dict[str, torch.Tensor]:
+    """A peer's model after `round_`, or its last one before (a peer that died stays as it was)."""
+    done = [r for r in models if r <= round_]
+    if not done:
+        raise ValueError(f"a peer has no checkpoint at or before round {round_}")
+    return models[max(done)]

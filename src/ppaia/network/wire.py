@@ -1,0 +1,320 @@
+"""The wire protocol: length-prefixed frames that carry signed JSON messages.
+
+**Frames.** A frame is a 4-byte big-endian length followed by that many bytes. The reader states the
+largest frame it accepts and refuses a longer one from its length alone, before reading the body.
+
+**Messages.** A message is a JSON object in canonical form — keys sorted, no spaces, ASCII only, no
+NaN — with ``kind``, ``sender`` (peer id), ``key`` (hex Ed25519 public key), the fields of its kind, and
+``sig``: the hex signature by ``key`` of the canonical JSON of everything but ``sig``. A message is
+accepted only if it *is* canonical (so each statement has exactly one byte form), fits its kind's schema
+exactly (no extra fields, JSON integers only where integers are due, every number and list bounded),
+its ``sender`` is the peer id of its ``key`` and the signature verifies. Anything else raises
+:class:`ProtocolError`, whatever the bytes.
+
+**Kinds.** A model version is (round, step): a round may hold several mixing steps.
+
+- ``request`` (client to server) — ``want`` "model" or "status", ``round``, ``step``, ``nonce`` (16 random
+  bytes, hex). For "status", round and step are 0.
+- ``model`` (reply: transfer header) — ``round``, ``step``, ``cid``, ``size`` (body bytes), ``chunk``
+  (largest body frame), ``tensors`` (the model's spec, see :func:`ppaia.codec.tensor_spec`), ``nonce``
+  (the request's). The body follows as frames of at most ``chunk`` bytes, ``size`` bytes in all.
+- ``not_ready`` (reply) — ``round``, ``step`` (as requested), ``latest`` ([round, step] of the newest
+  version the server holds, or null), ``nonce``.
+- ``status`` (reply) — ``nonce``, ``info`` (a JSON object of at most :data:`MAX_INFO_BYTES`).
+- ``announce`` — ``round``, ``step``, ``cid``, ``size``, ``tensors``, ``host``, ``port``: the signed
+  statement "my model of version (round, step) is the content ``cid``, served at host:port".
+
+**Replays.** A reply must echo the nonce of the request it answers, so a recorded reply cannot be passed
+off as a fresh one. Announcements carry no nonce; :class:`ReplayGuard` accepts, per sender, only
+versions newer than the newest it has accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import struct
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from ppaia.network.content import MAX_CID_CHARS, parse_cid
+from ppaia.network.errors import ProtocolError
+from ppaia.network.identity import Identity, peer_id_of, verify_signature
+
+__all__ = [
+    "KINDS",
+    "MAX_INFO_BYTES",
+    "Announce",
+    "Message",
+    "ModelHeader",
+    "NotReadyReply",
+    "ProtocolError",
+    "ReplayGuard",
+    "Request",
+    "StatusReply",
+    "canonical",
+    "open_message",
+    "read_frame",
+    "seal",
+    "write_frame",
+]
+
+LENGTH = struct.Struct(">I")
+MAX_FRAME = 2**32 - 1
+MAX_VERSION = 2**40  # bound for round and step
+MAX_MODEL_BYTES = 2**40
+MAX_CHUNK = 64 << 20
+MAX_TENSORS = 100_000
+MAX_RANK = 16
+MAX_DIM = 2**40
+MAX_INFO_BYTES = 32 << 10
+MAX_NESTING = 32  # JSON depth a message may have; deeper input could overflow the C parser's stack
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]")
+
+
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
+    """The next frame's payload; ProtocolError "oversized" (body left unread), "closed" or "truncated"."""
+    try:
+        prefix = await reader.readexactly(LENGTH.size)
+    except asyncio.IncompleteReadError as err:
+        if not err.partial:
+            raise ProtocolError("closed", "the stream ended before a frame") from None
+        raise ProtocolError("truncated", f"the stream ended {len(err.partial)} bytes into a length") from None
+    (length,) = LENGTH.unpack(prefix)
+    if length > max_bytes:
+        raise ProtocolError("oversized", f"a frame of {length} bytes exceeds the limit of {max_bytes}")
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError as err:
+        raise ProtocolError(
+            "truncated", f"the stream ended {len(err.partial)} bytes into a frame of {length}"
+        ) from None
+
+
+async def write_frame(writer: asyncio.StreamWriter, payload: bytes | bytearray | memoryview) -> None:
+    """Send `payload` as one frame and wait until the transport's buffer has room again."""
+    if len(payload) > MAX_FRAME:
+        raise ValueError(f"a frame holds at most {MAX_FRAME} bytes, not {len(payload)}")
+    writer.write(LENGTH.pack(len(payload)))
+    writer.write(payload)
+    await writer.drain()
+
+
+def canonical(obj: Mapping[str, Any]) -> bytes:
+    """The canonical JSON bytes of `obj`: keys sorted, compact, ASCII, no NaN or infinities."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def _small_json(info: dict[str, Any]) -> dict[str, Any]:
+    if len(canonical(info)) > MAX_INFO_BYTES:
+        raise ValueError(f"status info exceeds {MAX_INFO_BYTES} bytes")
+    return info
+
+
+Version = Annotated[int, Field(ge=0, le=MAX_VERSION)]
+Nonce = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+Cid = Annotated[str, Field(min_length=1, max_length=MAX_CID_CHARS)]
+Size = Annotated[int, Field(ge=0, le=MAX_MODEL_BYTES)]
+TensorName = Annotated[str, Field(min_length=1, max_length=256)]
+DTypeName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
+Shape = Annotated[list[Annotated[int, Field(ge=0, le=MAX_DIM)]], Field(max_length=MAX_RANK)]
+TensorsSpec = Annotated[dict[TensorName, tuple[DTypeName, Shape]], Field(max_length=MAX_TENSORS)]
+
+
+class Message(BaseModel):
+    """A verified message: the fields every kind has. Subclasses add the kind's own fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    kind: str
+    sender: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+    key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    sig: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
+
+    @property
+    def public_key(self) -> bytes:
+        """The sender's raw 32-byte Ed25519 public key."""
+        return bytes.fromhex(self.key)
+
+
+class Request(Message):
+    """A client's request for a model version or for the server's status."""
+
+    kind: Literal["request"]
+    want: Literal["model", "status"]
+    round: Version
+    step: Version
+    nonce: Nonce
+
+
+class ModelHeader(Message):
+    """The header of a model transfer; `size` bytes of body frames follow it."""
+
+    kind: Literal["model"]
+    round: Version
+    step: Version
+    cid: Cid
+    size: Size
+    chunk: Annotated[int, Field(ge=1, le=MAX_CHUNK)]
+    tensors: TensorsSpec
+    nonce: Nonce
+
+
+class NotReadyReply(Message):
+    """The server does not hold the requested version; it tells its newest one (None if it has none)."""
+
+    kind: Literal["not_ready"]
+    round: Version
+    step: Version
+    latest: tuple[Version, Version] | None
+    nonce: Nonce
+
+
+class StatusReply(Message):
+    """The server's status: a small JSON object."""
+
+    kind: Literal["status"]
+    info: Annotated[dict[str, Any], AfterValidator(_small_json)]
+    nonce: Nonce
+
+
+class Announce(Message):
+    """A peer's signed statement that its model of version (round, step) is content `cid` at host:port."""
+
+    kind: Literal["announce"]
+    round: Version
+    step: Version
+    cid: Cid
+    size: Size
+    tensors: TensorsSpec
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9.:\-\[\]]{1,253}$")]
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+
+KINDS: dict[str, type[Message]] = {
+    "request": Request,
+    "model": ModelHeader,
+    "not_ready": NotReadyReply,
+    "status": StatusReply,
+    "announce": Announce,
+}
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _too_deep(text: str) -> bool:
+    """Whether the JSON text nests arrays/objects deeper than MAX_NESTING (checked before parsing:
+    the parser recurses in C, and a 100 KB run of ``[`` could otherwise crash the process)."""
+    depth = 0
+    for bracket in _NOT_BRACKETS.sub("", _STRINGS.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_NESTING:
+            return True
+    return False
+
+
+def _parse(data: bytes, kinds: Collection[str]) -> tuple[Message, dict[str, Any]]:
+    """The message in `data`, schema-checked but not yet authenticated, and its JSON object."""
+    try:
+        text = bytes(data).decode("utf-8")
+        if _too_deep(text):
+            raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ProtocolError("malformed", f"not a JSON message: {str(err)[:200]}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("malformed", f"a message is a JSON object, not {type(obj).__name__}")
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ProtocolError("unknown_kind", f"unknown message kind {str(kind)[:40]!r}")
+    if kind not in kinds:
+        raise ProtocolError("unexpected_kind", f"a {kind!r} message where {sorted(kinds)} may come")
+    try:
+        is_canonical = canonical(obj) == text.encode()
+    except ValueError:  # a number beyond float range parses as inf, which canonical JSON cannot hold
+        is_canonical = False
+    if not is_canonical:
+        raise ProtocolError("malformed", f"a {kind!r} message not in canonical JSON form")
+    try:
+        message = KINDS[kind].model_validate_json(text, strict=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])[:80]
+        problem = f"a {kind!r} message with bad field {where}: {first['msg'][:200]}"
+        raise ProtocolError("malformed", problem) from None
+    cid = getattr(message, "cid", None)
+    if cid is not None and parse_cid(cid) != cid:
+        raise ProtocolError("bad_cid", f"CID {cid!r} is not in canonical base32 form")
+    return message, obj
+
+
+def open_message(data: bytes, kinds: Collection[str] = tuple(KINDS)) -> Message:
+    """The verified message in `data` (one of `kinds`); ProtocolError for anything else.
+
+    Reasons: "malformed" (not canonical JSON, or not the kind's schema), "unknown_kind",
+    "unexpected_kind" (a kind not in `kinds`), "bad_cid", "bad_key" (sender is not the key's peer id),
+    "bad_signature".
+    """
+    message, obj = _parse(data, kinds)
+    if message.sender != peer_id_of(message.public_key):
+        raise ProtocolError("bad_key", f"sender {message.sender} is not the peer id of key {message.key}")
+    signed = canonical({name: value for name, value in obj.items() if name != "sig"})
+    if not verify_signature(message.public_key, bytes.fromhex(message.sig), signed):
+        raise ProtocolError("bad_signature", f"a {message.kind!r} message whose signature does not verify")
+    return message
+
+
+def seal(identity: Identity, kind: str, **fields: Any) -> bytes:
+    """The canonical signed message of `kind` with `fields`, from `identity` (ValueError if invalid)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown message kind {kind!r}")
+    if reserved := sorted({"sender", "key", "sig"} & set(fields)):
+        raise ValueError(f"fields {reserved} are filled in by seal")
+    unsigned = {**fields, "kind": kind, "sender": identity.peer_id, "key": identity.public_key.hex()}
+    try:
+        signature = identity.sign(canonical(unsigned))
+    except TypeError as err:  # a value JSON cannot hold
+        raise ValueError(f"cannot seal this {kind!r} message: {err}") from None
+    data = canonical({**unsigned, "sig": signature.hex()})
+    try:
+        _parse(data, (kind,))
+    except ProtocolError as err:
+        raise ValueError(f"cannot seal this {kind!r} message: {err}") from None
+    return data
+
+
+class ReplayGuard:
+    """Accepts, per sender, only announcements of versions newer than the newest already accepted.
+
+    It remembers at most `max_senders` senders, forgetting the one heard from least recently; a
+    forgotten sender's old announcements would be accepted again, so keep the bound well above the
+    number of peers.
+    """
+
+    def __init__(self, max_senders: int = 100_000) -> None:
+        self.max_senders = max_senders
+        self._latest: OrderedDict[str, tuple[int, int]] = OrderedDict()
+
+    def latest(self, sender: str) -> tuple[int, int] | None:
+        """The newest (round, step) accepted from `sender`, if any."""
+        return self._latest.get(sender)
+
+    def accept(self, message: Announce) -> None:
+        """Record `message`'s version as its sender's newest; ProtocolError "replay" if not newer."""
+        version = (message.round, message.step)
+        last = self._latest.get(message.sender)
+        if last is not None and version <= last:
+            raise ProtocolError(
+                "replay", f"announcement of {version} from {message.sender}, which already announced {last}"
+            )
+        self._latest[message.sender] = version
+        self._latest.move_to_end(message.sender)
+        while len(self._latest) > self.max_senders:
+            self._latest.popitem(last=False)

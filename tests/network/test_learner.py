@@ -1,0 +1,66 @@
+"""A networked peer's learning half reproduces the simulator row by row (no sockets involved)."""
+
+import pytest
+import torch
+
+import ppaia
+from ppaia.network.learner import PeerLearner, unsupported
+
+BASE = {"peers": 5, "rounds": 3, "partition": "dirichlet(1.0)", "model": "mlp(hidden=[16])", "seed": 2}
+
+
+def run_peers(config: ppaia.ExperimentConfig, drop: set[int] = frozenset()) -> torch.Tensor:
+    """Every peer's learner in one process, passing models by hand as the network would; peers in
+    `drop` never send anything."""
+    learners = [PeerLearner(config, i) for i in range(config.peers)]
+    for round_ in range(1, config.rounds + 1):
+        roles = []
+        for learner in learners:
+            ctx = learner.context(round_)
+            trains, steps = learner.roles(ctx)
+            roles.append((ctx, steps))
+            if trains:
+                learner.train(round_)
+        for step in range(len(roles[0][1])):
+            published = {i: learner.params.clone() for i, learner in enumerate(learners) if i not in drop}
+            results = {}
+            for i, (learner, (ctx, steps)) in enumerate(zip(learners, roles, strict=True)):
+                role = steps[step]
+                if role.row is not None and role.server is None:
+                    received = {j: published[j] for j in role.senders if j in published and j != i}
+                    results[i] = learner.combine(role.row, received, ctx)
+            for i, (learner, (_, steps)) in enumerate(zip(learners, roles, strict=True)):
+                if steps[step].server is not None:
+                    learner.params = results[steps[step].server].clone()
+                elif i in results:
+                    learner.params = results[i]
+    return torch.stack([learner.params for learner in learners])
+
+
+@pytest.mark.parametrize(
+    "rule",
+    ["consensus(steps=2)", "gossip", "fedavg(fraction=0.6)", "learned_trust(partners=2)", "median", "p2pl"],
+)
+def test_peers_passing_models_reproduce_the_simulator(rule):
+    table = {**BASE, "rule": rule, "holdout": 0.2, "topology": "complete"}
+    config = ppaia.ExperimentConfig.model_validate(table)
+    expected = ppaia.run(config).params
+    torch.testing.assert_close(run_peers(config), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_missing_neighbours_weight_goes_to_the_receiver():
+    config = ppaia.ExperimentConfig.model_validate({**BASE, "rule": "consensus", "topology": "ring"})
+    with_all = run_peers(config)
+    without_2 = run_peers(config, drop={2})
+    assert torch.isfinite(without_2).all()
+    assert not torch.allclose(with_all[1], without_2[1])  # peer 1 lost a neighbour
+
+
+def test_what_a_networked_peer_refuses():
+    for change in ({"rule": "centralized"}, {"rule": "flobc", "holdout": 0.2}, {"privacy": "update_dp"}):
+        config = ppaia.ExperimentConfig.model_validate({**BASE, **change})
+        assert unsupported(config)
+        with pytest.raises(ValueError, match="does not support"):
+            PeerLearner(config, 0)
+    with pytest.raises(ValueError, match="partition"):
+        PeerLearner(ppaia.ExperimentConfig.model_validate(BASE), 5)
