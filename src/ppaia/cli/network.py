@@ -133,15 +133,17 @@ def launch(
     started = time.monotonic()
     swarm.start()
     try:
+        last: dict[int, dict | None] = {}
         with Live(console=console, refresh_per_second=4) as live:
             while swarm.running():
                 if time.monotonic() - started > timeout:
                     raise TimeoutError(f"the swarm did not finish within {timeout:.0f} s")
                 statuses = asyncio.run(swarm.statuses())
+                last |= {i: info for i, info in statuses.items() if info is not None}
                 exited = {i: p.poll() for i, p in swarm.processes.items()}
-                live.update(_progress_table(statuses, cfg.rounds, exited))
+                live.update(_progress_table(last, cfg.rounds, exited))
                 time.sleep(0.5)
-            live.update(_progress_table({}, cfg.rounds, {i: p.poll() for i, p in swarm.processes.items()}))
+            live.update(_progress_table(last, cfg.rounds, {i: p.poll() for i, p in swarm.processes.items()}))
         codes = swarm.wait(timeout=10)
         result = swarm.result()
     except BaseException:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import os
 import socket
 import subprocess
@@ -143,6 +144,17 @@ class Swarm:
         path = self.data_dir(index) / "peer.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def _elapsed(self) -> dict[int, float]:
+        """round -> seconds from the first round's start to the slowest peer finishing it (summed per
+        peer over its rounds; a restarted peer's repeated rounds count once)."""
+        per_peer = [_timings(self.data_dir(i) / "metrics.csv") for i in range(self.n_peers)]
+        elapsed, totals = {}, [0.0] * self.n_peers
+        for round_ in range(1, self.config.rounds + 1):
+            for i, timings in enumerate(per_peer):
+                totals[i] += timings.get(round_, 0.0)
+            elapsed[round_] = max(totals)
+        return elapsed
+
     def result(self) -> RunResult:
         """The run's metrics from every peer's checkpoints, computed as ``ppaia run`` computes them."""
         simulation = Simulation(self.config)
@@ -150,6 +162,8 @@ class Swarm:
         rounds = [read_rounds(self.data_dir(i), expected) for i in range(self.n_peers)]
         honest = torch.ones(self.n_peers, dtype=torch.bool)
         model_bytes = simulation.layout.size * BYTES_PER_VALUE
+        simulation.rule.reset(self.n_peers)
+        elapsed = self._elapsed()
         history, total = [], 0
         params = accuracy = loss = None
         for round_ in range(self.config.rounds + 1):
@@ -163,7 +177,11 @@ class Swarm:
             params = torch.stack([simulation.layout.join(_at(peer, round_)) for peer in rounds])
             accuracy, loss = simulation.evaluate(params)
             row = metrics_row(round_, accuracy, loss, params, honest, 0, 0, 0.0)
-            row |= {"bytes_sent": sent if round_ else 0, "bytes_cumulative": total}
+            row |= {
+                "bytes_sent": sent if round_ else 0,
+                "bytes_cumulative": total,
+                "wall_s": elapsed.get(round_, 0.0),
+            }
             history.append(row)
         return RunResult(
             self.config,
@@ -176,6 +194,16 @@ class Swarm:
             ~honest,
             simulation.setup_s,
         )
+
+
+def _timings(path: Path) -> dict[int, float]:
+    """round -> seconds the peer spent on it (training + mixing), from its metrics.csv."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as handle:
+        return {
+            int(row["round"]): float(row["train_s"]) + float(row["mix_s"]) for row in csv.DictReader(handle)
+        }
 
 
 def _at(models: dict[int, dict[str, torch.Tensor]], round_: int) -> dict[str, torch.Tensor]:
