@@ -1,6 +1,7 @@
 """PPAIA ("Papaya"): serverless federated learning — peers train locally and cooperate without a server.
 
-The ledger (an EVM contract recording model hashes, votes and scores) is the subpackage ``ppaia.ledger``.
+The ledger (an EVM contract recording model hashes, votes and scores) is the subpackage ``ppaia.ledger``;
+real networked peers (DHT discovery, signed model exchange) are ``ppaia.network``.
 
 Quick use::
 

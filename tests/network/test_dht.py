@@ -392,3 +392,10 @@ def test_bootstrap_reports_how_many_seeds_answered():
                     await late.stop()
 
     run(body())
+
+
+def test_deeply_nested_values_are_refused_not_raised():
+    from ppaia.network.records import valid_records
+
+    nested = b"\x91" * 3000 + b"\xc0"  # msgpack: 3,000 nested one-element arrays
+    assert valid_records("peer:" + "0" * 40, nested, now=0.0) == []

@@ -214,7 +214,7 @@ def decode_record(data: bytes) -> Record:
     try:
         body, signature = umsgpack.unpackb(data)
         fields = umsgpack.unpackb(body)
-    except (umsgpack.UnpackException, TypeError, ValueError) as error:
+    except (umsgpack.UnpackException, TypeError, ValueError, RecursionError) as error:  # deep nesting
         raise RecordError(f"undecodable record: {error!r}") from None
     if (
         not isinstance(signature, bytes)
@@ -270,7 +270,7 @@ def decode_records(value: object) -> list[Record]:
         raise RecordError("a record set is at most MAX_VALUE_BYTES of bytes")
     try:
         items = umsgpack.unpackb(value)
-    except umsgpack.UnpackException as error:
+    except (umsgpack.UnpackException, RecursionError) as error:  # a hostile value may nest arrays deeply
         raise RecordError(f"undecodable record set: {error!r}") from None
     if not isinstance(items, list):
         raise RecordError("a record set is a list")
