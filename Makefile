@@ -33,6 +33,9 @@ lint: $(STAMP)
 bench: $(STAMP) $(DEVCHAIN)
 	$(PY) benchmarks/sim_speed.py
 	$(PY) benchmarks/ledger_throughput.py
+	$(PY) benchmarks/net_transfer.py
+	$(PY) benchmarks/dht_lookup.py
+	$(PY) benchmarks/swarm_round.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache devchain/node_modules

@@ -61,7 +61,12 @@ def peer(
     swarm: Annotated[str, typer.Option(help="swarm name (DHT topics)")] = "ppaia",
 ) -> None:
     """Run one peer: train on partition i of N, exchange models with its neighbours, checkpoint."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: an imported library (opacus) already called basicConfig at WARNING, which would make this a
+    # no-op and drop the peer's INFO lines (resumes, ...); kademlia's INFO is one line per RPC
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    logging.getLogger("kademlia").setLevel(logging.WARNING)
     index, total = _partition(partition)
     try:
         cfg = load_config(config, [*(overrides or []), f"peers={total}"])
