@@ -64,3 +64,23 @@ def test_what_a_networked_peer_refuses():
             PeerLearner(config, 0)
     with pytest.raises(ValueError, match="partition"):
         PeerLearner(ppaia.ExperimentConfig.model_validate(BASE), 5)
+
+
+def test_broadcast_steps_are_computed_by_their_smallest_target():
+    from ppaia.network.learner import step_role
+    from ppaia.topology.mixing import Mixing
+
+    # two result rows: row 0 (senders 1, 2) goes to peers 1 and 3, row 1 (sender 0) to peer 2
+    step = Mixing(
+        torch.tensor([0, 0, 1]),
+        torch.tensor([1, 2, 0]),
+        torch.tensor([0.5, 0.5, 1.0], dtype=torch.float64),
+        2,
+        torch.tensor([1, 3, 2]),
+        torch.tensor([0, 0, 1]),
+    )
+    assert step_role(step, 0).row is None and step_role(step, 0).server is None  # not a target
+    server = step_role(step, 1)
+    assert server.server is None and server.senders == [1, 2]
+    assert step_role(step, 3).row is None and step_role(step, 3).server == 1
+    assert step_role(step, 2).senders == [0]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.live import Live
 from rich.table import Table
@@ -43,6 +44,7 @@ def _partition(text: str) -> tuple[int, int]:
 
 @app.command()
 def peer(
+    partition: Annotated[str, typer.Option(help="i/N: this peer plays index i of N (required)")],
     config: Annotated[
         Path | None, typer.Option(help="experiment TOML file (the built-in default if omitted)")
     ] = None,
@@ -51,7 +53,7 @@ def peer(
         list[str] | None, typer.Option(help="HOST:PORT of a peer already in the swarm")
     ] = None,
     data_dir: Annotated[Path, typer.Option(help="this peer's key, checkpoints and logs")] = Path("peer-data"),
-    partition: Annotated[str, typer.Option(help="i/N: this peer plays index i of N")] = "0/1",
+    threads: Annotated[int, typer.Option(help="torch threads (0: torch's default)")] = 0,
     overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a field")] = None,
     asynchronous: Annotated[
         bool, typer.Option("--async", help="bounded waits; stale models allowed")
@@ -68,6 +70,8 @@ def peer(
     )
     logging.getLogger("kademlia").setLevel(logging.WARNING)
     index, total = _partition(partition)
+    if threads > 0:
+        torch.set_num_threads(threads)
     try:
         cfg = load_config(config, [*(overrides or []), f"peers={total}"])
         host, port = parse_address(listen)

@@ -22,7 +22,7 @@ from ppaia.rules import CooperationRule, RoundContext
 from ppaia.simulation.engine import Simulation
 from ppaia.topology.mixing import Mixing
 
-__all__ = ["PeerLearner", "StepRole", "unsupported"]
+__all__ = ["PeerLearner", "StepRole", "step_role", "unsupported"]
 
 
 def unsupported(config: ExperimentConfig) -> list[str]:
@@ -43,23 +43,36 @@ def unsupported(config: ExperimentConfig) -> list[str]:
 
 @dataclass(frozen=True)
 class StepRole:
-    """What this peer does in one mixing step: nothing, compute its row, or fetch a server's result."""
+    """What this peer does in one mixing step: nothing, compute its row, or fetch a server's result.
 
-    row: Mixing | None  # this peer's own row of the step (None: the step does not write to it)
-    server: int | None  # a broadcast step (one result for many peers) is computed by this peer only
+    A broadcast step (one result row written to several peers, like FedAvg's server average) is
+    computed once, by the row's *server* — the smallest peer id the row is written to — and the other
+    peers of the row fetch the server's result.
+    """
+
+    row: Mixing | None  # the row this peer computes (None: it computes nothing in this step)
+    server: int | None = None  # set when this peer fetches the step's result from that peer instead
 
     @property
     def senders(self) -> list[int]:
         """Peers whose models this peer needs for the step (its own included, if it is a sender)."""
-        if self.row is None or self.server is not None:
-            return []
-        return self.row.sender_ids.tolist()
+        return [] if self.row is None else self.row.sender_ids.tolist()
+
+
+def step_role(step: Mixing, peer: int) -> StepRole:
+    """`peer`'s part in `step` (see :class:`StepRole`)."""
+    hit = (step.targets == peer).nonzero()
+    if hit.numel() == 0:
+        return StepRole(None)
+    result_row = step.target_rows[hit[0, 0]]
+    server = int(step.targets[step.target_rows == result_row].min())
+    if server != peer:
+        return StepRole(None, server)
+    return StepRole(step.for_peer(peer))
 
 
 class PeerLearner:
     """One peer's model, data and rule, built from the shared config and seed."""
-
-    SERVER = 0  # the peer that computes broadcast steps (FedAvg's server)
 
     def __init__(self, config: ExperimentConfig, peer: int) -> None:
         problems = unsupported(config)
@@ -86,16 +99,7 @@ class PeerLearner:
         """Whether this peer trains in round `ctx.round`, and its part in each of the round's steps."""
         plan = self.rule.plan(ctx)
         trains = plan.trainers is None or bool(plan.trainers[self.peer])
-        roles = []
-        for step in plan.steps:
-            broadcast = step.n_rows < step.targets.numel()
-            row = step.for_peer(self.SERVER if broadcast else self.peer)
-            if row is not None and broadcast:
-                mine = bool((step.targets == self.peer).any())
-                row = row if mine else None
-            server = self.SERVER if broadcast and self.peer != self.SERVER else None
-            roles.append(StepRole(row, server))
-        return trains, roles
+        return trains, [step_role(step, self.peer) for step in plan.steps]
 
     def train(self, round_: int) -> None:
         """One round of local training of this peer's model, as the simulator trains its row."""

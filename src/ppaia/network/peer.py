@@ -6,17 +6,21 @@ config it was given — the same rule code as the simulator (:class:`PeerLearner
 
 **Versions.** In round r the model entering mixing step s is version (r, s); (r, S) is the round's
 result for a rule with S steps. A peer publishes each version as soon as it has it and fetches exactly
-the versions of the senders in its own row of the step. A broadcast step (one result for every peer:
-FedAvg's server) is computed by peer 0, the server; the others fetch its version (r, s + 1).
+the versions of the senders in its own row of the step. A broadcast step (one result for several peers:
+FedAvg's server average) is computed by the smallest peer id the result goes to (peer 0 for FedAvg), and
+the others fetch its version (r, s + 1). A peer keeps serving its newest versions within a memory budget
+(at least 4, at most 256).
 
 **Timing policy.** No global barrier: every peer proceeds as soon as it has what it needs.
 
-- ``synchronous`` (default): a peer waits up to `wait` seconds for each sender's exact version; with every
-  model received the numbers are the simulator's. A sender still missing at the deadline (crashed,
-  banned) is left out of the step (:meth:`Mixing.restricted`: its weight goes to the peer's own model).
+- ``synchronous`` (default): a peer waits for each sender's exact version, up to `wait` seconds since the
+  sender last made progress; with every model received the numbers are the simulator's. A sender that
+  stops progressing (crashed, banned) is left out of the step (:meth:`Mixing.restricted`: its weight goes
+  to the peer's own model).
 - asynchronous: each step waits at most `deadline` seconds; a sender that has not reached the version by
   then contributes its newest model if it is at most `max_staleness` rounds old — with its ordinary
-  weight — and is left out otherwise.
+  weight — and is left out otherwise. A broadcast result is never replaced by a stale model.
+- Either way, a sender already past the version asked for will never serve it: it is left out at once.
 
 **Bad input.** Every received model is checked (signature, sender, nonce, version, size, CID, tensor
 names/shapes/dtypes, NaN/Inf) before use; a failure is logged, counted by reason and strikes the sender,
@@ -42,13 +46,14 @@ from pathlib import Path
 
 import torch
 
+from ppaia import codec
 from ppaia.config import ExperimentConfig
 from ppaia.network.checkpoint import Checkpoint
 from ppaia.network.dht import PeerDHT
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
 from ppaia.network.learner import PeerLearner, StepRole
-from ppaia.network.transfer import BanList, ModelServer, NotReady, fetch_model, fetch_status
+from ppaia.network.transfer import BanList, ModelServer, ModelVersion, NotReady, fetch_model, fetch_status
 
 __all__ = ["Peer", "PeerOptions", "index_topic"]
 
@@ -57,6 +62,7 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 UNREACHABLE = frozenset({"unreachable", "timeout", "closed"})  # the sender may be gone: look it up again
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
+SERVED_BYTES = 256 << 20  # memory for the model versions a peer keeps serving
 
 
 def index_topic(swarm: str, index: int) -> str:
@@ -79,7 +85,7 @@ class PeerOptions:
     max_staleness: int = 2  # asynchronous: rounds a substitute model may lag behind
     linger: float = 30.0  # after the last round: seconds to keep serving until every peer is done
     dht_ttl: float = 30.0
-    max_model_bytes: int = 256 << 20
+    max_model_bytes: int = 256 << 20  # a cap on top of the model's own encoded size
 
 
 @dataclass
@@ -103,6 +109,8 @@ class Peer:
         self.identity = identity or Identity.load_or_create(options.data_dir)
         self.learner = PeerLearner(config, options.index)
         self.expected = self.learner.layout.expected()
+        encoded = len(codec.encode(self.learner.tensors()))  # every honest model has exactly this size
+        self.max_bytes = min(encoded + 4096, options.max_model_bytes)
         self.checkpoint = Checkpoint(Path(options.data_dir), config, options.index)
         self.bans = BanList()
         self.progress = _Progress()
@@ -110,7 +118,7 @@ class Peer:
             self.identity,
             options.listen[0],
             options.listen[1],
-            keep=16,
+            keep=max(4, min(256, SERVED_BYTES // encoded)),  # versions kept for slower neighbours
             status=self.status,
             bans=self.bans,
             shared_addresses=LOOPBACK,  # in a local swarm every peer has the same address
@@ -180,72 +188,97 @@ class Peer:
                 await asyncio.to_thread(learner.train, round_)
             trained = time.perf_counter()
             self.progress.phase = "mix"
-            received = missing = 0
+            received = missing = stale = 0
             for step, role in enumerate(roles):
-                self.server.publish(round_, step, learner.tensors())
-                got, lost = await self._step(round_, step, role, ctx)
-                received, missing = received + got, missing + lost
-            self.server.publish(round_, len(roles), learner.tensors())
+                await self._publish(round_, step)
+                got, lost, old = await self._step(round_, step, role, ctx)
+                received, missing, stale = received + got, missing + lost, stale + old
+            await self._publish(round_, len(roles))
             mixed = time.perf_counter()
-            self.checkpoint.save(round_, learner.tensors())
+            await asyncio.to_thread(self.checkpoint.save, round_, learner.tensors())
             if round_ % self.config.eval_every == 0 or round_ == self.config.rounds:
-                self.progress.accuracy = learner.evaluate()[0]
-            self._log_round(round_, trained - started, mixed - trained, received, missing)
+                self.progress.accuracy = (await asyncio.to_thread(learner.evaluate))[0]
+            self.progress.missing += missing
+            self.progress.stale += stale
+            self._log_round(round_, trained - started, mixed - trained, received, missing, stale)
 
-    async def _step(self, round_: int, step: int, role: StepRole, ctx) -> tuple[int, int]:
-        """Run this peer's part of one mixing step; (models received, senders left out)."""
+    async def _publish(self, round_: int, step: int) -> None:
+        """Serve this peer's current model as version (round, step) (encoded off the event loop)."""
+        version = await asyncio.to_thread(ModelVersion.encode, round_, step, self.learner.tensors())
+        self.server.add(version)
+
+    async def _step(self, round_: int, step: int, role: StepRole, ctx) -> tuple[int, int, int]:
+        """Run this peer's part of one mixing step; (models received, senders left out, stale used)."""
         learner = self.learner
-        if role.server is not None:  # a broadcast step: fetch the server's result
-            model = await self._fetch(role.server, round_, step + 1)
+        if role.server is not None:  # a broadcast step: fetch the server's result, never a stale one
+            model, _ = await self._fetch(role.server, round_, step + 1, substitute=False)
             if model is not None:
                 learner.params = model
-            return int(model is not None), int(model is None)
+            return int(model is not None), int(model is None), 0
         if role.row is None:
-            return 0, 0
+            return 0, 0, 0
         others = [j for j in role.senders if j != self.options.index]
-        models = await asyncio.gather(*(self._fetch(j, round_, step) for j in others))
-        received = {j: m for j, m in zip(others, models, strict=True) if m is not None}
-        learner.params = learner.combine(role.row, received, ctx)
-        missing = len(others) - len(received)
-        self.progress.missing += missing
-        return len(received), missing
+        fetched = await asyncio.gather(*(self._fetch(j, round_, step) for j in others))
+        received = {j: model for j, (model, _) in zip(others, fetched, strict=True) if model is not None}
+        learner.params = await asyncio.to_thread(learner.combine, role.row, received, ctx)
+        stale = sum(is_stale for model, is_stale in fetched if model is not None)
+        return len(received), len(others) - len(received), stale
 
-    async def _fetch(self, index: int, round_: int, step: int) -> torch.Tensor | None:
-        """Peer `index`'s version (round, step), or a substitute/None per the timing policy."""
+    async def _fetch(
+        self, index: int, round_: int, step: int, substitute: bool = True
+    ) -> tuple[torch.Tensor | None, bool]:
+        """Peer `index`'s version (round, step) per the timing policy: (model or None, whether stale).
+
+        Synchronous: wait up to `wait` seconds, restarted whenever the sender's newest version moves on
+        (only a sender that stops progressing times out). Asynchronous: wait `deadline` seconds, then
+        take the sender's newest version if it is at most `max_staleness` rounds old (and `substitute`).
+        A sender whose newest version is already past the one asked for will never serve it (dropped
+        from its window, or published before it crashed): give up at once.
+        """
         options = self.options
         loop = asyncio.get_running_loop()
-        until = loop.time() + (options.wait if options.synchronous else options.deadline)
-        latest = None
+        span = options.wait if options.synchronous else options.deadline
+        until = loop.time() + span
+        latest = address = peer_id = None
         pause = 0.01
-        while True:
-            address = await self._address(index)
+        while loop.time() < until:
+            address = await self._address(index, until - loop.time())
             peer_id = self._pinned.get(index)
             if peer_id is not None and self.bans.is_banned(peer_id):
-                return None
+                return None, False
             if address is not None:
                 try:
-                    return await self._download(address, peer_id, round_, step, until - loop.time())
+                    model = await self._download(address, peer_id, round_, step, until - loop.time())
+                    return model, False
                 except NotReady as err:
-                    latest = err.latest
+                    if err.latest is not None and tuple(err.latest) > (round_, step):
+                        latest = tuple(err.latest)
+                        break
+                    if options.synchronous and err.latest != latest:
+                        until = loop.time() + span  # the sender is progressing: keep waiting
+                    latest = None if err.latest is None else tuple(err.latest)
                 except ProtocolError as err:
                     self._reject(index, peer_id, err)
-            if loop.time() >= until:
-                break
-            await asyncio.sleep(min(pause, max(until - loop.time(), 0)))
+            await asyncio.sleep(max(min(pause, until - loop.time()), 0))
             pause = min(pause * 1.5, 0.25)
-        stale_ok = latest is not None and latest[0] >= round_ - options.max_staleness
-        if options.synchronous or not stale_ok or address is None:
+        usable = (
+            substitute
+            and not options.synchronous
+            and address is not None
+            and latest is not None
+            and latest[0] >= round_ - options.max_staleness
+        )
+        if not usable:
             log.warning(
                 "peer %d: no version %s from peer %d in time; left out", options.index, (round_, step), index
             )
-            return None
+            return None, False
         try:
             model = await self._download(address, peer_id, latest[0], latest[1], max(options.deadline, 1.0))
         except (NotReady, ProtocolError) as err:
             log.warning("peer %d: stale substitute from peer %d failed: %s", options.index, index, err)
-            return None
-        self.progress.stale += 1
-        return model
+            return None, False
+        return model, True
 
     async def _download(
         self, address: Address, peer_id: str | None, round_: int, step: int, timeout: float
@@ -257,15 +290,18 @@ class Peer:
             round=round_,
             step=step,
             expected=self.expected,
-            max_bytes=self.options.max_model_bytes,
+            max_bytes=self.max_bytes,
             timeout=max(timeout, 0.5),
             expect_sender=peer_id,
         )
         return self.learner.layout.join(fetched.tensors)
 
     def _reject(self, index: int, peer_id: str | None, err: ProtocolError) -> None:
-        if err.reason in UNREACHABLE:
-            self._addresses.pop(index, None)  # it may have restarted elsewhere: look it up again
+        if err.reason in UNREACHABLE or err.reason == "wrong_sender":
+            # gone, restarted elsewhere, or someone else now answers on that address: look it up again
+            self._addresses.pop(index, None)
+            if err.reason == "wrong_sender":
+                self.progress.rejections[err.reason] += 1
             return
         self.progress.rejections[err.reason] += 1
         log.warning(
@@ -274,11 +310,20 @@ class Peer:
         if peer_id is not None and self.bans.strike(peer_id, err.reason):
             log.warning("peer %d: peer %d (%s) is banned", self.options.index, index, peer_id)
 
-    async def _address(self, index: int) -> Address | None:
-        """Where peer `index` serves, from the DHT (pinning its peer id on first sight)."""
+    async def _address(self, index: int, timeout: float = 5.0) -> Address | None:
+        """Where peer `index` serves, from the DHT (pinning its peer id on first sight); None if not
+        found within `timeout` seconds (the lookup itself goes on in the background and is not wasted)."""
         if index in self._addresses:
             return self._addresses[index]
-        providers = await self.dht.find_providers(index_topic(self.options.swarm, index))
+        topic = index_topic(self.options.swarm, index)
+        try:
+            lookup = asyncio.ensure_future(self.dht.find_providers(topic))
+            providers = await asyncio.wait_for(asyncio.shield(lookup), max(timeout, 0.05))
+        except TimeoutError:
+            return None
+        except Exception as err:  # a hostile or broken DHT answer must not stop the peer
+            log.warning("peer %d: DHT lookup of %s failed: %r", self.options.index, topic, err)
+            return None
         pinned = self._pinned.get(index)
         for record in providers:
             if pinned is None or record.peer_id == pinned:
@@ -288,26 +333,33 @@ class Peer:
         return None
 
     async def _linger(self) -> None:
-        """Keep serving until every other peer reports done (or cannot be reached), within `linger` s."""
+        """Keep serving until every other peer reports done or fails to answer 3 times in a row, within
+        `linger` seconds."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self.options.linger
-        waiting = set(range(self.config.peers)) - {self.options.index}
-        while waiting and loop.time() < until:
-            for index in sorted(waiting):
-                address = await self._address(index)
-                if address is None:
-                    continue
+        failures = dict.fromkeys(set(range(self.config.peers)) - {self.options.index}, 0)
+        while failures and loop.time() < until:
+            for index in sorted(failures):
+                address = await self._address(index, 1.0)
                 try:
+                    if address is None:
+                        raise ProtocolError("unreachable", f"peer {index} is not in the DHT")
                     info = await fetch_status(*address, identity=self.identity, timeout=1.0)
                 except ProtocolError:
-                    waiting.discard(index)  # gone: nobody left to serve there
+                    self._addresses.pop(index, None)
+                    failures[index] += 1
+                    if failures[index] >= 3:
+                        del failures[index]  # gone: nobody left to serve there
                     continue
+                failures[index] = 0
                 if info.get("phase") == "done":
-                    waiting.discard(index)
+                    del failures[index]
             await asyncio.sleep(0.2)
 
-    def _log_round(self, round_: int, train_s: float, mix_s: float, received: int, missing: int) -> None:
-        """Append the round's timings to the peer's metrics.csv (benchmarks read the non-training share)."""
+    def _log_round(
+        self, round_: int, train_s: float, mix_s: float, received: int, missing: int, stale: int
+    ) -> None:
+        """Append the round's timings and exchanges to the peer's metrics.csv (the benchmarks read it)."""
         path = Path(self.options.data_dir) / "metrics.csv"
         new = not path.exists()
         with open(path, "a", newline="") as handle:
@@ -315,6 +367,4 @@ class Peer:
             if new:
                 writer.writerow(["round", "accuracy", "train_s", "mix_s", "received", "missing", "stale"])
             accuracy = "" if self.progress.accuracy is None else f"{self.progress.accuracy:.6f}"
-            writer.writerow(
-                [round_, accuracy, f"{train_s:.6f}", f"{mix_s:.6f}", received, missing, self.progress.stale]
-            )
+            writer.writerow([round_, accuracy, f"{train_s:.6f}", f"{mix_s:.6f}", received, missing, stale])

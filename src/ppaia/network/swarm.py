@@ -4,8 +4,9 @@
 can kill and restart any of them, polls their status over the wire protocol, and at the end evaluates
 the models every peer checkpointed after each round — with the simulator's own evaluator — into a
 :class:`RunResult`, so ``ppaia launch`` writes the same files as ``ppaia run``. A peer that died keeps
-its last checkpointed model in later rounds' metrics. ``bytes_sent`` counts model transfers as the
-simulator does (one model per sender in each peer's row), not bytes measured on the sockets.
+its last checkpointed model in later rounds' metrics (its initial model if it never checkpointed).
+``bytes_sent`` counts model transfers as the simulator does (one model per sender in each peer's row),
+not bytes measured on the sockets.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Swarm:
                 "--listen", f"{HOST}:{self.ports[i]}",
                 "--data-dir", str(data_dir),
                 "--partition", f"{i}/{self.n_peers}",
+                "--threads", "1",  # N processes share the machine's cores
                 *([] if self.synchronous else ["--async"]),
                 *self.extra_args,
             ]  # fmt: skip
@@ -174,7 +176,14 @@ class Swarm:
                 total += sent
             if not evaluated:
                 continue
-            params = torch.stack([simulation.layout.join(_at(peer, round_)) for peer in rounds])
+            params = torch.stack(
+                [
+                    simulation.params[i]
+                    if (model := _at(peer, round_)) is None
+                    else simulation.layout.join(model)
+                    for i, peer in enumerate(rounds)
+                ]
+            )
             accuracy, loss = simulation.evaluate(params)
             row = metrics_row(round_, accuracy, loss, params, honest, 0, 0, 0.0)
             row |= {
@@ -206,9 +215,8 @@ def _timings(path: Path) -> dict[int, float]:
         }
 
 
-def _at(models: dict[int, dict[str, torch.Tensor]], round_: int) -> dict[str, torch.Tensor]:
-    """A peer's model after `round_`, or its last one before (a peer that died stays as it was)."""
+def _at(models: dict[int, dict[str, torch.Tensor]], round_: int) -> dict[str, torch.Tensor] | None:
+    """A peer's model after `round_`, or its last one before (a peer that died stays as it was); None
+    if it never checkpointed (it keeps its initial model)."""
     done = [r for r in models if r <= round_]
-    if not done:
-        raise ValueError(f"a peer has no checkpoint at or before round {round_}")
-    return models[max(done)]
+    return models[max(done)] if done else None
