@@ -6,18 +6,20 @@ from functools import cache
 
 import numpy as np
 import torch
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.utils import get_noise_multiplier
 
 __all__ = ["ORDERS", "PeerAccountant", "noise_for_target", "rdp_per_step"]
 
 # Opacus' default RDP orders stop at 63; small noise multipliers (update-level DP at large ε) need higher ones
+# Opacus is imported where it is used: `import opacus` takes ~1.3 s (most of `import ppaia`), which every
+# command and every peer process would otherwise pay without using privacy.
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 192, 256, 384, 512, 1024]
 
 
 @cache
 def rdp_per_step(noise: float, rate: float) -> np.ndarray:
     """Rényi DP of one subsampled Gaussian step at every order (Opacus' analysis); RDP adds up over steps."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
     if noise == 0:
         return np.full(len(ORDERS), np.inf)
     return np.asarray(compute_rdp(q=rate, noise_multiplier=noise, steps=1, orders=ORDERS), dtype=np.float64)
@@ -40,6 +42,8 @@ class PeerAccountant:
             return 0.0
         if np.isinf(rdp).all():
             return float("inf")
+        from opacus.accountants.analysis.rdp import get_privacy_spent
+
         return float(get_privacy_spent(orders=ORDERS, rdp=rdp, delta=self.delta)[0])
 
     def _added(
@@ -75,6 +79,8 @@ class PeerAccountant:
 
 def noise_for_target(target_epsilon: float, delta: float, rate: float, steps: int) -> float:
     """The noise multiplier that spends `target_epsilon` in `steps` steps at `rate` (Opacus' search)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon,
