@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from in_process import run_peers
 from typer.testing import CliRunner
 
 import ppaia
@@ -31,7 +32,6 @@ from ppaia.network.content import cid_of
 from ppaia.network.dht import PeerDHT
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
-from ppaia.network.learner import PeerLearner
 from ppaia.network.peer import index_topic
 from ppaia.network.swarm import HOST, Swarm
 from ppaia.network.transfer import fetch_status
@@ -275,25 +275,6 @@ async def attack_server(identity: Identity, port: int) -> None:
     await send_raw(port, struct.pack(">I", 2**32 - 1) + b"x" * 64)
 
 
-def silent_neighbour_models(config: ppaia.ExperimentConfig, silent: int) -> torch.Tensor:
-    """Every peer's final parameters when peer `silent` never gets a model through (one process)."""
-    learners = [PeerLearner(config, i) for i in range(config.peers)]
-    for round_ in range(1, config.rounds + 1):
-        plans = []
-        for learner in learners:
-            ctx = learner.context(round_)
-            trains, roles = learner.roles(ctx)
-            assert len(roles) == 1 and roles[0].server is None  # consensus: one step, no server
-            if trains:
-                learner.train(round_)
-            plans.append((ctx, roles[0]))
-        published = {i: learner.params.clone() for i, learner in enumerate(learners) if i != silent}
-        for i, (learner, (ctx, role)) in enumerate(zip(learners, plans, strict=True)):
-            received = {j: published[j] for j in role.senders if j in published and j != i}
-            learner.params = learner.combine(role.row, received, ctx)
-    return torch.stack([learner.params for learner in learners])
-
-
 @pytest.mark.slow
 def test_a_lying_peer_is_caught_banned_and_harmless(tmp_path):
     config = ppaia.ExperimentConfig(peers=5, rounds=20, partition="iid", rule="consensus", topology="ring")
@@ -391,7 +372,7 @@ def test_a_lying_peer_is_caught_banned_and_harmless(tmp_path):
         )
         assert float(rows[-1]["accuracy"]) > 0.8
         assert state_round(swarm, i) == config.rounds
-    expected = silent_neighbour_models(config, silent=LIAR)
+    expected = run_peers(config, drop={LIAR})
     for i in honest:
         final = liar.layout.join(read_rounds(swarm.data_dir(i), liar.layout.expected())[config.rounds])
         torch.testing.assert_close(final, expected[i], rtol=1e-4, atol=1e-5)
