@@ -30,8 +30,8 @@ def unsupported(config: ExperimentConfig) -> list[str]:
     problems = []
     if config.rule.pooled:
         problems.append(f"rule {config.rule.name!r} (it pools all data on one model)")
-    if config.rule.name == "flobc":
-        problems.append("rule 'flobc' (its committee runs in the simulator and on the ledger)")
+    if type(config.rule).prepare is not CooperationRule.prepare:  # FLoBC: trainers start from old versions
+        problems.append(f"rule {config.rule.name!r} (it runs in the simulator and, for FLoBC, on the ledger)")
     if config.attack is not None:
         problems.append("attack (run attackers as separate misbehaving processes instead)")
     if config.privacy is not None:
