@@ -11,7 +11,8 @@ FedAvg's server average) is computed by the smallest peer id the result goes to 
 the others fetch its version (r, s + 1). A peer keeps serving its newest versions within a memory budget
 (at least 4, at most 256).
 
-**Timing policy.** No global barrier: every peer proceeds as soon as it has what it needs.
+**Timing policy.** No global barrier: every peer proceeds as soon as it has what it needs. (A
+synchronous peer only waits, at start, until it can find every other peer in the DHT, at most `wait`.)
 
 - ``synchronous`` (default): a peer waits for each sender's exact version, up to `wait` seconds since the
   sender last made progress; with every model received the numbers are the simulator's. A sender that
@@ -150,6 +151,8 @@ class Peer:
         await self.dht.start(host, self.options.listen[1] or 0)
         try:
             await self._join(host)
+            if self.options.synchronous:
+                await self._rendezvous()
             await self._rounds()
             self.progress.phase = "done"
             await self._linger()
@@ -167,6 +170,25 @@ class Peer:
             raise ConnectionError(f"no bootstrap peer answered: {self.options.bootstrap}")
         await self.dht.announce(self.server.port, host)
         await self.dht.provide(index_topic(self.options.swarm, self.options.index))
+
+    async def _rendezvous(self) -> None:
+        """Synchronous start: look every other peer up in the DHT (up to `wait` seconds in all), so that
+        peers started a little later are not mistaken for dead ones in the first round."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.options.wait
+        missing = set(range(self.config.peers)) - {self.options.index}
+        while missing and loop.time() < until:
+            for index in sorted(missing):
+                if await self._address(index, max(until - loop.time(), 0.05)) is not None:
+                    missing.discard(index)
+            if missing:
+                await asyncio.sleep(0.1)
+        if missing:
+            log.warning(
+                "peer %d: peers %s are not in the DHT yet; starting anyway",
+                self.options.index,
+                sorted(missing),
+            )
 
     async def _rounds(self) -> None:
         learner = self.learner
