@@ -180,6 +180,10 @@ class ExperimentConfig(BaseModel):
             )
         return self
 
+    def evaluates(self, round_: int) -> bool:
+        """Whether round `round_` is evaluated: every `eval_every` rounds, and the last one."""
+        return round_ % self.eval_every == 0 or round_ == self.rounds
+
     def to_table(self) -> dict[str, Any]:
         """The fully resolved config as TOML-ready data (None options are left out)."""
         return _drop_none(self.model_dump(mode="json"))

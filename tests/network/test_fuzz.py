@@ -1,6 +1,6 @@
 """Seeded mutation fuzzing: whatever bytes arrive, only ProtocolError (or a NotReady answer) comes out.
 
-Valid frames (request, model header, not_ready, status, announce) and a small model body are mutated —
+Valid frames (request, model header, not_ready, status) and a small model body are mutated —
 bit flips, inserted, deleted and duplicated bytes, truncation, length fields changed, JSON values swapped
 (with and without a fresh signature, to get past the signature to the schema checks) — and fed to the
 frame reader, message verification, header validation and body verification; a live server gets a few
@@ -46,7 +46,6 @@ MESSAGES = [
     ),
     seal(PEER, "not_ready", round=3, step=1, latest=[2, 0], nonce=NONCE),
     seal(PEER, "status", nonce=NONCE, info={"peers": 3, "latest": {"round": 2, "cid": cid_of(b"")}}),
-    seal(PEER, "announce", round=3, step=1, cid=cid_of(BODY), size=len(BODY), tensors=SPEC, host="h", port=1),
 ]
 VALUES = [
     None,

@@ -310,16 +310,16 @@ def test_the_server_counts_bad_clients_and_keeps_serving() -> None:
             assert await send_raw(server.port, frame[:10], hold=1.0) == b""  # slow loris: cut off
             forged = frame.replace(b'"round":1', b'"round":2')
             assert await send_raw(server.port, forged) == b""
-            reply = seal(
+            reply = seal(  # a reply where a request is due
                 CLIENT,
-                "announce",
+                "model",
                 round=1,
                 step=0,
                 cid=server.latest.cid,
                 size=1,
+                chunk=1,
                 tensors={},
-                host="h",
-                port=1,
+                nonce="cd" * 16,
             )
             assert await send_raw(server.port, struct.pack(">I", len(reply)) + reply) == b""
             assert server.rejections == {

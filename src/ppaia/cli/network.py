@@ -20,7 +20,7 @@ from ppaia.network.checkpoint import CheckpointError
 from ppaia.network.dht import parse_address
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity, IdentityError
-from ppaia.network.learner import unsupported
+from ppaia.network.learner import check_supported
 from ppaia.network.peer import Peer, PeerOptions
 from ppaia.network.swarm import Swarm
 from ppaia.network.transfer import fetch_status
@@ -28,7 +28,8 @@ from ppaia.simulation.report import staging_dir, write_outputs
 
 __all__ = ["launch", "peer", "status"]
 
-NETWORK_ERRORS = (*USER_ERRORS, CheckpointError, IdentityError, ValueError)
+NETWORK_ERRORS = (*USER_ERRORS, CheckpointError, IdentityError, ValueError)  # ValueError: bad addresses,
+# partitions and configs a networked peer cannot run (explicit errors named for what they report)
 
 
 def _partition(text: str) -> tuple[int, int]:
@@ -131,9 +132,7 @@ def launch(
     """Start a local swarm of peer processes on 127.0.0.1, show live progress, write the run's outputs."""
     try:
         cfg = load_config(config, [*(overrides or []), *([f"peers={peers}"] if peers else [])])
-        problems = unsupported(cfg)
-        if problems:
-            raise ValueError(f"a networked peer does not support {', '.join(problems)}")
+        check_supported(cfg)
         out = out or default_out(cfg)
         staging = staging_dir(out)
     except NETWORK_ERRORS as err:

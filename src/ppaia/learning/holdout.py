@@ -55,3 +55,9 @@ class PeerLearning:
     def logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits [R, M, H, C] of M models per receiver ([R, M, D]) on that receiver's inputs [R, H, ...]."""
         return self._forward(params, x)
+
+    def accuracy(self, params: torch.Tensor, peers: torch.Tensor) -> torch.Tensor:
+        """Accuracy [R, M] (float64) of M models per peer ([R, M, D]) on that peer's held-out data."""
+        x, y, valid = self.samples(peers)
+        hits = (self.logits(params, x).argmax(-1) == y.unsqueeze(1)) & valid.unsqueeze(1)
+        return hits.double().sum(-1) / valid.sum(-1, keepdim=True).clamp(min=1)

@@ -70,27 +70,28 @@ def run_flobc_on_ledger(config: ExperimentConfig | dict, ledger: Ledger | None =
     releases: list[LedgerRelease] = []
     validator_ids = torch.arange(len(trainers), n)
 
+    def model_hash(flat: torch.Tensor) -> bytes:
+        return content_hash(encode(simulation.layout.unflatten(flat)))
+
     def held_out_accuracy(model: torch.Tensor) -> list[int]:
-        x, y, valid = simulation.learner.samples(validator_ids)
-        logits = simulation.learner.logits(model.expand(len(validators), 1, -1), x)[:, 0]
-        hits = ((logits.argmax(-1) == y) & valid).double().sum(-1)
-        return [to_fixed(float(a)) for a in hits / valid.sum(-1).clamp(min=1)]
+        accuracy = simulation.learner.accuracy(model.expand(len(validators), 1, -1), validator_ids)[:, 0]
+        return [to_fixed(float(a)) for a in accuracy]
 
     def release(round_: int, model: torch.Tensor, update_ids=(), accepted=()) -> None:
-        model_hash = content_hash(encode(simulation.layout.unflatten(model)))
+        digest = model_hash(model)
         version = None
         for validator, score in zip(validators, held_out_accuracy(model), strict=True):
-            version = ledger.propose_model(round_, model_hash, score, sender=validator) or version
+            version = ledger.propose_model(round_, digest, score, sender=validator) or version
         if version is None:
             raise LedgerError(f"round {round_}: the validators' proposals released no version")
-        releases.append(LedgerRelease(round_, version, model_hash, tuple(update_ids), tuple(accepted)))
+        releases.append(LedgerRelease(round_, version, digest, tuple(update_ids), tuple(accepted)))
 
     def record(round_: int, _row) -> None:
         last = rule.last_round
         update_ids = [
             ledger.submit_update(
                 round_,
-                content_hash(encode(simulation.layout.unflatten(candidate))),
+                model_hash(candidate),
                 sender=trainers[int(peer)],
             )
             for peer, candidate in zip(last.trainers, last.candidates, strict=True)
@@ -112,9 +113,7 @@ def run_flobc_on_ledger(config: ExperimentConfig | dict, ledger: Ledger | None =
     return LedgerRun(result, initial, ledger, trainers, validators, tuple(releases))
 
 
-def _register(
-    ledger: Ledger, n_peers: int, n_validators: int
-) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+def _register(ledger: Ledger, n_peers: int, n_validators: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Register trainer and validator accounts on a fresh contract owned by ``accounts[0]``."""
     accounts = ledger.accounts
     if len(accounts) < n_peers + 1:

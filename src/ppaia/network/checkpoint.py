@@ -68,9 +68,11 @@ class Checkpoint:
     def state_file(self) -> Path:
         return Path(self.data_dir) / "state.json"
 
-    def save(self, round_: int, tensors: dict[str, torch.Tensor]) -> None:
-        """Record the model after `round_` (first the model, then the state that points at it)."""
-        _write_atomically(round_file(self.data_dir, round_), codec.encode(tensors))
+    def save(self, round_: int, model: dict[str, torch.Tensor] | bytes) -> None:
+        """Record the model after `round_` (tensors, or their safetensors bytes), then the state that
+        points at it."""
+        data = model if isinstance(model, bytes) else codec.encode(model)
+        _write_atomically(round_file(self.data_dir, round_), data)
         state = {
             "round": round_,
             "peer": self.peer,

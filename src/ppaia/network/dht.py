@@ -471,10 +471,6 @@ class PeerDHT:
         self._topics.add(topic)
         return await self._publish(record)
 
-    def stop_providing(self, topic: str) -> None:
-        """Stop republishing `topic`; the published record expires within ttl."""
-        self._topics.discard(topic)
-
     async def republish(self) -> bool:
         """Re-sign and publish this peer's records now; True if every one was stored by another node."""
         if self._address is None:

@@ -22,7 +22,14 @@ from ppaia.rules import CooperationRule, RoundContext
 from ppaia.simulation.engine import Simulation
 from ppaia.topology.mixing import Mixing
 
-__all__ = ["PeerLearner", "StepRole", "step_role", "unsupported"]
+__all__ = ["PeerLearner", "StepRole", "check_supported", "step_role", "unsupported"]
+
+
+def check_supported(config: ExperimentConfig) -> None:
+    """ValueError naming everything in `config` a networked peer cannot run."""
+    problems = unsupported(config)
+    if problems:
+        raise ValueError(f"a networked peer does not support {', '.join(problems)}")
 
 
 def unsupported(config: ExperimentConfig) -> list[str]:
@@ -75,9 +82,7 @@ class PeerLearner:
     """One peer's model, data and rule, built from the shared config and seed."""
 
     def __init__(self, config: ExperimentConfig, peer: int) -> None:
-        problems = unsupported(config)
-        if problems:
-            raise ValueError(f"a networked peer does not support {', '.join(problems)}")
+        check_supported(config)
         if not 0 <= peer < config.peers:
             raise ValueError(f"partition: peer index {peer} is not in 0..{config.peers - 1}")
         self.config = config

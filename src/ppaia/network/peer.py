@@ -24,8 +24,10 @@ synchronous peer only waits, at start, until it can find every other peer in the
 - Either way, a sender already past the version asked for will never serve it: it is left out at once.
 
 **Bad input.** Every received model is checked (signature, sender, nonce, version, size, CID, tensor
-names/shapes/dtypes, NaN/Inf) before use; a failure is logged, counted by reason and strikes the sender,
-which is banned for a while after repeated strikes (its models are not used, its requests refused).
+names/shapes/dtypes, NaN/Inf) before use. A failure that is the sender's doing is logged, counted by
+reason and strikes the sender, which is banned for a while after repeated strikes (its models are not
+used, its requests refused); a sender that is unreachable, times out, or whose address now answers
+with another key is looked up again instead.
 
 **Identity of indices.** The first peer id seen providing index j is pinned for the run (trust on first
 use): a later claimant of the same index is ignored. A restarted peer keeps its id (its key is in its
@@ -50,7 +52,7 @@ import torch
 from ppaia import codec
 from ppaia.config import ExperimentConfig
 from ppaia.network.checkpoint import Checkpoint
-from ppaia.network.dht import PeerDHT
+from ppaia.network.dht import Address, PeerDHT
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
 from ppaia.network.learner import PeerLearner, StepRole
@@ -60,7 +62,6 @@ __all__ = ["Peer", "PeerOptions", "index_topic"]
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
 UNREACHABLE = frozenset({"unreachable", "timeout", "closed"})  # the sender may be gone: look it up again
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
 SERVED_BYTES = 256 << 20  # memory for the model versions a peer keeps serving
@@ -127,6 +128,7 @@ class Peer:
         self.dht = PeerDHT(self.identity, ttl=options.dht_ttl, rpc_timeout=2.0)
         self._pinned: dict[int, str] = {}  # swarm index -> peer id (trust on first use)
         self._addresses: dict[int, Address] = {}
+        self._lookups: dict[int, asyncio.Future] = {}  # DHT lookups still running, by swarm index
 
     def status(self) -> dict:
         """What ``ppaia status`` and the launcher see."""
@@ -215,19 +217,19 @@ class Peer:
                 await self._publish(round_, step)
                 got, lost, old = await self._step(round_, step, role, ctx)
                 received, missing, stale = received + got, missing + lost, stale + old
-            await self._publish(round_, len(roles))
+            final = await self._publish(round_, len(roles))
             mixed = time.perf_counter()
-            await asyncio.to_thread(self.checkpoint.save, round_, learner.tensors())
-            if round_ % self.config.eval_every == 0 or round_ == self.config.rounds:
+            await asyncio.to_thread(self.checkpoint.save, round_, final.data)  # the bytes just served
+            if self.config.evaluates(round_):
                 self.progress.accuracy = (await asyncio.to_thread(learner.evaluate))[0]
             self.progress.missing += missing
             self.progress.stale += stale
             self._log_round(round_, trained - started, mixed - trained, received, missing, stale)
 
-    async def _publish(self, round_: int, step: int) -> None:
+    async def _publish(self, round_: int, step: int) -> ModelVersion:
         """Serve this peer's current model as version (round, step) (encoded off the event loop)."""
         version = await asyncio.to_thread(ModelVersion.encode, round_, step, self.learner.tensors())
-        self.server.add(version)
+        return self.server.add(version)
 
     async def _step(self, round_: int, step: int, role: StepRole, ctx) -> tuple[int, int, int]:
         """Run this peer's part of one mixing step; (models received, senders left out, stale used)."""
@@ -334,18 +336,24 @@ class Peer:
 
     async def _address(self, index: int, timeout: float = 5.0) -> Address | None:
         """Where peer `index` serves, from the DHT (pinning its peer id on first sight); None if not
-        found within `timeout` seconds (the lookup itself goes on in the background and is not wasted)."""
+        found within `timeout` seconds. A lookup that outlasts the timeout goes on in the background and
+        the next call for the same index waits for it instead of starting another."""
         if index in self._addresses:
             return self._addresses[index]
         topic = index_topic(self.options.swarm, index)
+        lookup = self._lookups.get(index)
+        if lookup is None:
+            lookup = self._lookups[index] = asyncio.ensure_future(self.dht.find_providers(topic))
         try:
-            lookup = asyncio.ensure_future(self.dht.find_providers(topic))
             providers = await asyncio.wait_for(asyncio.shield(lookup), max(timeout, 0.05))
         except TimeoutError:
             return None
         except Exception as err:  # a hostile or broken DHT answer must not stop the peer
             log.warning("peer %d: DHT lookup of %s failed: %r", self.options.index, topic, err)
             return None
+        finally:
+            if lookup.done():  # consumed (or failed): the next call starts a fresh lookup
+                self._lookups.pop(index, None)
         pinned = self._pinned.get(index)
         for record in providers:
             if pinned is None or record.peer_id == pinned:

@@ -30,7 +30,6 @@ from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
 from ppaia.network.transfer import fetch_status
 from ppaia.simulation.engine import BYTES_PER_VALUE, RunResult, Simulation
-from ppaia.simulation.metrics import metrics_row
 
 __all__ = ["Swarm", "free_port"]
 
@@ -162,19 +161,18 @@ class Swarm:
         simulation = Simulation(self.config)
         expected = simulation.layout.expected()
         rounds = [read_rounds(self.data_dir(i), expected) for i in range(self.n_peers)]
-        honest = torch.ones(self.n_peers, dtype=torch.bool)
         model_bytes = simulation.layout.size * BYTES_PER_VALUE
         simulation.rule.reset(self.n_peers)
         elapsed = self._elapsed()
-        history, total = [], 0
+        history: list[dict[str, float]] = []
+        total = sent = 0
         params = accuracy = loss = None
         for round_ in range(self.config.rounds + 1):
-            evaluated = round_ % self.config.eval_every == 0 or round_ == self.config.rounds
             if round_ > 0:
                 plan = simulation.rule.plan(simulation.round_context(round_))
                 sent = plan.models_sent() * model_bytes
                 total += sent
-            if not evaluated:
+            if not self.config.evaluates(round_):
                 continue
             params = torch.stack(
                 [
@@ -184,10 +182,9 @@ class Swarm:
                     for i, peer in enumerate(rounds)
                 ]
             )
-            accuracy, loss = simulation.evaluate(params)
-            row = metrics_row(round_, accuracy, loss, params, honest, 0, 0, 0.0)
+            row, accuracy, loss = simulation.measure(round_, params, history, None)
             row |= {
-                "bytes_sent": sent if round_ else 0,
+                "bytes_sent": sent,
                 "bytes_cumulative": total,
                 "wall_s": elapsed.get(round_, 0.0),
             }
@@ -200,7 +197,7 @@ class Swarm:
             params,
             simulation.train_counts,
             simulation.histogram,
-            ~honest,
+            ~simulation.honest,
             simulation.setup_s,
         )
 

@@ -21,12 +21,9 @@ its ``sender`` is the peer id of its ``key`` and the signature verifies. Anythin
 - ``not_ready`` (reply) — ``round``, ``step`` (as requested), ``latest`` ([round, step] of the newest
   version the server holds, or null), ``nonce``.
 - ``status`` (reply) — ``nonce``, ``info`` (a JSON object of at most :data:`MAX_INFO_BYTES`).
-- ``announce`` — ``round``, ``step``, ``cid``, ``size``, ``tensors``, ``host``, ``port``: the signed
-  statement "my model of version (round, step) is the content ``cid``, served at host:port".
 
 **Replays.** A reply must echo the nonce of the request it answers, so a recorded reply cannot be passed
-off as a fresh one. Announcements carry no nonce; :class:`ReplayGuard` accepts, per sender, only
-versions newer than the newest it has accepted.
+off as a fresh one.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ import asyncio
 import json
 import re
 import struct
-from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from typing import Annotated, Any, Literal
 
@@ -48,12 +44,10 @@ from ppaia.network.identity import Identity, peer_id_of, verify_signature
 __all__ = [
     "KINDS",
     "MAX_INFO_BYTES",
-    "Announce",
     "Message",
     "ModelHeader",
     "NotReadyReply",
     "ProtocolError",
-    "ReplayGuard",
     "Request",
     "StatusReply",
     "canonical",
@@ -183,25 +177,11 @@ class StatusReply(Message):
     nonce: Nonce
 
 
-class Announce(Message):
-    """A peer's signed statement that its model of version (round, step) is content `cid` at host:port."""
-
-    kind: Literal["announce"]
-    round: Version
-    step: Version
-    cid: Cid
-    size: Size
-    tensors: TensorsSpec
-    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9.:\-\[\]]{1,253}$")]
-    port: Annotated[int, Field(ge=1, le=65535)]
-
-
 KINDS: dict[str, type[Message]] = {
     "request": Request,
     "model": ModelHeader,
     "not_ready": NotReadyReply,
     "status": StatusReply,
-    "announce": Announce,
 }
 
 
@@ -288,33 +268,3 @@ def seal(identity: Identity, kind: str, **fields: Any) -> bytes:
     except ProtocolError as err:
         raise ValueError(f"cannot seal this {kind!r} message: {err}") from None
     return data
-
-
-class ReplayGuard:
-    """Accepts, per sender, only announcements of versions newer than the newest already accepted.
-
-    It remembers at most `max_senders` senders, forgetting the one heard from least recently; a
-    forgotten sender's old announcements would be accepted again, so keep the bound well above the
-    number of peers.
-    """
-
-    def __init__(self, max_senders: int = 100_000) -> None:
-        self.max_senders = max_senders
-        self._latest: OrderedDict[str, tuple[int, int]] = OrderedDict()
-
-    def latest(self, sender: str) -> tuple[int, int] | None:
-        """The newest (round, step) accepted from `sender`, if any."""
-        return self._latest.get(sender)
-
-    def accept(self, message: Announce) -> None:
-        """Record `message`'s version as its sender's newest; ProtocolError "replay" if not newer."""
-        version = (message.round, message.step)
-        last = self._latest.get(message.sender)
-        if last is not None and version <= last:
-            raise ProtocolError(
-                "replay", f"announcement of {version} from {message.sender}, which already announced {last}"
-            )
-        self._latest[message.sender] = version
-        self._latest.move_to_end(message.sender)
-        while len(self._latest) > self.max_senders:
-            self._latest.popitem(last=False)

@@ -253,11 +253,8 @@ class FLoBC(CooperationRule):
         candidates = global_model + deltas
 
         # each validator scores every candidate and the global model on its own held-out data
-        x, y, valid = ctx.learner.samples(validator_ids)
         models = torch.cat([candidates, global_model.unsqueeze(0)])
-        logits = ctx.learner.logits(models.expand(validator_ids.numel(), *models.shape), x)  # [V, T+1, H, C]
-        hits = (logits.argmax(-1) == y.unsqueeze(1)) & valid.unsqueeze(1)
-        accuracy = hits.double().sum(-1) / valid.sum(-1, keepdim=True).clamp(min=1)  # [V, T+1]
+        accuracy = ctx.learner.accuracy(models.expand(validator_ids.numel(), *models.shape), validator_ids)
         scored, reference = accuracy[:, :-1] * finite, accuracy[:, -1]
 
         votes = (scored >= self.threshold * reference.unsqueeze(1)) & finite

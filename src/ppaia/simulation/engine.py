@@ -250,7 +250,7 @@ class Simulation:
         anchor = None
         started = time.perf_counter()
         for round_ in range(1, cfg.rounds + 1):
-            evaluating = round_ % cfg.eval_every == 0 or round_ == cfg.rounds
+            evaluating = cfg.evaluates(round_)
             self.enter_round(round_, privacy)
             ctx = self.round_context(round_)
             plan = self.rule.plan(ctx)
