@@ -119,6 +119,27 @@ def test_launch_reproduces_run_and_eight_peers_learn(tmp_path):
 
 
 @pytest.mark.slow
+def test_asynchronous_peers_finish_and_learn_without_waiting_for_each_other(tmp_path):
+    config = ppaia.ExperimentConfig(peers=4, rounds=10, partition="iid", rule="consensus", topology="ring")
+    swarm = Swarm(config, tmp_path, synchronous=False, extra_args=("--deadline", "1"))
+    swarm.start()
+    try:
+        codes = swarm.wait(timeout=120)
+    finally:
+        swarm.stop()
+    assert codes == dict.fromkeys(range(4), 0), log_tails(tmp_path)
+    simulated = ppaia.run(config).final["acc_mean"]
+    result = swarm.result()
+    for i in range(4):
+        assert state_round(swarm, i) == config.rounds
+        with open(swarm.data_dir(i) / "metrics.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        # after the first round (start-up), models arrive within the deadline
+        assert sum(int(row["received"]) for row in rows[1:]) >= len(rows[1:])
+    assert result.final["acc_min"] > 0.7 and abs(result.final["acc_mean"] - simulated) < 0.05
+
+
+@pytest.mark.slow
 def test_a_killed_peer_restarts_from_its_checkpoint_while_the_others_go_on(tmp_path):
     config = ppaia.ExperimentConfig(peers=6, rounds=12, partition="iid", rule="consensus", topology="ring")
     restarted, dead = 1, 4  # not peer 0: the others bootstrap from it
