@@ -33,7 +33,8 @@ with another key is looked up again instead.
 use): a later claimant of the same index is ignored. A restarted peer keeps its id (its key is in its
 data directory), so it is recognised again.
 
-**Checkpoints** after every round (:class:`Checkpoint`); a restarted peer resumes after the last one.
+**Checkpoints** after every round (:class:`Checkpoint`); a restarted peer resumes after the last one,
+or catches up with the others' newest completed round if they have all moved on (:meth:`_catch_up`).
 Learned rule state (the trust matrix) restarts from its initial value after a restart.
 """
 
@@ -200,6 +201,7 @@ class Peer:
             first = resumed[0] + 1
             learner.params = learner.layout.join(resumed[1])
             log.info("peer %d resumes after round %d", self.options.index, resumed[0])
+            first = await self._catch_up(first)
         else:
             self.checkpoint.save(0, learner.tensors())
         for round_ in range(first, self.config.rounds + 1):
@@ -225,6 +227,59 @@ class Peer:
             self.progress.missing += missing
             self.progress.stale += stale
             self._log_round(round_, trained - started, mixed - trained, received, missing, stale)
+
+    async def _catch_up(self, first: int) -> int:
+        """The round a resumed peer continues from. If every peer that answers has completed round
+        R ≥ `first` meanwhile, none will serve it the versions of those rounds again: it adopts the mean
+        of their round-R results (each fetched and verified) and continues with round R + 1. Peers that
+        do not answer (dead, or not started) are not waited for."""
+        others = [i for i in range(self.config.peers) if i != self.options.index]
+        statuses = await asyncio.gather(*(self._status(i) for i in others))
+        alive = {
+            i: info["latest"]["round"]
+            for i, info in zip(others, statuses, strict=True)
+            if info and info.get("latest")
+        }
+        if not alive:
+            return first
+        target = min(alive.values()) - 1  # a round every answering peer has completed
+        if target < first:
+            return first
+        steps = len(self.learner.roles(self.learner.context(target))[1])
+        models = []
+        for index in alive:
+            address = await self._address(index, 2.0)
+            if address is None:
+                continue
+            try:
+                models.append(await self._download(address, self._pinned.get(index), target, steps, 5.0))
+            except (NotReady, ProtocolError) as err:
+                log.info(
+                    "peer %d: no round-%d model from peer %d to catch up: %s",
+                    self.options.index,
+                    target,
+                    index,
+                    err,
+                )
+        if not models:
+            return first
+        self.learner.params = torch.stack(models).mean(0)
+        await asyncio.to_thread(self.checkpoint.save, target, self.learner.tensors())
+        log.info(
+            "peer %d catches up: skips rounds %d..%d, adopting the mean of %d peers' round-%d models",
+            self.options.index, first, target, len(models), target,
+        )  # fmt: skip
+        return target + 1
+
+    async def _status(self, index: int) -> dict | None:
+        """Peer `index`'s status, or None if it cannot be found or does not answer."""
+        address = await self._address(index, 2.0)
+        if address is None:
+            return None
+        try:
+            return await fetch_status(*address, identity=self.identity, timeout=2.0)
+        except ProtocolError:
+            return None
 
     async def _publish(self, round_: int, step: int) -> ModelVersion:
         """Serve this peer's current model as version (round, step) (encoded off the event loop)."""
