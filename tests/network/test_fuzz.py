@@ -1,168 +1,58 @@
-"""Seeded mutation fuzzing: whatever bytes arrive, only ProtocolError (or a NotReady answer) comes out.
+"""Seeded mutation fuzzing: whatever bytes arrive, only the project's own errors come out.
 
-Valid frames (request, model header, not_ready, status) and a small model body are mutated —
-bit flips, inserted, deleted and duplicated bytes, truncation, length fields changed, JSON values swapped
-(with and without a fresh signature, to get past the signature to the schema checks) — and fed to the
-frame reader, message verification, header validation and body verification; a live server gets a few
-hundred mutated requests and must still serve afterwards.
+The generators are in fuzzing.py (shared with benchmarks/fuzz_long.py, which runs them for longer):
+20,000 mutated wire frames go through the frame reader, message verification and header validation;
+20,000 mutated safetensors bodies through the codec's decoder, which must refuse each bad one from a
+named check (never its safety net); a live server gets a few hundred mutated requests and must still
+serve afterwards; and a client fetches a few hundred mutated bodies from a hostile server that signs a
+correct header, CID and size for each.
 """
 
 import asyncio
-import hashlib
-import json
 import random
-import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
 
+import fuzzing
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fuzzing import (
+    BODY,
+    BODY_CHECKS,
+    BODY_EXPECTED,
+    BODY_PARAMS,
+    EXPECTED,
+    NONCE,
+    PARAMS,
+    PEER,
+    SAFETENSORS_BITS,
+    SEED,
+    body_outcome,
+    fixed_identity,
+    frame_outcome,
+    mutate,
+    mutate_frame,
+    outcome,
+)
 
 from ppaia import codec
 from ppaia.network.content import cid_of
 from ppaia.network.errors import ProtocolError
-from ppaia.network.identity import Identity
-from ppaia.network.transfer import BanList, ModelServer, NotReady, check_header, fetch_model, verify_body
-from ppaia.network.wire import ModelHeader, NotReadyReply, canonical, open_message, read_frame, seal
+from ppaia.network.transfer import BanList, ModelServer, fetch_model, verify_body
+from ppaia.network.wire import open_message, read_frame, seal, write_frame
 
-SEED = 20_261_121
-
-
-def fixed_identity(name: str) -> Identity:
-    """An identity derived from `name`: Ed25519 signatures are deterministic, so the runs repeat exactly."""
-    return Identity(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(name.encode()).digest()))
+FRAMES = 20_000
+BODIES = 20_000
 
 
-PEER = fixed_identity("server")
-NONCE = "5a" * 16
-PARAMS = {"w": torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), "b": torch.zeros(4)}
-EXPECTED = codec.expected_of(PARAMS)
-BODY = codec.encode(PARAMS)
-SPEC = codec.tensor_spec(PARAMS)
-MESSAGES = [
-    seal(PEER, "request", want="model", round=3, step=1, nonce=NONCE),
-    seal(
-        PEER, "model", round=3, step=1, cid=cid_of(BODY), size=len(BODY), chunk=64, tensors=SPEC, nonce=NONCE
-    ),
-    seal(PEER, "not_ready", round=3, step=1, latest=[2, 0], nonce=NONCE),
-    seal(PEER, "status", nonce=NONCE, info={"peers": 3, "latest": {"round": 2, "cid": cid_of(b"")}}),
-]
-VALUES = [
-    None,
-    True,
-    0,
-    -1,
-    1,
-    2**31,
-    2**64,
-    1.5,
-    "",
-    "x",
-    "0" * 40,
-    NONCE,
-    [],
-    [1, 2],
-    {},
-    {"a": [1]},
-    "\u00e9",
-]
-
-
-def with_length(payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + payload
-
-
-def swap_value(rng: random.Random, payload: bytes, signer: Identity) -> bytes:
-    """A JSON value (top level or one level down) replaced; re-signed half of the time."""
-    obj = json.loads(payload)
-    key = rng.choice(sorted(obj))
-    if isinstance(obj[key], dict) and obj[key] and rng.random() < 0.5:
-        inner = rng.choice(sorted(obj[key]))
-        obj[key][inner] = rng.choice(VALUES)
-    elif rng.random() < 0.1:
-        del obj[key]
-    else:
-        obj[key] = rng.choice(VALUES)
-    if rng.random() < 0.5:
-        unsigned = {name: value for name, value in obj.items() if name != "sig"}
-        obj["sig"] = signer.sign(canonical(unsigned)).hex()
-    return canonical(obj)
-
-
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    """`data` with one to three random byte-level mutations."""
-    data = bytearray(data)
-    for _ in range(rng.randint(1, 3)):
-        where = rng.randrange(len(data) + 1)
-        operation = rng.randrange(6)
-        if operation == 0 and data:  # bit flips
-            for _ in range(rng.randint(1, 4)):
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-        elif operation == 1:  # insertion
-            data[where:where] = rng.randbytes(rng.randint(1, 8))
-        elif operation == 2:  # deletion
-            del data[where : where + rng.randint(1, 16)]
-        elif operation == 3:  # truncation
-            del data[where:]
-        elif operation == 4:  # duplication
-            data[where:where] = data[where : where + rng.randint(1, 32)]
-        elif data:  # a byte set to a value that matters to JSON or to lengths
-            data[rng.randrange(len(data))] = rng.choice(b'{}[]",:0\\\x00\xff')
-    return bytes(data)
-
-
-def mutate_frame(rng: random.Random, payload: bytes, signer: Identity = PEER) -> bytes:
-    """A frame carrying a mutated `payload`, or a valid payload under a changed length field."""
-    choice = rng.random()
-    if choice < 0.25:
-        return with_length(swap_value(rng, payload, signer))
-    if choice < 0.40:
-        length = rng.choice(
-            [0, 1, len(payload) - 1, len(payload) + 1, 2**31, 2**32 - 1, rng.randrange(2**32)]
-        )
-        return struct.pack(">I", max(length, 0)) + payload
-    if choice < 0.55:
-        return mutate(rng, with_length(payload))  # may hit the length field too
-    return with_length(mutate(rng, payload))
-
-
-def outcome(action: Callable[[], object]) -> str:
-    """ "ok", "not_ready" or the ProtocolError's reason; any other exception escapes and fails the test."""
-    try:
-        action()
-    except ProtocolError as err:
-        return err.reason
-    except NotReady:
-        return "not_ready"
-    return "ok"
-
-
-async def frame_outcome(data: bytes) -> str:
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    try:
-        payload = await read_frame(reader, 64 << 10)
-    except ProtocolError as err:
-        return err.reason
-
-    def verify() -> None:
-        message = open_message(payload)
-        if isinstance(message, ModelHeader | NotReadyReply):
-            check_header(message, nonce=NONCE, round=3, step=1, expected=EXPECTED, max_bytes=1 << 20)
-
-    return outcome(verify)
-
-
-def test_mutated_messages_raise_only_protocol_errors() -> None:
+def test_mutated_frames_raise_only_protocol_errors() -> None:
     rng = random.Random(SEED)
-    frames = [mutate_frame(rng, rng.choice(MESSAGES)) for _ in range(2500)]
+    frames = [fuzzing.frame(rng) for _ in range(FRAMES)]
 
     async def feed() -> Counter[str]:
         return Counter([await frame_outcome(frame) for frame in frames])
 
     outcomes = asyncio.run(feed())
-    assert sum(outcomes.values()) == 2500
+    assert sum(outcomes.values()) == FRAMES
     # the mutations reach every layer: framing, JSON, schema, key, signature, CID and header checks
     for reason in [
         "oversized",
@@ -172,9 +62,23 @@ def test_mutated_messages_raise_only_protocol_errors() -> None:
         "bad_key",
         "unknown_kind",
         "bad_cid",
+        "replay",
+        "wrong_version",
+        "bad_tensors",
+        "not_ready",
+        "ok",
     ]:
         assert outcomes[reason] > 0, outcomes
-    assert outcomes["ok"] > 0 and outcomes["replay"] + outcomes["wrong_version"] + outcomes["bad_tensors"] > 0
+
+
+def test_mutated_safetensors_bodies_are_refused_by_a_named_check() -> None:
+    rng = random.Random(SEED + 3)
+    outcomes = Counter(body_outcome(fuzzing.body(rng)) for _ in range(BODIES))
+    assert outcomes["unexpected"] == 0, outcomes  # the safety net caught nothing: the checks did
+    assert set(outcomes) <= {*BODY_CHECKS, "ok"}, outcomes
+    # every check refused something, and some mutated bodies were still the valid model
+    for check in set(BODY_CHECKS) - {"unexpected"} | {"ok"}:
+        assert outcomes[check] > 0, (check, outcomes)
 
 
 def test_mutated_bodies_raise_only_protocol_errors() -> None:
@@ -229,3 +133,67 @@ def test_a_live_server_survives_mutated_requests() -> None:
                 assert all(torch.equal(fetched.tensors[name], PARAMS[name]) for name in PARAMS)
 
     asyncio.run(scenario())
+
+
+async def hostile_server(bodies: Iterator[bytes]) -> asyncio.Server:
+    """A server that answers each request with the next of `bodies` under a correctly signed header
+    (the expected spec, the body's own CID and size), so that only the body itself can be at fault."""
+    spec = codec.tensor_spec(BODY_PARAMS)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = open_message(await read_frame(reader, 1 << 10), kinds=("request",))
+        data = next(bodies)
+        header = seal(
+            PEER,
+            "model",
+            round=request.round,  # type: ignore[attr-defined]
+            step=request.step,  # type: ignore[attr-defined]
+            cid=cid_of(data),
+            size=len(data),
+            chunk=256,
+            tensors=spec,
+            nonce=request.nonce,  # type: ignore[attr-defined]
+        )
+        await write_frame(writer, header)
+        for start in range(0, len(data), 256):
+            await write_frame(writer, data[start : start + 256])
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def test_a_client_refuses_hostile_bodies_behind_a_valid_header() -> None:
+    """Every dtype the safetensors format names, declared with consistent sizes (the issue's F8_E8M0
+    crash), then 200 generated bodies: fetch_model returns the model or raises bad_tensors."""
+    rng = random.Random(SEED + 4)
+    bodies = [fuzzing.relabelled(dtype) for dtype in SAFETENSORS_BITS]
+    bodies += [fuzzing.body(rng) for _ in range(200)]
+    client = fixed_identity("client")
+
+    async def scenario() -> Counter[str]:
+        outcomes: Counter[str] = Counter()
+        async with asyncio.timeout(60):
+            server = await hostile_server(iter(bodies))
+            port = server.sockets[0].getsockname()[1]
+            async with server:
+                for _ in bodies:
+                    fetch = fetch_model(
+                        "127.0.0.1",
+                        port,
+                        identity=client,
+                        round=1,
+                        step=0,
+                        expected=BODY_EXPECTED,
+                        max_bytes=1 << 20,
+                        timeout=5,
+                    )
+                    try:
+                        await fetch
+                        outcomes["ok"] += 1
+                    except ProtocolError as err:
+                        outcomes[err.reason] += 1
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert set(outcomes) <= {"ok", "bad_tensors"} and outcomes["bad_tensors"] >= len(SAFETENSORS_BITS) - 1
+    assert outcomes["ok"] >= 1  # the body relabelled "F32", and some generated ones, are the valid model

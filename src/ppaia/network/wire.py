@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import struct
 from collections.abc import Collection, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from ppaia import strict_json
 from ppaia.network.content import MAX_CID_CHARS, parse_cid
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity, peer_id_of, verify_signature
@@ -67,8 +67,6 @@ MAX_RANK = 16
 MAX_DIM = 2**40
 MAX_INFO_BYTES = 32 << 10
 MAX_NESTING = 32  # JSON depth a message may have; deeper input could overflow the C parser's stack
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKETS = re.compile(r"[^\[\]{}]")
 
 
 async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
@@ -185,29 +183,12 @@ KINDS: dict[str, type[Message]] = {
 }
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _too_deep(text: str) -> bool:
-    """Whether the JSON text nests arrays/objects deeper than MAX_NESTING (checked before parsing:
-    the parser recurses in C, and a 100 KB run of ``[`` could otherwise crash the process)."""
-    depth = 0
-    for bracket in _NOT_BRACKETS.sub("", _STRINGS.sub("", text)):
-        depth += 1 if bracket in "[{" else -1
-        if depth > MAX_NESTING:
-            return True
-    return False
-
-
 def _parse(data: bytes, kinds: Collection[str]) -> tuple[Message, dict[str, Any]]:
     """The message in `data`, schema-checked but not yet authenticated, and its JSON object."""
     try:
         text = bytes(data).decode("utf-8")
-        if _too_deep(text):
-            raise ValueError(f"nested deeper than {MAX_NESTING} levels")
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        obj = strict_json.loads(text, MAX_NESTING)
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ProtocolError("malformed", f"not a JSON message: {str(err)[:200]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("malformed", f"a message is a JSON object, not {type(obj).__name__}")
