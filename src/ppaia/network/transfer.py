@@ -8,22 +8,33 @@ with a signed reply (``model`` header and body frames, ``not_ready`` or ``status
 when given), echo the request's nonce, name the requested version, announce at most `max_bytes` and
 describe exactly the expected tensors — all before a byte of the body is read; the body must hash to
 the header's CID and decode to finite tensors of the expected names, shapes and dtypes. It returns the
-whole verified model or raises; it never returns part of one.
+whole verified model or raises; it never returns part of one. A reply that starts but then arrives
+slower than the :class:`Pace` ends as "slow_sender", distinct from a plain "timeout".
 
 :class:`ModelServer` survives its clients: every connection's failure is caught, counted by reason in
-``rejections``, logged, and held against the remote address in a :class:`BanList`; connections are
-bounded in number and in time.
+``rejections``, logged, and held against the remote address in a :class:`BanList`. Every phase of a
+connection has a deadline, and connections are bounded in number, per address and per peer, so that
+idle, half-sent, never-read or slowly read connections cannot hold the slots honest peers need (see
+the class for the rules and their defaults).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import ipaddress
 import logging
+import math
 import secrets
+import socket
+import struct
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+from itertools import chain
 from typing import Any, TypeVar, cast
 
 import torch
@@ -33,6 +44,7 @@ from ppaia.network.content import check_content, cid_of
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
 from ppaia.network.wire import (
+    LENGTH,
     MAX_CHUNK,
     MAX_VERSION,
     ModelHeader,
@@ -40,17 +52,19 @@ from ppaia.network.wire import (
     Request,
     StatusReply,
     open_message,
-    read_frame,
     seal,
     write_frame,
 )
 
 __all__ = [
+    "DEFAULT_PACE",
     "BanList",
     "Fetched",
     "ModelServer",
     "ModelVersion",
     "NotReady",
+    "Pace",
+    "Reason",
     "check_header",
     "fetch_model",
     "fetch_status",
@@ -62,10 +76,69 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHUNK = 1 << 20
 MAX_REPLY_HEADER_BYTES = 1 << 20  # a header's spec grows with the number of tensors
 STREAM_LIMIT = 4 << 20  # client read buffer: large enough that a 1 MiB body frame arrives without stalls
-# Rejections that are nobody's fault (or not the remote's): no strike against the remote address.
-BLAMELESS = frozenset({"busy", "banned", "closed", "disconnected", "internal"})
+LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() discards unsent data and resets
+IPV6_SITE_PREFIX = 64  # one IPv6 host usually owns a whole /64: limits and strikes count per /64
 
 T = TypeVar("T")
+
+
+class Reason(StrEnum):
+    """Why a transfer failed or a connection was refused: the ``reason`` of a ProtocolError (besides the
+    wire's own: "closed", "truncated", "oversized", "malformed", ...).
+
+    Server side, held against the remote address as a strike: IDLE, SLOW_REQUEST, SLOW_READER,
+    CROWDED. Not strikes (capacity, or not the client's doing): BUSY, BANNED, EVICTED, DISCONNECTED,
+    INTERNAL. Client side: TIMEOUT (the caller's deadline, or not a byte of reply within a pace
+    window: the peer may be hung or gone), SLOW_SENDER (the reply started, then came slower than the
+    pace: a deliberate or broken trickle), UNREACHABLE.
+    """
+
+    IDLE = "idle"  # no byte of a request within idle_timeout of connecting
+    SLOW_REQUEST = "slow_request"  # the request not complete within request_timeout of connecting
+    SLOW_READER = "slow_reader"  # the client took the reply slower than the pace
+    CROWDED = "crowded"  # over a per-address or per-peer connection limit
+    BUSY = "busy"  # every slot taken, and none could be freed in time
+    BANNED = "banned"
+    EVICTED = "evicted"  # an unauthenticated connection dropped to make room for a newer one
+    DISCONNECTED = "disconnected"
+    INTERNAL = "internal"
+    TIMEOUT = "timeout"
+    SLOW_SENDER = "slow_sender"
+    UNREACHABLE = "unreachable"
+
+
+# Rejections that are nobody's fault (or not the remote's): no strike against the remote address.
+BLAMELESS = frozenset(
+    {Reason.BUSY, Reason.BANNED, Reason.EVICTED, Reason.DISCONNECTED, Reason.INTERNAL, "closed"}
+)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The slowest transfer either end tolerates: every `window` seconds, a *slice* of at least
+    `min_rate` × `window` bytes must move, or the other end is cut off.
+
+    Measured per slice rather than over the whole transfer, so a peer cannot read (or send) fast at
+    first and then stall on the credit. The defaults — 16 KiB/s, slices of 80 KiB within 5 s — pass
+    any honest link down to about 130 kbit/s, with room for TCP's loss recovery (a stall of 5 s is
+    five lost retransmissions in a row), while a stalled or trickling peer holds its connection for
+    about one window.
+    """
+
+    min_rate: float = 16 << 10  # bytes per second
+    window: float = 5.0  # seconds
+
+    def __post_init__(self) -> None:
+        if not (self.min_rate > 0 and self.window > 0):
+            raise ValueError("a pace needs a positive min_rate and window")
+
+    @property
+    def slice_bytes(self) -> int:
+        """Bytes that must move within each window."""
+        return max(1, math.ceil(self.min_rate * self.window))
+
+
+DEFAULT_PACE = Pace()
 
 
 class BanList:
@@ -160,21 +233,101 @@ class ModelVersion:
         return len(self.data)
 
 
+class Phase(StrEnum):
+    """Where a server connection stands: before a valid signed request is in (anyone at all) or after."""
+
+    REQUEST = "request"
+    REPLY = "reply"
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One client connection as the server's admission control sees it."""
+
+    task: asyncio.Task[Any]
+    host: str  # the remote address, for the log
+    key: str  # what limits and strikes count against (see _address_key)
+    shared: bool  # from one of the server's shared addresses: no per-address limits, no strikes
+    opened: float  # loop time
+    phase: Phase = Phase.REQUEST
+    peer: str | None = None  # the authenticated peer id, from Phase.REPLY on
+    waiting_since: float | None = None  # loop time the reply began waiting for the client to take a slice
+
+
+def _canonical(host: str) -> str:
+    """`host` in one spelling per address: IPv4-mapped IPv6 as IPv4, IPv6 compressed, no zone."""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _close(writer: asyncio.StreamWriter, *, reset: bool) -> None:
+    """End a connection: with a TCP reset if part of a reply may still be queued, since a close, even
+    asyncio's abort(), would keep it in the kernel, and the socket with it, for as long as the client
+    does not read; else with a plain close."""
+    if not reset:
+        writer.close()
+        return
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+    writer.transport.abort()
+
+
+def _address_key(host: str, shared: frozenset[str]) -> tuple[str, bool]:
+    """What limits and strikes count against for a client at `host`, and whether it is a shared address.
+
+    An IPv6 address counts as its /64: one host usually owns a whole /64, so counting single addresses
+    would limit nobody there.
+    """
+    address = _canonical(host)
+    if address in shared:
+        return address, True
+    if ":" in address:  # IPv6 (a canonical IPv4 address or host name has no colon)
+        return str(ipaddress.ip_network(f"{address}/{IPV6_SITE_PREFIX}", strict=False)), False
+    return address, False
+
+
 class ModelServer:
     """Serves this peer's last `keep` model versions and its status to other peers, over TCP.
 
     `status` returns the JSON object answered to status requests; the server adds ``latest``:
     {round, step, cid, size} of its newest version, or None. `bans` may be shared with the peer loop,
     which can strike peer ids whose models fail verification; the server then refuses their requests.
-    A client whose request cannot be authenticated is struck by its address, except for the
-    `shared_addresses` (e.g. loopback in a local swarm, where banning the address would ban every peer).
+
+    **Deadlines** (all counted as :class:`Reason` strikes against the client's address):
+    the first byte of the request within `idle_timeout` of connecting (5 s: "idle"), the whole request
+    within `request_timeout` (10 s: "slow_request"; a request is at most `max_request_bytes`), and the
+    reply taken by the client at `pace` or faster (each 80 KiB within 5 s: "slow_reader"). Progress
+    is what the client takes: the transport buffers nothing, so a reply waits on the client, and a
+    client that stops reading is cut one window after the kernel's buffers are full.
+
+    **Admission.** At most `max_connections` (64) in all. Before its request is in (unauthenticated),
+    one address may hold `max_pending_per_address` (4) connections; after, `max_serving_per_address`
+    (8), and one peer id `max_serving_per_peer` (4); more is "crowded", a strike. When every slot is
+    taken, a newcomer evicts an unauthenticated connection — from the address holding most
+    connections, then the oldest ("evicted", no strike: an honest request is in within a round trip,
+    so it is rarely the one evicted) — else a reply that has waited on its client for half a window,
+    i.e. a client reading under twice the minimum rate ("slow_reader"). Failing both, it waits for a
+    slot, up to half a window after connecting, and is refused ("busy") if none comes. At most
+    `max_connections` newcomers wait; one more evicts a waiting one, chosen as above ("evicted").
+    Idle or half-sent connections therefore never keep an honest request out, and clients that stop
+    reading only for half a window at a time.
+
+    **Shared addresses.** `shared_addresses` are the addresses co-located honest peers connect from
+    (127.0.0.1 and ::1 in a local swarm, where banning the address would ban every peer): exactly
+    those, not a range. They get no per-address limits and no strikes; everything else still applies.
+    IPv6 addresses outside them count per /64.
 
     ``served`` counts replies by kind ("model", "not_ready", "status"); ``rejections`` counts failed
-    connections by reason: a :class:`ProtocolError` reason, or "busy" (over `max_connections`),
-    "banned", "closed" (left without a request), "timeout" (request not in within `request_timeout`
-    or reply not out within `send_timeout`), "disconnected" (the client went away) or "internal" (a
-    bug, logged with its traceback). All but busy, banned, closed, disconnected and internal are
-    strikes against the remote address.
+    connections by reason: a wire ProtocolError reason or a :class:`Reason`. Every rejection is
+    logged: "internal" (a bug) with its traceback, the refusals of a banned address (cheap, and as
+    many as it cares to send) at debug level only, since its ban was logged.
     """
 
     def __init__(
@@ -189,12 +342,25 @@ class ModelServer:
         status: Callable[[], Mapping[str, Any]] | None = None,
         bans: BanList | None = None,
         max_connections: int = 64,
+        max_pending_per_address: int = 4,
+        max_serving_per_address: int = 8,
+        max_serving_per_peer: int = 4,
         shared_addresses: frozenset[str] = frozenset(),
+        idle_timeout: float = 5.0,
         request_timeout: float = 10.0,
-        send_timeout: float = 300.0,
+        pace: Pace = DEFAULT_PACE,
     ) -> None:
-        if not 1 <= chunk <= MAX_CHUNK or keep < 1 or max_connections < 1:
-            raise ValueError(f"need 1 <= chunk <= {MAX_CHUNK}, keep >= 1 and max_connections >= 1")
+        limits = (
+            keep,
+            max_connections,
+            max_pending_per_address,
+            max_serving_per_address,
+            max_serving_per_peer,
+        )
+        if not 1 <= chunk <= MAX_CHUNK or min(limits) < 1:
+            raise ValueError(f"need 1 <= chunk <= {MAX_CHUNK}, and keep and every connection limit >= 1")
+        if not (idle_timeout > 0 and request_timeout > 0):
+            raise ValueError("idle_timeout and request_timeout must be positive")
         self.identity = identity
         self.host = host
         self.chunk = chunk
@@ -203,15 +369,21 @@ class ModelServer:
         self.status = status
         self.bans = bans if bans is not None else BanList()
         self.max_connections = max_connections
-        self.shared_addresses = shared_addresses
+        self.max_pending_per_address = max_pending_per_address
+        self.max_serving_per_address = max_serving_per_address
+        self.max_serving_per_peer = max_serving_per_peer
+        self.shared_addresses = frozenset(map(_canonical, shared_addresses))
+        self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
-        self.send_timeout = send_timeout
+        self.pace = pace
         self.rejections: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
         self._port = port
         self._versions: OrderedDict[tuple[int, int], ModelVersion] = OrderedDict()
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._connections: dict[asyncio.Task[Any], _Connection] = {}  # those holding a slot
+        self._waiting: dict[asyncio.Task[Any], _Connection] = {}  # newcomers waiting for a slot
+        self._left = asyncio.Event()  # set when a connection leaves its slot (then replaced)
 
     @property
     def port(self) -> int:
@@ -242,6 +414,7 @@ class ModelServer:
 
     async def start(self) -> None:
         """Listen on host:port (port 0: a free port, then available as :attr:`port`)."""
+        self._left = asyncio.Event()  # bound to the loop it is first awaited in: this one
         self._server = await asyncio.start_server(self._serve, self.host, self._port)
         self._port = self._server.sockets[0].getsockname()[1]
 
@@ -250,7 +423,7 @@ class ModelServer:
         if self._server is None:
             return
         self._server.close()
-        connections = set(self._connections)
+        connections = set(self._connections) | set(self._waiting)
         for task in connections:
             task.cancel()
         if connections:
@@ -267,30 +440,132 @@ class ModelServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        address = str(peer[0]) if peer else "unknown"
+        host = str(peer[0]) if peer else "unknown"
+        key, shared = _address_key(host, self.shared_addresses)
+        if self.bans.is_banned(key):  # refused quietly and cheaply: the ban was logged when it began
+            self.rejections[Reason.BANNED] += 1
+            logger.debug("refused connection from banned address %s", host)
+            _close(writer, reset=False)
+            return
         task = cast(asyncio.Task[Any], asyncio.current_task())  # a connection handler runs in a task
-        self._connections.add(task)
+        conn = _Connection(task, host, key, shared, asyncio.get_running_loop().time())
         try:
-            if len(self._connections) > self.max_connections:
-                raise ProtocolError("busy", f"already {self.max_connections} connections")
-            if self.bans.is_banned(address):
-                raise ProtocolError("banned", f"address {address} is banned")
-            async with asyncio.timeout(self.request_timeout):
-                data = await read_frame(reader, self.max_request_bytes)
-            request = cast(Request, open_message(data, kinds=("request",)))
-            if self.bans.is_banned(request.sender):
-                raise ProtocolError("banned", f"peer {request.sender} is banned")
-            async with asyncio.timeout(self.send_timeout):
-                self.served[await self._reply(writer, request)] += 1
+            await self._admit(conn)
+            request = await self._read_request(reader, conn.opened)
+            self._authenticate(conn, request)
+            writer.transport.set_write_buffer_limits(0)  # drain() waits for the client: see the pace
+            self.served[await self._reply(conn, writer, request)] += 1
         except Exception as err:  # whatever a client does, the server goes on serving the others
-            self._reject(address, err)
-        except asyncio.CancelledError:  # stop(): the connection ends with the server; nothing to report
-            pass
+            self._reject(conn, err)
+            _close(writer, reset=conn.phase is Phase.REPLY)
+        except asyncio.CancelledError:  # stop(), or evicted (counted then): the connection just ends
+            _close(writer, reset=conn.phase is Phase.REPLY)
+        else:  # the reply is all in the kernel: the socket is released at once
+            _close(writer, reset=False)
         finally:
-            self._connections.discard(task)
-            writer.close()
+            if self._connections.pop(task, None) is not None:  # a slot is free: wake those waiting for one
+                self._left.set()
+                self._left = asyncio.Event()
 
-    async def _reply(self, writer: asyncio.StreamWriter, request: Request) -> str:
+    async def _admit(self, conn: _Connection) -> None:
+        """Take `conn` in. When every slot is taken, evict another for it or wait for one (at most half a
+        pace window after it connected); ProtocolError if it may not come in."""
+        if not conn.shared:
+            slots = (c for c in self._connections.values() if c.phase is Phase.REQUEST)
+            pending = sum(c.key == conn.key for c in chain(slots, self._waiting.values()))
+            if pending >= self.max_pending_per_address:
+                raise ProtocolError(Reason.CROWDED, f"{pending} requests from {conn.key} already pending")
+        loop = asyncio.get_running_loop()
+        deadline = conn.opened + self.pace.window / 2
+        while len(self._connections) >= self.max_connections:
+            wait = min(self._evict_for(conn), deadline - loop.time())
+            if wait == -math.inf:  # evicted one: the slot is free
+                break
+            if wait <= 0:
+                raise ProtocolError(Reason.BUSY, f"{len(self._connections)} connections, none evictable")
+            if len(self._waiting) >= self.max_connections:
+                victim = self._most_crowded(self._waiting.values())
+                self._evict(
+                    self._waiting,
+                    victim,
+                    ProtocolError(Reason.EVICTED, f"still waiting for a slot; for {conn.host}"),
+                )
+            self._waiting[conn.task] = conn
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._left.wait()
+            finally:
+                self._waiting.pop(conn.task, None)
+        self._connections[conn.task] = conn
+
+    def _evict_for(self, newcomer: _Connection) -> float:
+        """Evict a connection for `newcomer` (see the class docstring) and return -inf; or else return
+        the seconds until one may be evicted (inf: none for now)."""
+        connections = self._connections.values()
+        pending = [c for c in connections if c.phase is Phase.REQUEST]
+        if pending:
+            victim = self._most_crowded(pending)
+            self._evict(
+                self._connections,
+                victim,
+                ProtocolError(Reason.EVICTED, f"no request yet; for {newcomer.host}"),
+            )
+            return -math.inf
+        waiting = [c for c in connections if c.waiting_since is not None]
+        victim = min(waiting, key=lambda c: cast(float, c.waiting_since), default=None)
+        if victim is None:
+            return math.inf
+        wait = cast(float, victim.waiting_since) + self.pace.window / 2 - asyncio.get_running_loop().time()
+        if wait > 0:
+            return wait
+        why = f"reading under twice the minimum rate while the server is full; evicted for {newcomer.host}"
+        self._evict(self._connections, victim, ProtocolError(Reason.SLOW_READER, why))
+        return -math.inf
+
+    def _most_crowded(self, candidates: Iterable[_Connection]) -> _Connection:
+        """Of unauthenticated `candidates`, the one from the address holding most connections (a shared
+        address counts as one per connection), then the oldest."""
+        held = Counter(
+            c.key for c in chain(self._connections.values(), self._waiting.values()) if not c.shared
+        )
+        return max(candidates, key=lambda c: (0 if c.shared else held[c.key], -c.opened))
+
+    def _evict(
+        self, registry: dict[asyncio.Task[Any], _Connection], victim: _Connection, error: ProtocolError
+    ) -> None:
+        """End `victim` (holding a slot, or waiting for one, as `registry` says) for `error`."""
+        del registry[victim.task]
+        self._reject(victim, error)
+        victim.task.cancel()
+
+    async def _read_request(self, reader: asyncio.StreamReader, opened: float) -> Request:
+        """The request, its first byte within `idle_timeout` and all of it within `request_timeout`."""
+        first = await _first_byte(reader, opened + min(self.idle_timeout, self.request_timeout), Reason.IDLE)
+        receive = functools.partial(
+            _receive, reader, deadline=opened + self.request_timeout, reason=Reason.SLOW_REQUEST
+        )
+        return cast(
+            Request,
+            open_message(await _read_frame(receive, self.max_request_bytes, first), kinds=("request",)),
+        )
+
+    def _authenticate(self, conn: _Connection, request: Request) -> None:
+        """Move `conn` to Phase.REPLY for `request`'s signer, within the per-address and per-peer limits."""
+        if self.bans.is_banned(request.sender):
+            raise ProtocolError(Reason.BANNED, f"peer {request.sender} is banned")
+        serving = [c for c in self._connections.values() if c.phase is Phase.REPLY]
+        if not conn.shared and sum(c.key == conn.key for c in serving) >= self.max_serving_per_address:
+            raise ProtocolError(
+                Reason.CROWDED, f"{self.max_serving_per_address} replies to {conn.key} already"
+            )
+        if sum(c.peer == request.sender for c in serving) >= self.max_serving_per_peer:
+            raise ProtocolError(
+                Reason.CROWDED, f"{self.max_serving_per_peer} replies to peer {request.sender} already"
+            )
+        conn.phase, conn.peer = Phase.REPLY, request.sender
+
+    async def _reply(self, conn: _Connection, writer: asyncio.StreamWriter, request: Request) -> str:
         """Answer `request`; returns the kind of the reply."""
         latest = self.latest
         if request.want == "status":
@@ -300,7 +575,7 @@ class ModelServer:
                 if latest is None
                 else {"round": latest.round, "step": latest.step, "cid": latest.cid, "size": latest.size}
             )
-            await write_frame(writer, seal(self.identity, "status", nonce=request.nonce, info=info))
+            await self._send(conn, writer, seal(self.identity, "status", nonce=request.nonce, info=info))
             return "status"
         version = self._versions.get((request.round, request.step))
         if version is None:
@@ -312,7 +587,7 @@ class ModelServer:
                 latest=None if latest is None else (latest.round, latest.step),
                 nonce=request.nonce,
             )
-            await write_frame(writer, reply)
+            await self._send(conn, writer, reply)
             return "not_ready"
         header = seal(
             self.identity,
@@ -325,28 +600,47 @@ class ModelServer:
             tensors=version.tensors,
             nonce=request.nonce,
         )
-        await write_frame(writer, header)
+        await self._send(conn, writer, header)
         body = memoryview(version.data)
         for offset in range(0, version.size, self.chunk):
-            await write_frame(writer, body[offset : offset + self.chunk])
+            await self._send(conn, writer, body[offset : offset + self.chunk])
         return "model"
 
-    def _reject(self, address: str, err: Exception) -> None:
+    async def _send(
+        self, conn: _Connection, writer: asyncio.StreamWriter, payload: bytes | memoryview
+    ) -> None:
+        """One frame, in slices of the pace; the client must take each within a window ("slow_reader")."""
+        loop = asyncio.get_running_loop()
+        view = memoryview(payload)
+        step = self.pace.slice_bytes
+        writer.write(LENGTH.pack(len(view)))
+        for offset in range(0, max(len(view), 1), step):
+            writer.write(view[offset : offset + step])
+            conn.waiting_since = loop.time()
+            try:
+                async with asyncio.timeout(self.pace.window):
+                    await writer.drain()
+            except TimeoutError:
+                raise ProtocolError(
+                    Reason.SLOW_READER, f"the client took under {step} bytes in {self.pace.window} s"
+                ) from None
+            conn.waiting_since = None
+
+    def _reject(self, conn: _Connection, err: Exception) -> None:
+        """Count, log and (unless blameless or shared) strike the failure `err` of `conn`."""
         if isinstance(err, ProtocolError):
             reason = err.reason
-        elif isinstance(err, TimeoutError):  # before OSError, of which it is a subclass
-            reason = "timeout"
         elif isinstance(err, OSError):
-            reason = "disconnected"
+            reason = Reason.DISCONNECTED
         else:
-            reason = "internal"
+            reason = Reason.INTERNAL
         self.rejections[reason] += 1
-        if reason == "internal":
-            logger.error("connection from %s failed inside the server", address, exc_info=err)
+        if reason == Reason.INTERNAL:
+            logger.error("connection from %s failed inside the server", conn.host, exc_info=err)
         else:
-            logger.warning("rejected connection from %s: %s (%s)", address, reason, err)
-        if reason not in BLAMELESS and address not in self.shared_addresses:
-            self.bans.strike(address, reason)
+            logger.warning("rejected connection from %s: %s (%s)", conn.host, reason, err)
+        if reason not in BLAMELESS and not conn.shared:
+            self.bans.strike(conn.key, reason)
 
 
 @dataclass(frozen=True)
@@ -417,16 +711,80 @@ def verify_body(cid: str, data: bytes, expected: codec.Expected) -> dict[str, to
         raise ProtocolError("bad_tensors", str(err)) from None
 
 
-async def _read_body(reader: asyncio.StreamReader, size: int, chunk: int) -> bytes:
-    parts: list[bytes] = []
-    received = 0
-    while received < size:
-        part = await read_frame(reader, min(chunk, size - received))
-        if not part:
-            raise ProtocolError("malformed", "an empty body frame")
-        parts.append(part)
-        received += len(part)
-    return b"".join(parts)
+async def _first_byte(reader: asyncio.StreamReader, deadline: float, reason: str) -> bytes:
+    """The stream's next byte by loop time `deadline`, else ProtocolError `reason`; "closed" at its end."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            first = await reader.read(1)
+    except TimeoutError:
+        raise ProtocolError(reason, "not a byte within the deadline") from None
+    if not first:
+        raise ProtocolError("closed", "the stream ended before a frame")
+    return first
+
+
+async def _receive(reader: asyncio.StreamReader, n: int, *, deadline: float, reason: str) -> bytes:
+    """Exactly `n` bytes by loop time `deadline`, else ProtocolError `reason`; "truncated" at the end."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await reader.readexactly(n)
+    except TimeoutError:
+        raise ProtocolError(reason, f"{n} bytes did not come in time") from None
+    except asyncio.IncompleteReadError as err:
+        raise ProtocolError("truncated", f"the stream ended {len(err.partial)} bytes short of {n}") from None
+
+
+async def _read_frame(receive: Callable[[int], Awaitable[bytes]], max_bytes: int, head: bytes = b"") -> bytes:
+    """A frame as :func:`ppaia.network.wire.read_frame` reads it (refused from its length alone if over
+    `max_bytes`), its bytes after `head` (a start already read) taken through `receive`, which sets
+    their deadlines."""
+    (length,) = LENGTH.unpack(head + await receive(LENGTH.size - len(head)))
+    if length > max_bytes:
+        raise ProtocolError("oversized", f"a frame of {length} bytes exceeds the limit of {max_bytes}")
+    return await receive(length)
+
+
+class _Reply:
+    """A reply stream read at a :class:`Pace`. Not a byte within a window is "timeout" (the peer may be
+    hung or gone); a reply that started and then moves slower than the pace is "slow_sender"."""
+
+    def __init__(self, reader: asyncio.StreamReader, pace: Pace) -> None:
+        self.reader = reader
+        self.pace = pace
+
+    async def receive(self, n: int) -> bytes:
+        """`n` bytes, each slice of the pace within a window."""
+        loop = asyncio.get_running_loop()
+        step = self.pace.slice_bytes
+        parts = [
+            await _receive(
+                self.reader,
+                min(step, n - offset),
+                deadline=loop.time() + self.pace.window,
+                reason=Reason.SLOW_SENDER,
+            )
+            for offset in range(0, n, step)
+        ]
+        return b"".join(parts)
+
+    async def first_frame(self, max_bytes: int) -> bytes:
+        """The reply's first frame (its header)."""
+        deadline = asyncio.get_running_loop().time() + self.pace.window
+        return await _read_frame(
+            self.receive, max_bytes, await _first_byte(self.reader, deadline, Reason.TIMEOUT)
+        )
+
+    async def body(self, size: int, chunk: int) -> bytes:
+        """`size` bytes of body in frames of at most `chunk` bytes."""
+        parts: list[bytes] = []
+        received = 0
+        while received < size:
+            part = await _read_frame(self.receive, min(chunk, size - received))
+            if not part:
+                raise ProtocolError("malformed", "an empty body frame")
+            parts.append(part)
+            received += len(part)
+        return b"".join(parts)
 
 
 async def _exchange(
@@ -434,21 +792,22 @@ async def _exchange(
     port: int,
     request: bytes,
     timeout: float,
-    answer: Callable[[asyncio.StreamReader], Awaitable[T]],
+    pace: Pace,
+    answer: Callable[[_Reply], Awaitable[T]],
 ) -> T:
-    """Send `request` to host:port and return `answer(reader)`, all within `timeout` seconds."""
+    """Send `request` to host:port and return `answer(reply)`, all within `timeout` seconds."""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, limit=STREAM_LIMIT)
             try:
                 await write_frame(writer, request)
-                return await answer(reader)
+                return await answer(_Reply(reader, pace))
             finally:
                 writer.close()
     except TimeoutError:  # before OSError, of which it is a subclass
-        raise ProtocolError("timeout", f"{host}:{port} did not complete within {timeout} s") from None
+        raise ProtocolError(Reason.TIMEOUT, f"{host}:{port} did not complete within {timeout} s") from None
     except OSError as err:
-        raise ProtocolError("unreachable", f"{host}:{port}: {err}") from None
+        raise ProtocolError(Reason.UNREACHABLE, f"{host}:{port}: {err}") from None
 
 
 async def fetch_model(
@@ -463,18 +822,19 @@ async def fetch_model(
     timeout: float,
     expect_sender: str | None = None,
     max_header_bytes: int = MAX_REPLY_HEADER_BYTES,
+    pace: Pace = DEFAULT_PACE,
 ) -> Fetched:
     """Fetch version (round, step) from host:port and verify it fully (see the module docstring).
 
     Raises :class:`NotReady` if the peer does not hold the version, and ProtocolError (reason
-    "timeout", "unreachable", "wrong_sender", "replay", "wrong_version", "oversized", "bad_tensors",
-    "wrong_cid", "truncated", ...) for every other failure.
+    "timeout", "slow_sender", "unreachable", "wrong_sender", "replay", "wrong_version", "oversized",
+    "bad_tensors", "wrong_cid", "truncated", ...) for every other failure; see :class:`Reason`.
     """
     nonce = secrets.token_hex(16)
     request = seal(identity, "request", want="model", round=round, step=step, nonce=nonce)
 
-    async def answer(reader: asyncio.StreamReader) -> Fetched:
-        reply = open_message(await read_frame(reader, max_header_bytes), kinds=("model", "not_ready"))
+    async def answer(incoming: _Reply) -> Fetched:
+        reply = open_message(await incoming.first_frame(max_header_bytes), kinds=("model", "not_ready"))
         header = check_header(
             cast(ModelHeader | NotReadyReply, reply),
             nonce=nonce,
@@ -484,11 +844,11 @@ async def fetch_model(
             max_bytes=max_bytes,
             expect_sender=expect_sender,
         )
-        body = await _read_body(reader, header.size, header.chunk)
+        body = await incoming.body(header.size, header.chunk)
         tensors = await asyncio.to_thread(verify_body, header.cid, body, expected)
         return Fetched(header.sender, header.public_key, header.round, header.step, header.cid, tensors)
 
-    return await _exchange(host, port, request, timeout, answer)
+    return await _exchange(host, port, request, timeout, pace, answer)
 
 
 async def fetch_status(
@@ -499,17 +859,18 @@ async def fetch_status(
     timeout: float,
     expect_sender: str | None = None,
     max_bytes: int = 64 << 10,
+    pace: Pace = DEFAULT_PACE,
 ) -> dict[str, Any]:
     """The status object of the peer at host:port (with ``latest``; see :class:`ModelServer`)."""
     nonce = secrets.token_hex(16)
     request = seal(identity, "request", want="status", round=0, step=0, nonce=nonce)
 
-    async def answer(reader: asyncio.StreamReader) -> dict[str, Any]:
-        reply = cast(StatusReply, open_message(await read_frame(reader, max_bytes), kinds=("status",)))
+    async def answer(incoming: _Reply) -> dict[str, Any]:
+        reply = cast(StatusReply, open_message(await incoming.first_frame(max_bytes), kinds=("status",)))
         if expect_sender is not None and reply.sender != expect_sender:
             raise ProtocolError("wrong_sender", f"status signed by {reply.sender}, not by {expect_sender}")
         if reply.nonce != nonce:
             raise ProtocolError("replay", f"status from {reply.sender} answers another request (nonce)")
         return reply.info
 
-    return await _exchange(host, port, request, timeout, answer)
+    return await _exchange(host, port, request, timeout, pace, answer)
