@@ -22,6 +22,7 @@ from kademlia.utils import digest
 from ppaia.network.dht import DHTError, ExactRoutingTable, PeerDHT, RecordStorage, parse_address
 from ppaia.network.identity import Identity
 from ppaia.network.records import (
+    MAX_CLOCK_SKEW,
     MAX_PROVIDERS,
     MAX_VALUE_BYTES,
     PeerRecord,
@@ -145,6 +146,7 @@ def test_storage_refuses_garbage_forgeries_and_records_under_a_foreign_key():
         storage.merge(key, encode_records([peer_record(bob)]))
     assert storage.records(key) == [genuine]
 
+    clock.now = START + 10
     newer = peer_record(alice, now=START + 10, host="10.0.0.2")
     storage.merge(key, encode_records([newer]))
     storage.merge(key, encode_records([genuine]))  # a replay of the older record changes nothing
@@ -156,31 +158,40 @@ def test_storage_refuses_garbage_forgeries_and_records_under_a_foreign_key():
     assert storage.records(key) == []
 
 
-def test_storage_keeps_the_freshest_providers_within_one_value():
+def test_storage_keeps_the_earliest_providers_however_their_claims_are_dated():
+    """Issue 10: storing nodes used to keep the freshest providers, so future-dated claims pushed the
+    honest ones out. Now the signers that arrived first keep their places; dates order a signer's own
+    records only."""
     storage = RecordStorage(FakeClock())
     topic = "swarm:mnist"
     key = digest(f"providers:{topic}")
+    offsets = [(-7 * i) % 50 - 45 for i in range(MAX_PROVIDERS + 10)]  # backdated up to 45 s, ahead up to 4 s
+    signers = [Identity.generate() for _ in offsets]
     providers = [
-        provider_record(Identity.generate(), topic, now=START + i) for i in range(MAX_PROVIDERS + 10)
+        provider_record(signer, topic, now=START + dt) for signer, dt in zip(signers, offsets, strict=True)
     ]
     for record in providers:
         storage.merge(key, encode_records([record]))
-    kept = storage.records(key)
-    assert kept == sorted(providers, key=lambda record: record.issued, reverse=True)[:MAX_PROVIDERS]
+    assert storage.records(key) == providers[:MAX_PROVIDERS]  # arrival order, whatever the dates
     assert len(storage.get(key)) <= MAX_VALUE_BYTES
 
+    late = provider_record(Identity.generate(), topic, now=START + MAX_CLOCK_SKEW)
+    renewed = provider_record(signers[0], topic, now=START + 1, host="10.0.0.9")
+    storage.merge(key, encode_records([late, renewed]))
+    assert storage.records(key) == [renewed, *providers[1:MAX_PROVIDERS]]  # renewed in place; late is out
+
     bulky = RecordStorage(FakeClock())
-    for i in range(MAX_PROVIDERS):
-        bulky.merge(
-            key, encode_records([provider_record(Identity.generate(), topic, now=START + i, host="h" * 900)])
-        )
-    assert 1 < len(bulky.records(key)) < MAX_PROVIDERS  # trimmed by size, freshest kept
+    arrived = [provider_record(Identity.generate(), topic, now=START - i, host="h" * 900) for i in range(20)]
+    for record in arrived:
+        bulky.merge(key, encode_records([record]))
+    kept = bulky.records(key)
+    assert 1 < len(kept) < MAX_PROVIDERS and kept == arrived[: len(kept)]  # trimmed by size, earliest kept
     assert len(bulky.get(key)) <= MAX_VALUE_BYTES
 
 
 def test_stock_traversal_stops_early_on_an_empty_bucket_and_ours_ranks_every_node():
     me = Node(b"\xff" * 20)  # our own bucket ends up empty once the low half of the id space splits
-    contacts = [Node(bytes([prefix]) + bytes(19)) for prefix in (0x00, 0x01, 0x40)]
+    contacts = [Node(bytes([prefix]) + bytes(19), f"10.0.0.{prefix}", 4000) for prefix in (0x00, 0x01, 0x40)]
     stock, exact = RoutingTable(None, 2, me), ExactRoutingTable(None, 2, me)
     for table in (stock, exact):
         for contact in contacts:

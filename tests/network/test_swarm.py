@@ -14,9 +14,11 @@ import json
 import re
 import secrets
 import struct
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,15 +29,16 @@ from typer.testing import CliRunner
 import ppaia
 from ppaia import codec
 from ppaia.cli.main import app
-from ppaia.network.checkpoint import read_rounds
+from ppaia.network.checkpoint import Checkpoint, round_file
 from ppaia.network.content import cid_of
 from ppaia.network.dht import PeerDHT
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
 from ppaia.network.peer import index_topic
-from ppaia.network.swarm import HOST, Swarm
+from ppaia.network.swarm import HOST, Swarm, free_port
 from ppaia.network.transfer import fetch_status
 from ppaia.network.wire import Request, canonical, open_message, read_frame, seal, write_frame
+from ppaia.simulation.report import write_outputs
 
 runner = CliRunner()
 Statuses = dict[int, dict | None]
@@ -49,6 +52,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def state_round(swarm: Swarm, index: int) -> int:
     """The last round peer `index` checkpointed."""
     return json.loads((swarm.data_dir(index) / "state.json").read_text())["round"]
+
+
+def checkpointed(swarm: Swarm, index: int) -> dict[int, dict[str, torch.Tensor]]:
+    """Every round's model peer `index` checkpointed, by round (each one must verify)."""
+    expected = ppaia.Simulation(swarm.config).layout.expected()
+    models, refused = Checkpoint(swarm.data_dir(index), swarm.config, index).rounds(expected)
+    assert not refused, refused
+    return models
 
 
 def log_tails(root: Path, lines: int = 20) -> str:
@@ -139,12 +150,27 @@ def test_asynchronous_peers_finish_and_learn_without_waiting_for_each_other(tmp_
     assert result.final["acc_min"] > 0.7 and abs(result.final["acc_mean"] - simulated) < 0.05
 
 
-@pytest.mark.slow
-def test_a_killed_peer_restarts_from_its_checkpoint_while_the_others_go_on(tmp_path):
-    config = ppaia.ExperimentConfig(peers=6, rounds=12, partition="iid", rule="consensus", topology="ring")
-    restarted, dead = 1, 4  # not peer 0: the others bootstrap from it
-    # --wait 1: the neighbours of a dead peer leave it out after a second instead of a minute
-    swarm = Swarm(config, tmp_path, extra_args=("--wait", "1"))
+@contextmanager
+def seed_node() -> Iterator[int]:
+    """A DHT node in a thread of its own that outlives the peers (its port): a bootstrap seed through
+    which a peer restarted after all the others finished still joins."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    dht, port = PeerDHT(Identity.generate(), ttl=30.0, rpc_timeout=2.0), free_port()
+    try:
+        asyncio.run_coroutine_threadsafe(dht.start(HOST, port), loop).result(timeout=10)
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(dht.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def kill_and_restart(swarm: Swarm, restarted: int, dead: int) -> tuple[dict[int, int], dict[int, int]]:
+    """Start the swarm, kill two peers once every peer is in round 3 or later, restart one of them; wait
+    for the end: (exit codes, the last round each killed peer checkpointed)."""
     try:
         swarm.start()
         before = poll(
@@ -156,19 +182,28 @@ def test_a_killed_peer_restarts_from_its_checkpoint_while_the_others_go_on(tmp_p
         )
         swarm.kill(restarted)
         swarm.kill(dead)
-        assert all(info["round"] < config.rounds for info in before.values())  # killed mid-run
+        assert all(info["round"] < swarm.config.rounds for info in before.values())  # killed mid-run
         killed_after = {i: state_round(swarm, i) for i in (restarted, dead)}
         assert killed_after[restarted] >= 1
 
         swarm.start(restarted)  # same data directory: same key, same checkpoints
         back = poll(swarm, lambda statuses: bool(statuses.get(restarted)), timeout=60)
         assert back[restarted]["peer_id"] == before[restarted]["peer_id"]
-        codes = swarm.wait(timeout=90)
+        return swarm.wait(timeout=90), killed_after
     finally:
         swarm.stop()
+
+
+@pytest.mark.slow
+def test_a_killed_peer_restarts_from_its_checkpoint_while_the_others_go_on(tmp_path):
+    config = ppaia.ExperimentConfig(peers=6, rounds=12, partition="iid", rule="consensus", topology="ring")
+    restarted, dead = 1, 4  # not peer 0: the others bootstrap from it
+    wait = 10.0  # --wait: before pace-derived deadlines and absent senders, every round cost this much
+    with seed_node() as seed:  # the restarted peer may come back after the others are done
+        swarm = Swarm(config, tmp_path, extra_args=("--wait", str(wait), "--bootstrap", f"{HOST}:{seed}"))
+        codes, killed_after = kill_and_restart(swarm, restarted, dead)
     survivors = [i for i in range(6) if i != dead]
     assert codes == {i: 0 for i in survivors} | {dead: -9}, log_tails(tmp_path)
-
     resumed = re.findall(rf"peer {restarted} resumes after round (\d+)", swarm.log(restarted))
     assert [int(k) for k in resumed] == [killed_after[restarted]]
     for i in survivors:
@@ -188,13 +223,47 @@ def test_a_killed_peer_restarts_from_its_checkpoint_while_the_others_go_on(tmp_p
         rows = read_csv(swarm.data_dir(neighbour) / "metrics.csv")
         later = [row for row in rows if int(row["round"]) > killed_after[dead] + 1]
         assert later and all(int(row["missing"]) >= 1 for row in later)
+    for i in (0, 2, 3, 5):  # the kills cost each survivor about one deadline in all, not --wait a round
+        rows = read_csv(swarm.data_dir(i) / "metrics.csv")
+        later = [float(row["mix_s"]) for row in rows if int(row["round"]) > max(killed_after.values())]
+        assert len(later) >= 5 and sum(later) < 3 * wait, (i, later)
 
     result = swarm.result()
     assert [row["round"] for row in result.history] == list(range(config.rounds + 1))
     layout = ppaia.Simulation(config).layout
-    last_model = read_rounds(swarm.data_dir(dead), layout.expected())[killed_after[dead]]
+    last_model = checkpointed(swarm, dead)[killed_after[dead]]
     assert torch.equal(result.params[dead], layout.join(last_model))  # the dead peer keeps its last model
     assert all(result.peer_accuracy[i] > 0.7 for i in survivors), result.peer_accuracy
+
+
+def test_a_damaged_checkpoint_is_reported_and_the_other_peers_results_are_written(tmp_path):
+    """What ``ppaia launch`` does after its peers exit: one peer's newest round file is truncated, another
+    peer's state.json is garbage; both are reported by file, and the run's outputs are still written."""
+    config = ppaia.ExperimentConfig(peers=4, rounds=3, model="logistic", topology="ring", rule="consensus")
+    swarm = Swarm(config, tmp_path / "swarm")  # no processes: the test writes the peers' checkpoints
+    simulation = ppaia.Simulation(config)
+    for i in range(config.peers):
+        checkpoint = Checkpoint(swarm.data_dir(i), config, i)
+        for round_ in range(config.rounds + 1):
+            checkpoint.save(round_, simulation.layout.unflatten(simulation.params[i] + round_))
+    truncated = round_file(swarm.data_dir(2), config.rounds)
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    (swarm.data_dir(3) / "state.json").write_bytes(b"\x00garbage")
+
+    result = swarm.result()
+    assert sorted(swarm.damaged) == [2, 3]
+    assert swarm.damaged[2] == [
+        f"peers/2/rounds/round-{config.rounds:05d}.safetensors: damaged "
+        f"({truncated.stat().st_size} bytes that do not hash to the SHA-256 state.json records for round 3)"
+    ]
+    assert swarm.damaged[3][0].startswith("peers/3/state.json: not a checkpoint state")
+    assert [row["round"] for row in result.history] == list(range(config.rounds + 1))
+    initial = simulation.params  # untouched: the test only read them
+    for i, shift in {0: config.rounds, 1: config.rounds, 2: config.rounds - 1}.items():
+        assert torch.equal(result.params[i], initial[i] + shift)  # peer 2: its last round that verifies
+    assert torch.equal(result.params[3], initial[3])  # nothing of peer 3 verifies: its initial model
+    out = write_outputs(result, tmp_path / "out")
+    assert {"metrics.csv", "summary.json", "peers.csv"} <= {path.name for path in out.iterdir()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -218,8 +287,8 @@ class Liar:
     """Swarm index 4 as a liar: listed in the DHT like any peer, but every model it serves is bad, one
     kind of lie after the other (`LIES`); it answers status requests with garbage."""
 
-    def __init__(self, config: ppaia.ExperimentConfig, port: int) -> None:
-        self.identity = Identity.generate()
+    def __init__(self, config: ppaia.ExperimentConfig, port: int, identity: Identity) -> None:
+        self.identity = identity
         self.port = port
         simulation = ppaia.Simulation(config)
         self.layout = simulation.layout
@@ -311,7 +380,9 @@ def test_a_lying_peer_is_caught_banned_and_harmless(tmp_path):
     # A banned neighbour costs no wait at all (it is skipped at once); --wait only has to cover the honest
     # peers' start-up skew, and must, since this test wants every honest exchange to happen.
     swarm = Swarm(config, tmp_path, extra_args=("--wait", "10"))
-    liar = Liar(config, swarm.ports[LIAR])  # ports[4] is free for TCP and UDP: no process of ours uses it
+    liar = Liar(config, swarm.ports[LIAR], Identity.load_or_create(swarm.data_dir(LIAR)))
+    # ports[4] is free for TCP and UDP: no process of ours uses it. The liar is a member gone bad: it
+    # holds the key the swarm's members file lists for index 4 (an outsider's key would be ignored).
     seen: dict[int, list[dict]] = {i: [] for i in honest}
     after_ban: dict[int, object] = {}
 
@@ -403,5 +474,5 @@ def test_a_lying_peer_is_caught_banned_and_harmless(tmp_path):
         assert state_round(swarm, i) == config.rounds
     expected = run_peers(config, drop={LIAR})
     for i in honest:
-        final = liar.layout.join(read_rounds(swarm.data_dir(i), liar.layout.expected())[config.rounds])
+        final = liar.layout.join(checkpointed(swarm, i)[config.rounds])
         torch.testing.assert_close(final, expected[i], rtol=1e-4, atol=1e-5)

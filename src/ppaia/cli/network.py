@@ -12,6 +12,7 @@ from typing import Annotated
 import torch
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from ppaia.cli.main import USER_ERRORS, app, console, default_out, fail, summary_table
@@ -21,6 +22,7 @@ from ppaia.network.dht import parse_address
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity, IdentityError
 from ppaia.network.learner import check_supported
+from ppaia.network.members import read_members
 from ppaia.network.peer import Peer, PeerOptions
 from ppaia.network.swarm import Swarm
 from ppaia.network.transfer import fetch_status
@@ -59,9 +61,15 @@ def peer(
     asynchronous: Annotated[
         bool, typer.Option("--async", help="bounded waits; stale models allowed")
     ] = False,
-    wait: Annotated[float, typer.Option(help="synchronous: seconds to wait for a neighbour's model")] = 60.0,
+    wait: Annotated[
+        float, typer.Option(help="synchronous: the most seconds to wait for a neighbour (less once paced)")
+    ] = 60.0,
     deadline: Annotated[float, typer.Option(help="asynchronous: seconds a mixing step waits")] = 2.0,
     swarm: Annotated[str, typer.Option(help="swarm name (DHT topics)")] = "ppaia",
+    members: Annotated[
+        Path | None,
+        typer.Option(help="TOML file of index = peer id: follow only these keys (ppaia launch writes one)"),
+    ] = None,
 ) -> None:
     """Run one peer: train on partition i of N, exchange models with its neighbours, checkpoint."""
     # force: an imported library (opacus) already called basicConfig at WARNING, which would make this a
@@ -82,6 +90,7 @@ def peer(
             listen=(host, port),
             bootstrap=tuple(parse_address(seed) for seed in bootstrap or []),
             swarm=swarm,
+            members=() if members is None else read_members(members, total),
             synchronous=not asynchronous,
             wait=wait,
             deadline=deadline,
@@ -161,8 +170,12 @@ def launch(
     failed = {i: code for i, code in codes.items() if code != 0}
     write_outputs(result, out, staging)
     console.print(summary_table(result, out))
+    for index, problems in sorted(swarm.damaged.items()):  # counted with its last model that verifies
+        for problem in problems:
+            console.print(f"[bold yellow]peer {index}: checkpoint refused:[/] {escape(f'{out}/{problem}')}")
     if failed:
         console.print(f"[bold red]peers that failed:[/] {failed} (logs in {out}/peers/<i>/peer.log)")
+    if failed or swarm.damaged:
         raise typer.Exit(code=1)
 
 

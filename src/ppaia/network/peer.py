@@ -14,24 +14,42 @@ the others fetch its version (r, s + 1). A peer keeps serving its newest version
 **Timing policy.** No global barrier: every peer proceeds as soon as it has what it needs. (A
 synchronous peer only waits, at start, until it can find every other peer in the DHT, at most `wait`.)
 
-- ``synchronous`` (default): a peer waits for each sender's exact version, up to `wait` seconds since the
-  sender last made progress; with every model received the numbers are the simulator's. A sender that
-  stops progressing (crashed, banned) is left out of the step (:meth:`Mixing.restricted`: its weight goes
-  to the peer's own model).
+- ``synchronous`` (default): a peer waits for each sender's exact version. With every model received the
+  numbers are the simulator's. It gives up on a sender (left out of the step, :meth:`Mixing.restricted`:
+  its weight goes to the peer's own model) that
+  - has not answered at all for a *deadline* derived from the swarm's pace: ``WAIT_ROUNDS`` times the
+    median of this peer's recent round times, at least `min_wait`, at most `wait` (`wait` itself until a
+    round has been timed) — a crashed or unreachable sender costs about that, not a fixed minute; or
+  - answers, but its newest version has not moved for `wait` seconds (hung). A sender that answers is
+    alive and usually only waiting for its own senders, which the deadline bounds: cutting it off
+    sooner would leave out a live peer and break the guarantee above.
 - asynchronous: each step waits at most `deadline` seconds; a sender that has not reached the version by
   then contributes its newest model if it is at most `max_staleness` rounds old — with its ordinary
   weight — and is left out otherwise. A broadcast result is never replaced by a stale model.
 - Either way, a sender already past the version asked for will never serve it: it is left out at once.
+- **Absent senders.** A sender whose wait ran out is *absent*: it is not waited for again until it shows
+  progress. Meanwhile it is left out of each step at once (asynchronous: its stale model is used if
+  recent enough) while its status is asked in the background, one request at a time. Once the status
+  reports a newest version other than the one it had when it went absent — it restarted and
+  published, or was only slow — it is back from the next step on and waited for as before. So a dead
+  peer costs its neighbours one deadline, once, and nobody a wait after that: the wait no longer
+  cascades through the swarm round after round.
 
 **Bad input.** Every received model is checked (signature, sender, nonce, version, size, CID, tensor
 names/shapes/dtypes, NaN/Inf) before use. A failure that is the sender's doing is logged, counted by
 reason and strikes the sender, which is banned for a while after repeated strikes (its models are not
-used, its requests refused); a sender that is unreachable, times out, or whose address now answers
-with another key is looked up again instead.
+used, its requests refused). That includes a sender that starts a reply and then trickles it (slow
+drip, ``slow_sender``): within a download, each slice of the reply must arrive within half the
+download's time (at most the transport's pace window). A sender that is unreachable, never starts a
+reply in time, or whose address now answers with another key is only looked up again: that happens to
+honest peers that crashed or moved.
 
-**Identity of indices.** The first peer id seen providing index j is pinned for the run (trust on first
-use): a later claimant of the same index is ignored. A restarted peer keeps its id (its key is in its
-data directory), so it is recognised again.
+**Identity of indices.** With a members list (``--members``, written by ``ppaia launch``) index j is
+played by the key the list names and nobody else. Without one, the peer pins index j to the first
+claimant the DHT's storing nodes agree on (a strict majority of them received its claim first), and
+while they disagree it pins nobody; a claim's issue time never decides. Once pinned, index j is found
+through its peer's own ``peer:`` record, so later claimants of j are never followed. A restarted peer
+keeps its id (its key is in its data directory), so it is recognised again.
 
 **Checkpoints** after every round (:class:`Checkpoint`); a restarted peer resumes after the last one,
 or catches up with the others' newest completed round if they have all moved on (:meth:`_catch_up`).
@@ -43,8 +61,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import logging
+import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,20 +76,49 @@ from ppaia.network.dht import Address, PeerDHT
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
 from ppaia.network.learner import PeerLearner, StepRole
-from ppaia.network.transfer import BanList, ModelServer, ModelVersion, NotReady, fetch_model, fetch_status
+from ppaia.network.members import initial_pins
+from ppaia.network.transfer import (
+    DEFAULT_PACE,
+    BanList,
+    ModelServer,
+    ModelVersion,
+    NotReady,
+    Pace,
+    Reason,
+    fetch_model,
+    fetch_status,
+)
 
 __all__ = ["Peer", "PeerOptions", "index_topic"]
 
 log = logging.getLogger(__name__)
 
-UNREACHABLE = frozenset({"unreachable", "timeout", "closed"})  # the sender may be gone: look it up again
+# The sender may be gone (or moved): look it up again, no strike. Every other reason is a strike, among
+# them Reason.SLOW_SENDER: a reply that started, then trickled.
+UNREACHABLE = frozenset({Reason.UNREACHABLE, Reason.TIMEOUT, "closed"})
+WAIT_ROUNDS = 4.0  # synchronous deadline for a silent sender: this many median round times
+ROUND_HISTORY = 16  # recent round times the deadline is derived from
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
 SERVED_BYTES = 256 << 20  # memory for the model versions a peer keeps serving
+
+Version = tuple[int, int]  # (round, step)
 
 
 def index_topic(swarm: str, index: int) -> str:
     """The DHT topic a peer provides to say "I play index `index` in swarm `swarm`"."""
     return f"{swarm}/peer/{index}"
+
+
+def _version(value: object) -> Version | None:
+    """A (round, step) a remote peer reported — a pair of non-negative integers, or a status's
+    {"round", "step", ...} — or None for anything else."""
+    if isinstance(value, dict):
+        value = (value.get("round"), value.get("step"))
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        round_, step = value
+        if all(type(x) is int and x >= 0 for x in (round_, step)):
+            return round_, step
+    return None
 
 
 @dataclass(frozen=True)
@@ -83,12 +131,14 @@ class PeerOptions:
     bootstrap: tuple[Address, ...] = ()
     swarm: str = "ppaia"
     synchronous: bool = True
-    wait: float = 60.0  # synchronous: seconds to wait for a sender's version before leaving it out
+    wait: float = 60.0  # synchronous: the most seconds to wait for a sender (see the timing policy)
+    min_wait: float = 2.0  # synchronous: the least seconds to wait for a sender that does not answer
     deadline: float = 2.0  # asynchronous: seconds a step waits for its senders
     max_staleness: int = 2  # asynchronous: rounds a substitute model may lag behind
     linger: float = 30.0  # after the last round: seconds to keep serving until every peer is done
     dht_ttl: float = 30.0
     max_model_bytes: int = 256 << 20  # a cap on top of the model's own encoded size
+    members: tuple[str, ...] = ()  # the peer id of each index (a closed swarm); () pins first holders
 
 
 @dataclass
@@ -127,9 +177,14 @@ class Peer:
             shared_addresses=LOOPBACK,  # in a local swarm every peer has the same address
         )
         self.dht = PeerDHT(self.identity, ttl=options.dht_ttl, rpc_timeout=2.0)
-        self._pinned: dict[int, str] = {}  # swarm index -> peer id (trust on first use)
+        # swarm index -> peer id: the members list, or each index's agreed first holder once seen
+        self._pinned = initial_pins(options.members, config.peers, options.index, self.identity.peer_id)
+        self._disputed: dict[int, frozenset[str]] = {}  # unpinned index -> its claimants, last logged
         self._addresses: dict[int, Address] = {}
         self._lookups: dict[int, asyncio.Future] = {}  # DHT lookups still running, by swarm index
+        self._round_times: deque[float] = deque(maxlen=ROUND_HISTORY)  # seconds, this peer's latest rounds
+        self._absent: dict[int, Version | None] = {}  # sender -> its newest version when it went absent
+        self._probes: dict[int, asyncio.Task[Version | None]] = {}  # status requests to absent senders
 
     def status(self) -> dict:
         """What ``ppaia status`` and the launcher see."""
@@ -160,6 +215,8 @@ class Peer:
             self.progress.phase = "done"
             await self._linger()
         finally:
+            for probe in self._probes.values():
+                probe.cancel()
             await self.dht.stop()
             await self.server.stop()
 
@@ -227,6 +284,7 @@ class Peer:
             self.progress.missing += missing
             self.progress.stale += stale
             self._log_round(round_, trained - started, mixed - trained, received, missing, stale)
+            self._round_times.append(time.perf_counter() - started)
 
     async def _catch_up(self, first: int) -> int:
         """The round a resumed peer continues from. If every peer that answers has completed round
@@ -271,14 +329,19 @@ class Peer:
         )  # fmt: skip
         return target + 1
 
-    async def _status(self, index: int) -> dict | None:
-        """Peer `index`'s status, or None if it cannot be found or does not answer."""
-        address = await self._address(index, 2.0)
+    async def _status(self, index: int, timeout: float = 2.0) -> dict | None:
+        """Peer `index`'s status (signed by its pinned id), or None if it cannot be found or does not
+        answer within `timeout` seconds (each, for the lookup and the request)."""
+        address = await self._address(index, timeout)
         if address is None:
             return None
         try:
-            return await fetch_status(*address, identity=self.identity, timeout=2.0)
-        except ProtocolError:
+            return await fetch_status(
+                *address, identity=self.identity, timeout=timeout, expect_sender=self._pinned.get(index)
+            )
+        except ProtocolError as err:
+            if err.reason in UNREACHABLE or err.reason == "wrong_sender":
+                self._addresses.pop(index, None)  # gone or moved: look it up again next time
             return None
 
     async def _publish(self, round_: int, step: int) -> ModelVersion:
@@ -308,49 +371,123 @@ class Peer:
     ) -> tuple[torch.Tensor | None, bool]:
         """Peer `index`'s version (round, step) per the timing policy: (model or None, whether stale).
 
-        Synchronous: wait up to `wait` seconds, restarted whenever the sender's newest version moves on
-        (only a sender that stops progressing times out). Asynchronous: wait `deadline` seconds, then
-        take the sender's newest version if it is at most `max_staleness` rounds old (and `substitute`).
-        A sender whose newest version is already past the one asked for will never serve it (dropped
-        from its window, or published before it crashed): give up at once.
+        An absent sender is not waited for until it has shown progress (:meth:`_returned`). Otherwise
+        wait (:meth:`_wait`); a wait that runs out makes the sender absent. Asynchronous (and
+        `substitute`): a sender's recent newest version stands in for the one it does not have.
+        """
+        if index in self._absent and not self._returned(index):
+            latest = self._absent[index]
+            log.info(
+                "peer %d: peer %d is absent (newest version %s); left out without waiting",
+                self.options.index, index, latest,
+            )  # fmt: skip
+            return await self._substitute(index, round_, latest, substitute)
+        model, latest, ran_out = await self._wait(index, round_, step)
+        if model is not None:
+            return model, False
+        if ran_out:
+            self._absent[index] = latest
+            log.warning(
+                "peer %d: no version %s from peer %d in time; left out until it progresses",
+                self.options.index, (round_, step), index,
+            )  # fmt: skip
+        return await self._substitute(index, round_, latest, substitute)
+
+    def _deadline(self) -> float:
+        """Seconds to wait for a sender that does not answer (the whole step's wait, asynchronous)."""
+        options = self.options
+        if not options.synchronous:
+            return options.deadline
+        if not self._round_times:  # the first round: no pace known yet, and peers start unevenly
+            return options.wait
+        pace = WAIT_ROUNDS * statistics.median(self._round_times)
+        return min(options.wait, max(options.min_wait, pace))
+
+    async def _wait(
+        self, index: int, round_: int, step: int
+    ) -> tuple[torch.Tensor | None, Version | None, bool]:
+        """Poll peer `index` for version (round, step), with back-off: (the model or None, the sender's
+        newest version as last reported, whether the wait ran out).
+
+        Synchronous: give up once the sender has not answered for :meth:`_deadline` seconds, or its
+        newest version has not moved for `wait` seconds. Asynchronous: give up after `deadline`. A
+        sender already past the version, or banned, is given up on at once.
         """
         options = self.options
         loop = asyncio.get_running_loop()
-        span = options.wait if options.synchronous else options.deadline
-        until = loop.time() + span
-        latest = address = peer_id = None
+        deadline = self._deadline()
+        stuck = options.wait if options.synchronous else deadline
+        heard = moved = loop.time()  # the sender's last answer, and its last progress (synchronous)
+        latest: Version | None = None
         pause = 0.01
-        while loop.time() < until:
+        while (until := min(heard + deadline, moved + stuck)) > loop.time():
             address = await self._address(index, until - loop.time())
             peer_id = self._pinned.get(index)
             if peer_id is not None and self.bans.is_banned(peer_id):
-                return None, False
+                return None, latest, False
             if address is not None:
                 try:
-                    model = await self._download(address, peer_id, round_, step, until - loop.time())
-                    return model, False
+                    model = await self._download(address, peer_id, round_, step, 2 * deadline)
+                    return model, (round_, step), False
                 except NotReady as err:
-                    if err.latest is not None and tuple(err.latest) > (round_, step):
-                        latest = tuple(err.latest)
-                        break
-                    if options.synchronous and err.latest != latest:
-                        until = loop.time() + span  # the sender is progressing: keep waiting
-                    latest = None if err.latest is None else tuple(err.latest)
+                    reported = _version(err.latest)
+                    if reported is not None and reported > (round_, step):
+                        return None, reported, False
+                    if options.synchronous:  # alive, and maybe progressing: keep waiting
+                        heard = loop.time()
+                        if reported != latest:
+                            moved = heard
+                    latest = reported
                 except ProtocolError as err:
                     self._reject(index, peer_id, err)
             await asyncio.sleep(max(min(pause, until - loop.time()), 0))
             pause = min(pause * 1.5, 0.25)
+        return None, latest, True
+
+    def _returned(self, index: int) -> bool:
+        """Whether absent peer `index` has shown progress: its status, asked in the background (one
+        request at a time, started here, so no step waits for it), reported a newest version other than
+        the one it had when it went absent. An answer counts from the step after the one that asked."""
+        probe = self._probes.pop(index, None)
+        if probe is not None and not probe.done():
+            self._probes[index] = probe  # still asking
+            return False
+        latest = None
+        if probe is not None and not probe.cancelled():
+            if probe.exception() is not None:
+                log.warning(
+                    "peer %d: asking peer %d failed: %r", self.options.index, index, probe.exception()
+                )
+            else:
+                latest = probe.result()
+        if latest is not None and latest != self._absent[index]:
+            del self._absent[index]
+            log.info("peer %d: peer %d is back (newest version %s)", self.options.index, index, latest)
+            return True
+        self._probes[index] = asyncio.create_task(self._probe(index))
+        return False
+
+    async def _probe(self, index: int) -> Version | None:
+        """Peer `index`'s newest version, from a status request; None if it does not answer (or has
+        none)."""
+        info = await self._status(index, self._deadline())
+        return None if info is None else _version(info.get("latest"))
+
+    async def _substitute(
+        self, index: int, round_: int, latest: Version | None, substitute: bool
+    ) -> tuple[torch.Tensor | None, bool]:
+        """Asynchronous, if `substitute`: the sender's newest version `latest` instead, if it is at most
+        `max_staleness` rounds old: (model, True). Otherwise (None, False): the sender is left out."""
+        options = self.options
         usable = (
             substitute
             and not options.synchronous
-            and address is not None
             and latest is not None
             and latest[0] >= round_ - options.max_staleness
         )
-        if not usable:
-            log.warning(
-                "peer %d: no version %s from peer %d in time; left out", options.index, (round_, step), index
-            )
+        address = await self._address(index, options.deadline) if usable else None
+        peer_id = self._pinned.get(index)
+        if address is None or latest is None or (peer_id is not None and self.bans.is_banned(peer_id)):
             return None, False
         try:
             model = await self._download(address, peer_id, latest[0], latest[1], max(options.deadline, 1.0))
@@ -362,6 +499,10 @@ class Peer:
     async def _download(
         self, address: Address, peer_id: str | None, round_: int, step: int, timeout: float
     ) -> torch.Tensor:
+        """Fetch and verify a model within `timeout` seconds; the reply must start, and then keep
+        coming at the transfer's minimum rate, within half of that (at most the default pace window):
+        a sender that trickles is cut off as ``slow_sender`` before the timeout, and struck."""
+        timeout = max(timeout, 0.5)
         fetched = await fetch_model(
             address[0],
             address[1],
@@ -370,8 +511,9 @@ class Peer:
             step=step,
             expected=self.expected,
             max_bytes=self.max_bytes,
-            timeout=max(timeout, 0.5),
+            timeout=timeout,
             expect_sender=peer_id,
+            pace=Pace(DEFAULT_PACE.min_rate, min(timeout / 2, DEFAULT_PACE.window)),
         )
         return self.learner.layout.join(fetched.tensors)
 
@@ -390,32 +532,57 @@ class Peer:
             log.warning("peer %d: peer %d (%s) is banned", self.options.index, index, peer_id)
 
     async def _address(self, index: int, timeout: float = 5.0) -> Address | None:
-        """Where peer `index` serves, from the DHT (pinning its peer id on first sight); None if not
-        found within `timeout` seconds. A lookup that outlasts the timeout goes on in the background and
-        the next call for the same index waits for it instead of starting another."""
+        """Where peer `index` serves, from the DHT (see `_locate`); None if not found within `timeout`
+        seconds. A lookup that outlasts the timeout goes on in the background and the next call for
+        the same index waits for it instead of starting another."""
         if index in self._addresses:
             return self._addresses[index]
-        topic = index_topic(self.options.swarm, index)
         lookup = self._lookups.get(index)
         if lookup is None:
-            lookup = self._lookups[index] = asyncio.ensure_future(self.dht.find_providers(topic))
+            lookup = self._lookups[index] = asyncio.ensure_future(self._locate(index))
         try:
-            providers = await asyncio.wait_for(asyncio.shield(lookup), max(timeout, 0.05))
+            address = await asyncio.wait_for(asyncio.shield(lookup), max(timeout, 0.05))
         except TimeoutError:
             return None
         except Exception as err:  # a hostile or broken DHT answer must not stop the peer
-            log.warning("peer %d: DHT lookup of %s failed: %r", self.options.index, topic, err)
+            log.warning("peer %d: DHT lookup of peer %d failed: %r", self.options.index, index, err)
             return None
         finally:
             if lookup.done():  # consumed (or failed): the next call starts a fresh lookup
                 self._lookups.pop(index, None)
+        if address is not None:
+            self._addresses[index] = address
+        return address
+
+    async def _locate(self, index: int) -> Address | None:
+        """Peer `index`'s address. A pinned index (members list, or pinned before) is found through
+        its peer's own `peer:` record, which no other key can publish. Otherwise the index is pinned to
+        the provider of its topic that a strict majority of the storing nodes hold first; nobody is
+        pinned while they disagree, and no claim wins by how it is dated."""
         pinned = self._pinned.get(index)
-        for record in providers:
-            if pinned is None or record.peer_id == pinned:
-                self._pinned[index] = record.peer_id
-                self._addresses[index] = (record.host, record.tcp_port)
-                return self._addresses[index]
-        return None
+        if pinned is not None:
+            record = await self.dht.find_peer(pinned)
+            return None if record is None else (record.host, record.tcp_port)
+        providers = await self.dht.lookup_providers(index_topic(self.options.swarm, index))
+        first = providers.first
+        if first is None:
+            claimants = frozenset(record.peer_id for record in providers.records)
+            if len(claimants) > 1 and self._disputed.get(index) != claimants:  # log each new dispute once
+                self._disputed[index] = claimants
+                log.warning(
+                    "peer %d: %d keys claim index %d and the DHT does not agree which came first (%s); "
+                    "not pinning it yet",
+                    self.options.index, len(providers.records), index, dict(providers.firsts),
+                )  # fmt: skip
+            return None
+        self._pinned[index] = first.peer_id
+        others = [record.peer_id for record in providers.records if record.peer_id != first.peer_id]
+        if others:
+            log.warning(
+                "peer %d: pinned index %d to %s, its first holder; ignoring later claims by %s",
+                self.options.index, index, first.peer_id, others,
+            )  # fmt: skip
+        return first.host, first.tcp_port
 
     async def _linger(self) -> None:
         """Keep serving until every other peer reports done or fails to answer 3 times in a row, within

@@ -6,6 +6,11 @@ it. Here every value is a *record set*: records signed by the peer they describe
 merged per signer (the newest `issued` wins). Storing nodes and readers verify every record, so a
 forged or stale record is refused by the first and ignored by the second.
 
+**Nobody wins by dating a claim.** A record may lie at most `MAX_CLOCK_SKEW` seconds in a reader's
+future, and a record's `issued` time orders only that signer's own records (a newer one replaces an
+older one). Storing nodes keep the signers of a key in the order their claims *arrived* (`in_order`),
+so which claimant came first is something the storing nodes witnessed, not something a signature says.
+
 Encoding is u-msgpack (already rpcudp's wire format; never pickle). A record's signature covers its
 exact `body` bytes, which start with a domain tag so a DHT signature can never be replayed as a
 signature of anything else the same key signs. A value must fit in one rpcudp request, so
@@ -33,11 +38,11 @@ __all__ = [
     "Record",
     "RecordError",
     "RecordTooLarge",
-    "capped",
     "decode_record",
     "decode_records",
     "encode_records",
     "freshest",
+    "in_order",
     "peer_key",
     "providers_key",
     "valid_records",
@@ -49,9 +54,12 @@ PROVIDERS_PREFIX = "providers:"
 MAX_REQUEST_BYTES = 8192  # rpcudp refuses to send a request whose packed [name, args] is larger
 _STORE_FRAMING = len(umsgpack.packb(["store", [bytes(20), bytes(20), bytes(256)]])) - 256
 MAX_VALUE_BYTES = MAX_REQUEST_BYTES - _STORE_FRAMING  # 8,137: the largest value a `store` RPC carries
-MAX_PROVIDERS = 20  # records a storing node keeps per key, freshest first
+MAX_PROVIDERS = 20  # signers a storing node keeps per key, the earliest to arrive
 MAX_TTL = 86_400.0  # a record may not claim to live longer than a day
-MAX_CLOCK_SKEW = 120.0  # seconds a record's `issued` may lie in the reader's future
+# Seconds a record's `issued` may lie in the reader's future. NTP keeps hosts within milliseconds and
+# even a clock left unsynchronised for days drifts by a few seconds, while every second allowed here is
+# a second an attacker's claim can look "newer" than an honest one issued at the same moment.
+MAX_CLOCK_SKEW = 5.0
 _BODY_FIELDS = 9
 
 
@@ -287,9 +295,20 @@ def freshest(records: Iterable[Record]) -> list[Record]:
     return sorted(newest.values(), key=lambda record: record.issued, reverse=True)
 
 
-def capped(records: Iterable[Record], limit: int = MAX_PROVIDERS) -> list[Record]:
-    """`freshest(records)` cut to at most `limit` records whose set fits in one DHT value."""
-    kept = freshest(records)[:limit]
+def in_order(held: Iterable[Record], arriving: Iterable[Record], limit: int = MAX_PROVIDERS) -> list[Record]:
+    """The record set a storing node keeps after `arriving` records reach it while it holds `held`.
+
+    One record per (key, signer), signers in order of first arrival: a signer already held keeps its
+    place and its newest record; a new signer joins at the end, and whoever does not fit (more than
+    `limit` signers, or a set over `MAX_VALUE_BYTES`) is cut from the end. So claims that arrive later
+    can never push out a claim the node already holds, however they are dated.
+    """
+    slots: dict[tuple[str, str], Record] = {}
+    for record in (*held, *arriving):
+        slot = (record.key, record.peer_id)
+        if slot not in slots or record.issued > slots[slot].issued:
+            slots[slot] = record  # a dict keeps the first insertion's place when a value is replaced
+    kept = list(slots.values())[:limit]
     while len(kept) > 1 and len(umsgpack.packb([record.signed for record in kept])) > MAX_VALUE_BYTES:
         kept.pop()
     return kept

@@ -5,6 +5,8 @@ can kill and restart any of them, polls their status over the wire protocol, and
 the models every peer checkpointed after each round — with the simulator's own evaluator — into a
 :class:`RunResult`, so ``ppaia launch`` writes the same files as ``ppaia run``. A peer that died keeps
 its last checkpointed model in later rounds' metrics (its initial model if it never checkpointed).
+A round file that fails its integrity check counts as never written, and is reported in
+:attr:`Swarm.damaged` instead of ending the run (its peer keeps its last model that verifies).
 ``bytes_sent`` counts model transfers as the simulator does (one model per sender in each peer's row),
 not bytes measured on the sockets.
 """
@@ -25,9 +27,10 @@ from pathlib import Path
 import torch
 
 from ppaia.config import ExperimentConfig
-from ppaia.network.checkpoint import read_rounds
+from ppaia.network.checkpoint import Checkpoint
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
+from ppaia.network.members import write_members
 from ppaia.network.transfer import fetch_status
 from ppaia.simulation.engine import BYTES_PER_VALUE, RunResult, Simulation
 
@@ -61,6 +64,7 @@ class Swarm:
     extra_args: tuple[str, ...] = ()
     ports: list[int] = field(default_factory=list)
     processes: dict[int, subprocess.Popen] = field(default_factory=dict)
+    damaged: dict[int, list[str]] = field(default_factory=dict)  # peer -> its refused checkpoints (result)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -69,6 +73,12 @@ class Swarm:
         self.config_file.write_text(self.config.to_toml())
         self.ports = [free_port() for _ in range(self.config.peers)]
         self.identity = Identity.generate()  # the launcher's own key, to sign status requests
+        # every peer's key, made now, so the swarm is closed: each peer follows only these keys
+        self.members_file = self.root / "peers" / "members.toml"  # next to the peers' data directories
+        write_members(
+            self.members_file,
+            [Identity.load_or_create(self.data_dir(i)).peer_id for i in range(self.n_peers)],
+        )
 
     @property
     def n_peers(self) -> int:
@@ -89,6 +99,7 @@ class Swarm:
                 "--data-dir", str(data_dir),
                 "--partition", f"{i}/{self.n_peers}",
                 "--threads", "1",  # N processes share the machine's cores
+                "--members", str(self.members_file),
                 *([] if self.synchronous else ["--async"]),
                 *self.extra_args,
             ]  # fmt: skip
@@ -157,10 +168,17 @@ class Swarm:
         return elapsed
 
     def result(self) -> RunResult:
-        """The run's metrics from every peer's checkpoints, computed as ``ppaia run`` computes them."""
+        """The run's metrics from every peer's checkpoints, computed as ``ppaia run`` computes them.
+        Checkpoints that fail their checks are left out and listed in :attr:`damaged`."""
         simulation = Simulation(self.config)
         expected = simulation.layout.expected()
-        rounds = [read_rounds(self.data_dir(i), expected) for i in range(self.n_peers)]
+        rounds = []
+        self.damaged = {}
+        for i in range(self.n_peers):
+            models, refused = Checkpoint(self.data_dir(i), self.config, i).rounds(expected)
+            rounds.append(models)
+            if refused:  # paths relative to the root, which `ppaia launch` renames to its output folder
+                self.damaged[i] = [str(err).replace(f"{self.root}{os.sep}", "") for err in refused]
         model_bytes = simulation.layout.size * BYTES_PER_VALUE
         simulation.rule.reset(self.n_peers)
         elapsed = self._elapsed()
