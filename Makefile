@@ -35,6 +35,8 @@ bench: $(STAMP) $(DEVCHAIN)
 	$(PY) benchmarks/ledger_throughput.py
 	$(PY) benchmarks/net_transfer.py
 	$(PY) benchmarks/dht_lookup.py
+	$(PY) benchmarks/dht_hostile.py
+	$(PY) benchmarks/fuzz_long.py --cases 100000
 	$(PY) benchmarks/swarm_round.py
 
 clean:
