@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -27,7 +28,7 @@ from ppaia.data import DATASETS, PARTITIONERS, DatasetSource, Partitioner
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, InitPolicy, ModelSpec, OptimizerSpec
 from ppaia.learning.continual import EWCSettings
 from ppaia.privacy import PRIVACY, PrivacyMechanism
-from ppaia.registry import Component, Registry, SpecError
+from ppaia.registry import Component, Registry, SpecError, fits_int64
 from ppaia.rules import RULES, CooperationRule
 from ppaia.topology import MIXINGS, TOPOLOGIES, MixingWeights, Topology
 
@@ -51,7 +52,9 @@ def _component(registry: Registry, prepare: Callable[[Any], Any] = lambda v: v) 
         try:
             return registry.create(prepare(value))
         except ValidationError as err:
-            raise ValueError(f"{registry.kind} options: {format_validation_error(err, ' ')}") from None
+            raise ValueError(
+                f"{registry.kind} options: {format_validation_error(err, ' ', whole='')}"
+            ) from None
 
     return BeforeValidator(build)
 
@@ -89,16 +92,19 @@ COMPONENT_FIELDS: dict[str, Registry] = {
     "privacy": PRIVACY,
 }
 NESTED_FIELDS = {"ewc": EWCSettings}
+SEED_MAX = 2**32 - 1  # scikit-learn's random_state range, the narrowest of the seed's consumers
 
 
 class ExperimentConfig(BaseModel):
     """One simulated experiment. The defaults are the built-in experiment (16 peers on digits)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     peers: int = Field(default=16, ge=1, description="number of peers")
     rounds: int = Field(default=40, ge=1, description="rounds of local training + cooperation")
-    seed: int = Field(default=0, ge=0, description="seed of every random choice in the run")
+    seed: int = Field(
+        default=0, ge=0, le=SEED_MAX, description="seed of every random choice in the run (0 to 2^32 − 1)"
+    )
     dataset: DatasetField = Field(default="digits", description="dataset by name")
     partition: PartitionField = Field(default="dirichlet(0.5)", description="how data is split over peers")
     min_samples: int = Field(default=2, ge=1, description="fewest training samples a peer may get")
@@ -126,9 +132,11 @@ class ExperimentConfig(BaseModel):
     ewc: EWCSettings | None = Field(
         default=None, description="Elastic Weight Consolidation against forgetting"
     )
-    tasks: list[list[int]] | None = Field(
+    tasks: list[list[Annotated[int, Field(ge=0)]]] | None = Field(
         default=None, min_length=1, description="classes of each task, trained in turn (continual learning)"
     )
+
+    _fits_int64 = field_validator("*")(fits_int64)
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
@@ -198,13 +206,13 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
-def format_validation_error(err: ValidationError, separator: str = "\n") -> str:
-    """One ``field.path: message`` line per problem."""
+def format_validation_error(err: ValidationError, separator: str = "\n", whole: str = "config") -> str:
+    """One ``field.path: message`` line per problem (`whole` names a problem of the model as a whole)."""
     lines = []
     for problem in err.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        where = ".".join(str(part) for part in problem["loc"]) or whole
         message = problem["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {message}")
+        lines.append(f"{where}: {message}" if where else message)
     return separator.join(lines)
 
 

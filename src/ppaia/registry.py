@@ -12,9 +12,22 @@ import ast
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
-__all__ = ["Component", "Registry", "SpecError", "parse_spec", "spec_to_table"]
+__all__ = ["INT64_MAX", "Component", "Registry", "SpecError", "fits_int64", "parse_spec", "spec_to_table"]
+
+INT64_MAX = 2**63 - 1
+
+
+def fits_int64(value: Any) -> Any:
+    """Pass `value` through if every int in it (lists included) fits in int64, torch's and numpy's index
+    type that every count and id of a config ends up in; Python's unbounded ints would overflow there."""
+    if isinstance(value, list):
+        for item in value:
+            fits_int64(item)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        raise ValueError(f"{value} does not fit in a 64-bit integer (|value| ≤ 2^63 − 1)")
+    return value
 
 
 class SpecError(ValueError):
@@ -22,11 +35,20 @@ class SpecError(ValueError):
 
 
 class Component(BaseModel):
-    """Base of every registered piece: its fields are the options a config may set."""
+    """Base of every registered piece: its fields are the options a config may set.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    Float options are finite unless a field says otherwise (``allow_inf_nan=True``), and int options fit
+    in int64: NaN, ±inf and oversized ints otherwise end in an arithmetic error deep inside a run.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, allow_inf_nan=False)
 
     name: ClassVar[str] = ""  # set by Registry.register
+
+    @field_validator("*")
+    @classmethod
+    def _fits_int64(cls, value: Any) -> Any:
+        return fits_int64(value)
 
     def spec(self) -> dict[str, Any]:
         """The TOML-table form of this component (name plus every option), for resolved configs."""

@@ -127,6 +127,21 @@ def test_models_with_buffers_are_refused(tmp_path, monkeypatch):
         Simulation(ExperimentConfig(**SMALL | {"model": "bn_model:build"}))
 
 
+@pytest.mark.parametrize(
+    ("module", "body", "expected"),
+    [
+        ("narrow", "return nn.Sequential(nn.Flatten(), nn.Linear(3, 10))", "fails on inputs of shape"),
+        ("negative", "return nn.Linear(-1, 10)", "cannot be built"),
+        ("overflowing", "raise OverflowError('too big')", "cannot be built"),
+    ],
+)
+def test_a_model_that_cannot_be_built_or_run_is_a_model_error(tmp_path, monkeypatch, module, body, expected):
+    (tmp_path / f"{module}.py").write_text(f"from torch import nn\ndef build():\n    {body}\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    with pytest.raises(ModelError, match=rf"^model import\(target={module}:build\): {expected}"):
+        Simulation(ExperimentConfig(**SMALL | {"model": f"{module}:build"}))
+
+
 PARITY_CASES_BYZANTINE = {
     "consensus-sign-flip": {"rule": "consensus", "attack": "sign_flip", "attackers": 0.34},
     "median-gaussian-complete": {

@@ -1,5 +1,10 @@
 """The ``ppaia`` command line: run or sweep experiments, list what is registered (network commands:
-:mod:`ppaia.cli.network`)."""
+:mod:`ppaia.cli.network`).
+
+Exit codes: 0 done; 2 a user error (config, data, output folder, a run that cannot fit in memory), with a
+message naming the field; 3 (`ppaia run`) the run diverged: outputs are written up to the last finite
+round and the message names the round and the peers.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from ppaia.attacks import ATTACKS
 from ppaia.config import ConfigError, ExperimentConfig, apply_overrides, format_validation_error, load_config
 from ppaia.data import DATASETS, PARTITIONERS, DataError, PartitionError
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError
-from ppaia.privacy import PRIVACY
+from ppaia.privacy import PRIVACY, PrivacyError
 from ppaia.registry import Registry, SpecError
 from ppaia.rules import RULES, SYNC_SCHEMES
 from ppaia.simulation import RunResult, Simulation
@@ -47,7 +52,9 @@ USER_ERRORS = (
     TopologyError,
     ModelError,
     OutputError,
+    PrivacyError,
 )
+DIVERGED = 3  # exit code of a run whose honest peers' parameters or loss stopped being finite
 REGISTRIES: tuple[tuple[str, Registry], ...] = (
     ("datasets", DATASETS),
     ("partitioners", PARTITIONERS),
@@ -112,7 +119,12 @@ def run(
         Path | None, typer.Option(help="output folder (new or empty); default runs/<rule>-<N>p-<time>")
     ] = None,
 ) -> None:
-    """Simulate an experiment and write config.toml, metrics.csv, summary.json, peers.csv and plots."""
+    """Simulate an experiment and write config.toml, metrics.csv, summary.json, peers.csv and plots.
+
+    Exits with 2 on a bad config (naming the field), and with 3 if the run diverges (NaN or inf in an
+    honest peer's parameters or loss): it then stops, writes its outputs up to the last finite round and
+    records the round and peers where it started under `diverged` in summary.json.
+    """
     try:
         cfg = load_config(config, overrides or [])
         out = out or default_out(cfg)
@@ -139,6 +151,9 @@ def run(
         result = simulation.run(on_round)
     write_outputs(result, out)
     console.print(summary_table(result, out))
+    if result.divergence is not None:
+        errors.print(f"[bold red]error:[/] {result.divergence.message()}; outputs in {out}", highlight=False)
+        raise typer.Exit(code=DIVERGED)
 
 
 @app.command("sweep")
@@ -157,7 +172,11 @@ def sweep_command(
         Path | None, typer.Option(help="output folder (new or empty); default runs/sweep-<time>")
     ] = None,
 ) -> None:
-    """Run a grid of config values × seeds; write sweep.csv (mean ± std per cell) and runs.csv."""
+    """Run a grid of config values × seeds; write sweep.csv (mean ± std per cell) and runs.csv.
+
+    A run that diverges does not stop the sweep: runs.csv marks it `diverged` (with its round), and its
+    cell's `diverged` column counts it; the cell's mean ± std are over the seeds that completed.
+    """
     try:
         base = apply_overrides(load_config(config).to_table() if config else {}, overrides or [])
         axes = dict(parse_grid_option(option) for option in grid or [])
@@ -180,6 +199,8 @@ def sweep_command(
         value = (
             f"{cell[f'{metric}_mean']:.4f} ± {cell[f'{metric}_std']:.4f}" if f"{metric}_mean" in cell else "-"
         )
+        if cell["diverged"]:
+            value += f" ({cell['diverged']} of {cell['seeds']} seeds diverged)"
         table.add_row(*(str(cell[key]) for key in result.keys), value)
     console.print(table)
 

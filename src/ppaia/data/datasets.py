@@ -53,6 +53,8 @@ class Dataset:
                 raise DataError(f"dataset {self.name!r}: {len(x)} {split} inputs but {len(y)} labels")
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
                 raise DataError(f"dataset {self.name!r}: {split} labels must lie in [0, {self.n_classes})")
+            if not (bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())):  # a finite sum suffices
+                raise DataError(f"dataset {self.name!r}: x_{split} holds NaN or infinite values")
         if self.x_test.shape[1:] != self.x_train.shape[1:]:
             raise DataError(
                 f"dataset {self.name!r}: test input shape {tuple(self.x_test.shape[1:])} differs from "
@@ -71,6 +73,11 @@ class DatasetSource(Component):
     @abstractmethod
     def load(self, seed: int) -> Dataset:
         """Build the dataset; ``seed`` fixes any random split or generation (fixed splits ignore it)."""
+
+    def load_bytes(self) -> int:
+        """Memory :meth:`load` takes at its peak, when the options decide it, so that a size no machine
+        holds is refused before it is allocated; 0 where fixed files decide it (they are read as they are)."""
+        return 0
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -93,9 +100,12 @@ class Digits(DatasetSource):
         from sklearn.model_selection import train_test_split
 
         x, y = load_digits(return_X_y=True)
-        x_tr, x_te, y_tr, y_te = train_test_split(
-            x, y, test_size=self.test_fraction, random_state=seed, stratify=y
-        )
+        try:
+            x_tr, x_te, y_tr, y_te = train_test_split(
+                x, y, test_size=self.test_fraction, random_state=seed, stratify=y
+            )
+        except ValueError as err:  # a split too small to hold every class on both sides
+            raise DataError(f"digits: test_fraction={self.test_fraction:g}: {err}") from None
         mean, std = x_tr.mean(axis=0), x_tr.std(axis=0)
         std[std == 0] = 1.0  # constant pixels (always blank in train) stay at zero instead of dividing by 0
 
@@ -121,6 +131,10 @@ class Synthetic(DatasetSource):
     features: int = Field(default=20, gt=0)
     classes: int = Field(default=10, ge=2)
     separation: float = Field(default=2.0, ge=0)
+
+    def load_bytes(self) -> int:
+        # float32 noise, the class means gathered per sample and their sum; float64 means drawn per class
+        return 3 * 4 * (self.samples + self.test_samples) * self.features + 12 * self.classes * self.features
 
     def load(self, seed: int) -> Dataset:
         rng = np.random.default_rng(seed)

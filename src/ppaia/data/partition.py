@@ -37,7 +37,7 @@ class Partitioner(Component):
         if len(labels) < n_peers * min_samples:
             raise PartitionError(
                 f"{len(labels)} samples cannot give {n_peers} peers {min_samples} each "
-                f"(needs {n_peers * min_samples})"
+                f"(peers × min_samples needs {n_peers * min_samples})"
             )
         owner = self._assign(labels, n_peers, np.random.default_rng(seed), min_samples)
         return _groups(owner, n_peers)

@@ -6,7 +6,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ppaia.registry import fits_int64
 
 __all__ = ["EWCSettings", "TaskSchedule", "forgetting"]
 
@@ -14,7 +16,9 @@ __all__ = ["EWCSettings", "TaskSchedule", "forgetting"]
 class EWCSettings(BaseModel):
     """Elastic Weight Consolidation: local loss + (strength/2)·Σⱼ Fⱼ(θⱼ − θ*ⱼ)²."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    _fits_int64 = field_validator("*")(fits_int64)
 
     strength: float = Field(default=25.0, ge=0, description="λ (the original used 25)")
     samples: int = Field(

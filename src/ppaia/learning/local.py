@@ -92,9 +92,10 @@ def activation_size(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(count) for m in leaves]
+    device = next(model.parameters(), torch.empty(0)).device  # "meta": sizes only, nothing allocated
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(torch.zeros(1, *input_shape, device=device))
     finally:
         for handle in handles:
             handle.remove()

@@ -12,19 +12,29 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ppaia.registry import Component, Registry
 
 __all__ = ["OPTIMIZERS", "OptimizerSpec"]
 
 State = dict[str, torch.Tensor]
+# Factors applied to float32 parameters must be float32 numbers: torch refuses a larger `alpha`, and an eps
+# below float32's smallest normal rounds to 0, making Adam's 0/0 on never-updated coordinates NaN.
+FLOAT32 = torch.finfo(torch.float32)
 
 
 class OptimizerSpec(Component):
     """A first-order optimizer with a batched, masked, in-place step over peers and a torch.optim twin."""
 
     weight_decay: float = Field(default=0.0, ge=0)
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _float32(cls, weight_decay: float) -> float:
+        if weight_decay > FLOAT32.max:
+            raise ValueError(f"{weight_decay:g} is beyond float32 (at most {FLOAT32.max:.3g})")
+        return weight_decay
 
     def init_state(self, params: torch.Tensor) -> State:
         return {}
@@ -74,6 +84,13 @@ class Adam(OptimizerSpec):
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.999, ge=0, lt=1)
     eps: float = Field(default=1e-8, gt=0)
+
+    @field_validator("eps")
+    @classmethod
+    def _normal_float32(cls, eps: float) -> float:
+        if not FLOAT32.tiny <= eps <= FLOAT32.max:
+            raise ValueError(f"{eps:g} is not a normal float32 ({FLOAT32.tiny:.3g} to {FLOAT32.max:.3g})")
+        return eps
 
     def init_state(self, params: torch.Tensor) -> State:
         zeros = torch.zeros_like(params)

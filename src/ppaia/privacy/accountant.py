@@ -7,12 +7,22 @@ from functools import cache
 import numpy as np
 import torch
 
-__all__ = ["ORDERS", "PeerAccountant", "noise_for_target", "rdp_per_step"]
+__all__ = [
+    "ORDERS",
+    "PeerAccountant",
+    "epsilon_from_rdp",
+    "epsilon_spent",
+    "noise_for_target",
+    "rdp_per_step",
+    "target_tolerance",
+]
 
 # Opacus' default RDP orders stop at 63; small noise multipliers (update-level DP at large ε) need higher ones
 # Opacus is imported where it is used: `import opacus` takes ~1.3 s (most of `import ppaia`), which every
 # command and every peer process would otherwise pay without using privacy.
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 192, 256, 384, 512, 1024]
+TARGET_TOLERANCE = 0.01  # Opacus' search for a target ε stops within this much of it (absolute) ...
+RELATIVE_TOLERANCE = 1e-4  # ... or this share of a large target: 0.01 of ε = 1e8 would take ~60 halvings
 
 
 @cache
@@ -23,6 +33,22 @@ def rdp_per_step(noise: float, rate: float) -> np.ndarray:
     if noise == 0:
         return np.full(len(ORDERS), np.inf)
     return np.asarray(compute_rdp(q=rate, noise_multiplier=noise, steps=1, orders=ORDERS), dtype=np.float64)
+
+
+def epsilon_from_rdp(rdp: np.ndarray, delta: float) -> float:
+    """ε of an RDP curve over ORDERS at δ (Opacus' conversion); 0 for no steps, inf for no noise."""
+    if not rdp.any():
+        return 0.0
+    if np.isinf(rdp).all():
+        return float("inf")
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    return float(get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)[0])
+
+
+def epsilon_spent(noise: float, rate: float, steps: int, delta: float) -> float:
+    """ε after `steps` subsampled Gaussian steps at (noise, rate)."""
+    return epsilon_from_rdp(steps * rdp_per_step(noise, rate), delta)
 
 
 class PeerAccountant:
@@ -38,13 +64,7 @@ class PeerAccountant:
         self._spent: torch.Tensor | None = None  # ε of every peer, until the next spend
 
     def _epsilon(self, rdp: np.ndarray) -> float:
-        if not rdp.any():
-            return 0.0
-        if np.isinf(rdp).all():
-            return float("inf")
-        from opacus.accountants.analysis.rdp import get_privacy_spent
-
-        return float(get_privacy_spent(orders=ORDERS, rdp=rdp, delta=self.delta)[0])
+        return epsilon_from_rdp(rdp, self.delta)
 
     def _added(
         self, peers: list[int], noise: torch.Tensor, rate: torch.Tensor, steps: torch.Tensor
@@ -77,8 +97,13 @@ class PeerAccountant:
             self._spent = None
 
 
+@cache
 def noise_for_target(target_epsilon: float, delta: float, rate: float, steps: int) -> float:
-    """The noise multiplier that spends `target_epsilon` in `steps` steps at `rate` (Opacus' search)."""
+    """The noise multiplier that spends `target_epsilon` in `steps` steps at `rate` (Opacus' search).
+
+    The target must be reachable (see :meth:`PrivateTraining` which checks it): Opacus' bisection otherwise
+    gives up ("budget too low") or, for a target beyond any noise, descends to z ≈ 0 where its series
+    divides by zero or never ends."""
     from opacus.accountants.utils import get_noise_multiplier
 
     return float(
@@ -88,6 +113,12 @@ def noise_for_target(target_epsilon: float, delta: float, rate: float, steps: in
             sample_rate=rate,
             steps=steps,
             accountant="rdp",
+            epsilon_tolerance=target_tolerance(target_epsilon),
             alphas=ORDERS,
         )
     )
+
+
+def target_tolerance(target_epsilon: float) -> float:
+    """How far below a target ε the noise search may stop (the ε it spends is at most the target)."""
+    return max(TARGET_TOLERANCE, RELATIVE_TOLERANCE * target_epsilon)

@@ -23,7 +23,25 @@ from pydantic import Field, model_validator
 from ppaia.learning.local import clip_rows
 from ppaia.registry import Component, Registry
 
-__all__ = ["DPSGD", "PRIVACY", "PrivacyMechanism", "UpdateDP"]
+__all__ = ["DPSGD", "NOISE_RANGE", "PRIVACY", "PrivacyError", "PrivacyMechanism", "UpdateDP", "accountable"]
+
+# Noise multipliers z the RDP accountant (Opacus' analysis) computes finitely and quickly at every sampling
+# rate: below ~1e-150 its series divides by z² = 0 or never ends, above ~1e154 z² overflows, and past ~1e4
+# the series at rate 0.5 takes seconds per step. Outside this range a run says nothing: z < 1e-6 already
+# gives ε > 1e11 per step, and beyond z = 1e3 ε sits at the (ε, δ) conversion's floor (~0.0035 at δ = 1e-5).
+NOISE_RANGE = (1e-6, 1e3)
+
+
+class PrivacyError(ValueError):
+    """Privacy settings the accountant cannot account for; the message names the option."""
+
+
+ACCOUNTABLE = f"the accountant handles 0 (no noise) or {NOISE_RANGE[0]:g} to {NOISE_RANGE[1]:g}"
+
+
+def accountable(noise: float) -> bool:
+    """Whether the accountant can account for noise multiplier `noise`: 0 or within :data:`NOISE_RANGE`."""
+    return noise == 0 or NOISE_RANGE[0] <= noise <= NOISE_RANGE[1]
 
 
 class PrivacyMechanism(Component):
@@ -43,7 +61,18 @@ class UpdateDP(PrivacyMechanism):
 
     record_level: ClassVar[bool] = False
     clip: float = Field(default=2.0, gt=0, description="ℓ2 bound C of a round's update")
-    epsilon: float = Field(default=8.0, gt=0, description="ε per release (inf: clip only)")
+    epsilon: float = Field(
+        default=8.0, gt=0, allow_inf_nan=True, description="ε per release (inf: clip only)"
+    )
+
+    @model_validator(mode="after")
+    def _accountable(self) -> UpdateDP:
+        if not accountable(self.noise_multiplier):
+            raise PrivacyError(
+                f"epsilon={self.epsilon:g} (delta={self.delta:g}) needs noise multiplier "
+                f"{self.noise_multiplier:.3g}; {ACCOUNTABLE}"
+            )
+        return self
 
     @property
     def sigma(self) -> float:
@@ -80,4 +109,6 @@ class DPSGD(PrivacyMechanism):
     def _one_way_to_set_noise(self) -> DPSGD:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ValueError("give exactly one of noise_multiplier and target_epsilon")
+        if self.noise_multiplier is not None and not accountable(self.noise_multiplier):
+            raise PrivacyError(f"noise_multiplier={self.noise_multiplier:g}: {ACCOUNTABLE}")
         return self

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-from functools import cache
 
 import torch
 
 from ppaia.learning.local import PrivateSteps, poisson_rate, steps_per_epoch
-from ppaia.privacy.accountant import PeerAccountant, noise_for_target
-from ppaia.privacy.mechanisms import DPSGD, PrivacyMechanism, UpdateDP
+from ppaia.privacy.accountant import PeerAccountant, epsilon_spent, noise_for_target, target_tolerance
+from ppaia.privacy.mechanisms import DPSGD, NOISE_RANGE, PrivacyError, PrivacyMechanism, UpdateDP
 from ppaia.seeding import Stream, generator
 
 __all__ = ["PrivateTraining"]
 
 log = logging.getLogger("ppaia.privacy")
-TARGET_TOLERANCE = 0.01  # Opacus' search for a target ε stops within this much of it
 
 
 class PrivateTraining:
@@ -40,12 +38,27 @@ class PrivateTraining:
         self.use_counts(counts)
         if isinstance(mechanism, DPSGD) and mechanism.target_epsilon is not None:
             target = mechanism.target_epsilon
-            noise = cache(lambda rate, steps: noise_for_target(target, mechanism.delta, rate, steps))
             self.noise = torch.tensor(
-                [noise(float(r), int(s) * rounds) for r, s in zip(self.rate, self.steps, strict=True)],
+                [
+                    self._noise_for(target, float(r), int(s) * rounds)
+                    for r, s in zip(self.rate, self.steps, strict=True)
+                ],
                 dtype=torch.float64,
             )
-            self.budget = min(self.budget or float("inf"), target + TARGET_TOLERANCE)
+            self.budget = min(self.budget or float("inf"), target + target_tolerance(target))
+
+    def _noise_for(self, target: float, rate: float, steps: int) -> float:
+        """The noise multiplier that spends `target` over a peer's whole run, if one in NOISE_RANGE does."""
+        delta = self.mechanism.delta
+        low, high = NOISE_RANGE
+        least, most = epsilon_spent(high, rate, steps, delta), epsilon_spent(low, rate, steps, delta)
+        if not least <= target <= most:
+            raise PrivacyError(
+                f"privacy.target_epsilon={target:g}: {steps} steps at sampling rate {rate:.3g} spend ε "
+                f"from {least:.3g} (noise multiplier {high:g}) to {most:.3g} ({low:g}); choose a target in "
+                "that range"
+            )
+        return noise_for_target(target, delta, rate, steps)
 
     def use_counts(self, counts: torch.Tensor) -> None:
         """Per-peer sampling rate and steps per round for the data each peer trains on now."""

@@ -25,6 +25,7 @@ from ppaia.topology.graphs import PeerGraph
 from ppaia.topology.mixing import Mixing, MixingWeights
 
 __all__ = [
+    "MAX_PLAN_STEPS",
     "RULES",
     "CooperationRule",
     "RoundContext",
@@ -53,6 +54,11 @@ class RoundContext:
     def live_graph(self) -> PeerGraph:
         """The links that are up this round (each with probability `link_up`)."""
         return self.graph.live(self.link_up, self.generator)
+
+
+# A round's plan holds each of its mixing steps (gossip: each pairwise averaging) and runs them one by one:
+# a count option above this per round could not be held or run (2^63 steps is a MemoryError, 1e8 an hour).
+MAX_PLAN_STEPS = 2**20
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan
+from ppaia.rules.base import MAX_PLAN_STEPS, RULES, CooperationRule, RoundContext, RoundPlan
 from ppaia.topology.mixing import mixing_step
 
 
@@ -12,7 +12,7 @@ from ppaia.topology.mixing import mixing_step
 class Consensus(CooperationRule):
     """K averaging steps θ ← Wθ per round with the configured mixing weights over the links that are up."""
 
-    steps: int = Field(default=1, ge=1)
+    steps: int = Field(default=1, ge=1, le=MAX_PLAN_STEPS)
 
     def plan(self, ctx: RoundContext) -> RoundPlan:
         step = mixing_step(ctx.mixing, ctx.live_graph(), ctx.n_samples)

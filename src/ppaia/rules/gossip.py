@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan
+from ppaia.rules.base import MAX_PLAN_STEPS, RULES, CooperationRule, RoundContext, RoundPlan
 from ppaia.topology.mixing import Mixing
 
 
@@ -42,7 +42,7 @@ class Gossip(CooperationRule):
     Each averaging picks a live link uniformly at random (with replacement), in sequence.
     """
 
-    pairs: int | None = Field(default=None, ge=1)
+    pairs: int | None = Field(default=None, ge=1, le=MAX_PLAN_STEPS)
 
     def plan(self, ctx: RoundContext) -> RoundPlan:
         live = ctx.live_graph()

@@ -5,12 +5,19 @@ computation, attackers (if any) replace what they send, the rule's mixing steps 
 and every peer is evaluated on the shared test set. :class:`Simulation` keeps training, cooperation and
 evaluation as methods so that the reference executor can replace them with a plain per-peer loop and be
 compared number for number.
+
+A run stops at the first round in which an honest peer's parameters (after local training, or after
+cooperation) or test loss stop being finite: every later number would be NaN, so the result records the
+round, the phase and the peers where it started (:class:`Divergence`) and keeps the history up to the
+last finite round. Attackers' rows are not checked: sending garbage is what some attacks do.
 """
 
 from __future__ import annotations
 
+import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,24 +25,65 @@ import numpy as np
 import torch
 
 from ppaia.attacks import Adversary, choose_attackers
-from ppaia.config import ExperimentConfig
-from ppaia.data import label_histogram
+from ppaia.config import ConfigError, ExperimentConfig
+from ppaia.data import DataError, PartitionError, label_histogram
 from ppaia.learning import BatchedEvaluator, BatchedTrainer, LocalData, ModelError, ParamLayout
 from ppaia.learning.continual import TaskSchedule, forgetting
 from ppaia.learning.ewc import Anchor, fisher_diagonal
 from ppaia.learning.holdout import PeerLearning, split_holdout
-from ppaia.learning.local import PrivateSteps
+from ppaia.learning.local import PrivateSteps, activation_size
 from ppaia.privacy import PrivateTraining
 from ppaia.rules import RoundContext, RoundPlan, apply_plan
 from ppaia.seeding import Stream, derive_seed, generator
-from ppaia.simulation.metrics import METRIC_COLUMNS, local_phase, metrics_row
-from ppaia.topology import PeerGraph, build_graph
+from ppaia.simulation.memory import check_fits, dataset_need, training_needs
+from ppaia.simulation.metrics import METRIC_COLUMNS, local_phase, metrics_row, nonfinite_peers
+from ppaia.topology import PeerGraph, TopologyError, build_graph
 
-__all__ = ["METRIC_COLUMNS", "RunResult", "Simulation", "run"]
+__all__ = ["METRIC_COLUMNS", "Divergence", "Phase", "RunResult", "Simulation", "run"]
 
 BYTES_PER_VALUE = 4  # models travel as float32
+PEERS_SHOWN = 10  # peers listed by name in a divergence message
 
 RoundCallback = Callable[[int, dict[str, float] | None], None]
+
+
+@contextmanager
+def config_field(name: str) -> Iterator[None]:
+    """Prefix a component's own error (data, partition, topology) with the config field it comes from."""
+    try:
+        yield
+    except (DataError, PartitionError, TopologyError) as err:
+        raise type(err)(f"{name}: {err}") from None
+
+
+class Phase(enum.StrEnum):
+    """The part of a round after which non-finite values were found."""
+
+    TRAINING = "local training"
+    COOPERATION = "cooperation"
+    EVALUATION = "evaluation"
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where a run diverged: the round, the phase and the honest peers whose values were not finite."""
+
+    round: int
+    phase: Phase
+    peers: list[int]
+
+    def message(self) -> str:
+        shown = ", ".join(map(str, self.peers[:PEERS_SHOWN]))
+        if len(self.peers) > PEERS_SHOWN:
+            shown += f" and {len(self.peers) - PEERS_SHOWN} more"
+        who = f"peer {shown} has" if len(self.peers) == 1 else f"peers {shown} have"
+        what = (
+            "a non-finite test loss at" if self.phase is Phase.EVALUATION else "non-finite parameters after"
+        )
+        return f"diverged in round {self.round}: {who} {what} {self.phase}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"round": self.round, "phase": str(self.phase), "peers": self.peers}
 
 
 @dataclass
@@ -54,6 +102,7 @@ class RunResult:
     init_steps: int = 0
     snapshots: dict[str, list[tuple[int, torch.Tensor]]] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
+    divergence: Divergence | None = None  # set when the run stopped early; history ends before it
 
     @property
     def final(self) -> dict[str, float]:
@@ -70,6 +119,7 @@ class RunResult:
             "init_bytes": self.history[0]["bytes_sent"],
             "attackers": self.attackers.nonzero().flatten().tolist(),
             "events": self.events,
+            "diverged": None if self.divergence is None else self.divergence.to_json(),
             **(
                 {"peer_epsilon": self.snapshots["epsilon"][-1][1].tolist()}
                 if "epsilon" in self.snapshots
@@ -88,23 +138,23 @@ class Simulation:
         started = time.perf_counter()
         self.config = cfg = config
         self.rule = cfg.rule.model_copy(deep=True)  # its learned state belongs to this simulation
-        self.dataset = cfg.dataset.load(cfg.seed)
+        check_fits([dataset_need(cfg)])
+        with config_field("dataset"):
+            self.dataset = cfg.dataset.load(cfg.seed)
+        self._check_tasks()
         labels = self.dataset.y_train.numpy()
-        parts = cfg.partition.split(
-            labels, cfg.peers, derive_seed(cfg.seed, Stream.PARTITION), cfg.min_samples
-        )
+        with config_field("partition"):
+            parts = cfg.partition.split(
+                labels, cfg.peers, derive_seed(cfg.seed, Stream.PARTITION), cfg.min_samples
+            )
         if self.rule.pooled:
             parts = [np.concatenate(parts)]
         n = len(parts)
         train_parts, held_parts = split_holdout(parts, cfg.holdout, derive_seed(cfg.seed, Stream.HOLDOUT))
         self.histogram = label_histogram(labels, train_parts, self.dataset.n_classes)
-        self.graph = self._graph(n)
-        self.model = self.build_model()
-        if any(True for _ in self.model.buffers()):
-            raise ModelError(
-                f"model {cfg.model.label()} has buffers (e.g. BatchNorm running statistics); peers are "
-                "simulated as stacked parameters only: use GroupNorm/LayerNorm instead"
-            )
+        with config_field("topology"):
+            self.graph = self._graph(n)
+        self.model = self._checked_model(n, max(len(part) for part in train_parts))
         self.layout = ParamLayout.of(self.model)
         self.init = cfg.init.initial_params(self.build_model, n, cfg.seed, self.graph)
         self.params = self.rule.initialize(self.init.params)
@@ -142,6 +192,7 @@ class Simulation:
             BatchedEvaluator(self.model, x_test[mask], y_test[mask])
             for mask in self.schedule.test_masks(y_test)
         ]
+        self.private_training()  # privacy the accountant cannot meet fails at set-up (the search is cached)
         self.trainer.warm_up(self.params)  # torch.func's first call costs ~1 s: count it as set-up
         self.setup_s = time.perf_counter() - started
 
@@ -160,6 +211,36 @@ class Simulation:
 
     def build_model(self) -> torch.nn.Module:
         return self.config.model.build(self.dataset.input_shape, self.dataset.n_classes)
+
+    def _checked_model(self, n_peers: int, largest_part: int) -> torch.nn.Module:
+        """The model, once the run's memory is known to fit and the model runs on the dataset's inputs."""
+        cfg, shape = self.config, self.dataset.input_shape
+        check_fits(training_needs(cfg, self.build_model, shape, n_peers, largest_part))
+        try:
+            model = self.build_model()
+        except ModelError:
+            raise
+        except (RuntimeError, ValueError, TypeError, OverflowError) as err:
+            raise ModelError(f"model {cfg.model.label()}: cannot be built: {err}") from None
+        if any(True for _ in model.buffers()):
+            raise ModelError(
+                f"model {cfg.model.label()} has buffers (e.g. BatchNorm running statistics); peers are "
+                "simulated as stacked parameters only: use GroupNorm/LayerNorm instead"
+            )
+        try:
+            activation_size(model, shape)  # one forward pass of a blank input
+        except (RuntimeError, ValueError, TypeError, OverflowError) as err:
+            raise ModelError(f"model {cfg.model.label()}: fails on inputs of shape {shape}: {err}") from None
+        return model
+
+    def _check_tasks(self) -> None:
+        classes = self.dataset.n_classes
+        unknown = sorted({c for task in self.config.tasks or [] for c in task if c >= classes})
+        if unknown:
+            raise ConfigError(
+                f"tasks: no class {', '.join(map(str, unknown))} in dataset {self.config.dataset.label()} "
+                f"(classes 0 to {classes - 1})"
+            )
 
     @property
     def n_peers(self) -> int:
@@ -247,7 +328,7 @@ class Simulation:
         first, accuracy, loss = self.measure(0, params, history, privacy)
         first |= {"bytes_sent": total, "bytes_cumulative": total}
         history.append(first | (local_phase(accuracy, self.honest) if local else {}))
-        anchor = None
+        anchor = divergence = None
         started = time.perf_counter()
         for round_ in range(1, cfg.rounds + 1):
             evaluating = cfg.evaluates(round_)
@@ -267,17 +348,24 @@ class Simulation:
             if privacy is not None:
                 params = privacy.release(held, params, trainers, round_)
                 privacy.spend(trainers)
+            if divergence := self._divergence(round_, Phase.TRAINING, params):
+                break
             after_training = (
                 local_phase(self.evaluate(params)[0], self.honest) if local and evaluating else {}
             )
             if adversary is not None:
                 params = adversary.send(params, held[adversary.attackers], round_)
             params = self.cooperate(plan, params, ctx)
+            if divergence := self._divergence(round_, Phase.COOPERATION, params):
+                break
             sent = plan.models_sent() * model_bytes
             total += sent
             row = None
             if evaluating:
-                row, accuracy, loss = self.measure(round_, params, history, privacy)
+                row, evaluated_accuracy, evaluated_loss = self.measure(round_, params, history, privacy)
+                if divergence := self._divergence(round_, Phase.EVALUATION, evaluated_loss):
+                    break
+                accuracy, loss = evaluated_accuracy, evaluated_loss
                 row |= after_training | plan.info
                 row |= {
                     "bytes_sent": sent,
@@ -305,7 +393,13 @@ class Simulation:
             self.init.steps,
             snapshots,
             events,
+            divergence,
         )
+
+    def _divergence(self, round_: int, phase: Phase, values: torch.Tensor) -> Divergence | None:
+        """A divergence if some honest peer's row of `values` (parameters or losses) is not finite."""
+        peers = nonfinite_peers(values, self.honest)
+        return Divergence(round_, phase, peers) if peers else None
 
     def measure(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["LOCAL_PHASE_COLUMNS", "METRIC_COLUMNS", "local_phase", "metrics_row", "spread"]
+__all__ = ["LOCAL_PHASE_COLUMNS", "METRIC_COLUMNS", "local_phase", "metrics_row", "nonfinite_peers", "spread"]
 
 METRIC_COLUMNS = (
     "round",
@@ -69,3 +69,15 @@ def local_phase(accuracy: torch.Tensor, honest: torch.Tensor) -> dict[str, float
     """Honest peers' accuracy right after local training (before cooperation)."""
     values = spread("local_acc", accuracy[honest])
     return {key: values[key] for key in LOCAL_PHASE_COLUMNS}
+
+
+def nonfinite_peers(values: torch.Tensor, among: torch.Tensor) -> list[int]:
+    """The peers of mask `among` whose row of `values` (``[N, D]`` parameters or ``[N]`` losses) holds NaN
+    or ±inf. One sum per row does it: NaN and ±inf never add up to a finite value, so only a row whose sum
+    is not finite (or overflowed) gets the elementwise test."""
+    sums = values.sum(-1) if values.dim() == 2 else values
+    suspects = (~torch.isfinite(sums) & among).nonzero().flatten()
+    if suspects.numel() == 0:
+        return []
+    rows = values[suspects].reshape(suspects.numel(), -1)
+    return suspects[~torch.isfinite(rows).all(-1)].tolist()

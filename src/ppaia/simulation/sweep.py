@@ -1,8 +1,14 @@
-"""Sweeps: a grid of config values × several seeds, summarised as mean ± std per grid cell."""
+"""Sweeps: a grid of config values × several seeds, summarised as mean ± std per grid cell.
+
+A run that diverges (see :class:`ppaia.simulation.engine.Divergence`) is kept in ``runs.csv`` with status
+``diverged`` and the round it diverged in, but without metrics; its cell counts it under ``diverged`` and
+averages only the seeds that completed, so one NaN never turns a whole cell into NaN unnoticed.
+"""
 
 from __future__ import annotations
 
 import csv
+import enum
 import itertools
 import statistics
 from collections import defaultdict
@@ -24,9 +30,24 @@ from rich.progress import (
 from ppaia.config import ConfigError, ExperimentConfig, parse_value, set_field
 from ppaia.simulation.engine import RunResult, Simulation
 
-__all__ = ["SweepResult", "SweepRun", "parse_grid_option", "sweep", "sweep_runs", "sweep_with_progress"]
+__all__ = [
+    "Status",
+    "SweepResult",
+    "SweepRun",
+    "parse_grid_option",
+    "sweep",
+    "sweep_runs",
+    "sweep_with_progress",
+]
 
 DEFAULT_METRICS = ("acc_mean", "acc_min", "honest_acc_mean", "consensus_distance", "bytes_cumulative")
+
+
+class Status(enum.StrEnum):
+    """How a run ended; a cell is DIVERGED when any of its seeds did."""
+
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -120,12 +141,18 @@ def sweep(
         if on_run is not None:
             on_run(run, result)
         labels = _labels(run.cell)
-        final = {**labels, "seed": run.seed, **_pick(result.final, metrics)}
+        final = {**labels, "seed": run.seed, **_outcome(result, metrics)}
         finals.append(final)
         groups[tuple(labels.items())].append(final)
     cells = []
     for labels, mine in groups.items():
-        row: dict[str, Any] = {**dict(labels), "seeds": len(mine)}
+        diverged = sum(final["status"] is Status.DIVERGED for final in mine)
+        row: dict[str, Any] = {
+            **dict(labels),
+            "seeds": len(mine),
+            "status": Status.DIVERGED if diverged else Status.COMPLETED,
+            "diverged": diverged,
+        }
         for metric in metrics:
             values = [final[metric] for final in mine if metric in final]
             if values:
@@ -158,8 +185,14 @@ def _labels(cell: dict[str, Any]) -> dict[str, str]:
     return {key: _label(value) for key, value in cell.items()}
 
 
-def _pick(final: dict[str, float], metrics: tuple[str, ...]) -> dict[str, float]:
-    return {metric: final[metric] for metric in metrics if metric in final}
+def _outcome(result: RunResult, metrics: tuple[str, ...]) -> dict[str, Any]:
+    """A run's status and final metrics, or where it diverged (its last metrics are not comparable)."""
+    if result.divergence is not None:
+        return {"status": Status.DIVERGED, "diverged_round": result.divergence.round}
+    return {
+        "status": Status.COMPLETED,
+        **{metric: result.final[metric] for metric in metrics if metric in result.final},
+    }
 
 
 def _label(value: Any) -> str:
