@@ -62,7 +62,10 @@ def peer(
         bool, typer.Option("--async", help="bounded waits; stale models allowed")
     ] = False,
     wait: Annotated[
-        float, typer.Option(help="synchronous: the most seconds to wait for a neighbour (less once paced)")
+        float,
+        typer.Option(
+            help="seconds to wait for the others at start; synchronous: per neighbour (less once paced)"
+        ),
     ] = 60.0,
     deadline: Annotated[float, typer.Option(help="asynchronous: seconds a mixing step waits")] = 2.0,
     swarm: Annotated[str, typer.Option(help="swarm name (DHT topics)")] = "ppaia",

@@ -11,8 +11,9 @@ FedAvg's server average) is computed by the smallest peer id the result goes to 
 the others fetch its version (r, s + 1). A peer keeps serving its newest versions within a memory budget
 (at least 4, at most 256).
 
-**Timing policy.** No global barrier: every peer proceeds as soon as it has what it needs. (A
-synchronous peer only waits, at start, until it can find every other peer in the DHT, at most `wait`.)
+**Timing policy.** No global barrier: every peer proceeds as soon as it has what it needs. (A peer only
+waits, at start, until it can find every other peer in the DHT, at most `wait`: in either mode a peer
+not yet started would otherwise be taken for an absent one, and the first peer would run alone.)
 
 - ``synchronous`` (default): a peer waits for each sender's exact version. With every model received the
   numbers are the simulator's. It gives up on a sender (left out of the step, :meth:`Mixing.restricted`:
@@ -209,8 +210,7 @@ class Peer:
         await self.dht.start(host, self.options.listen[1] or 0)
         try:
             await self._join(host)
-            if self.options.synchronous:
-                await self._rendezvous()
+            await self._rendezvous()
             await self._rounds()
             self.progress.phase = "done"
             await self._linger()
@@ -232,8 +232,8 @@ class Peer:
         await self.dht.provide(index_topic(self.options.swarm, self.options.index))
 
     async def _rendezvous(self) -> None:
-        """Synchronous start: look every other peer up in the DHT (up to `wait` seconds in all), so that
-        peers started a little later are not mistaken for dead ones in the first round."""
+        """Look every other peer up in the DHT (up to `wait` seconds in all), so that peers started a
+        little later are not mistaken for absent ones in the first round."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self.options.wait
         missing = set(range(self.config.peers)) - {self.options.index}
