@@ -204,7 +204,9 @@ def test_a_full_server_makes_newcomers_wait_for_a_stalled_reply_then_evicts_it()
     client stops reading, a newcomer evicts it after half a window ("slow_reader"), taking the place of
     another newcomer already waiting ("evicted": one may wait). With nobody waiting for its slot, a
     client that stops reading is cut after a whole window."""
-    pace = Pace(min_rate=64 << 10, window=1.0)  # slices of 64 KiB
+    # slices of 128 KiB; the steady reader below takes one in 0.2 s, so only an event-loop stall of
+    # 0.8 s (half a window, less its time) could make it look slow
+    pace = Pace(min_rate=64 << 10, window=2.0)
 
     async def scenario():
         async with ModelServer(
@@ -216,7 +218,7 @@ def test_a_full_server_makes_newcomers_wait_for_a_stalled_reply_then_evicts_it()
             reader, writer = await asyncio.open_connection(HOST, server.port, local_addr=("127.0.0.2", 0))
             writer.write(request_frame(Identity.generate()))
 
-            async def read_steadily() -> None:  # 640 KiB/s: each slice goes in well under half a window
+            async def read_steadily() -> None:  # 640 KiB/s: 5 times the rate a slice needs
                 while True:
                     await reading.wait()
                     await reader.read(64 << 10)
