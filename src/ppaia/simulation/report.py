@@ -12,11 +12,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from ppaia.simulation.engine import RunResult
 
@@ -106,7 +104,7 @@ def _write_series(name: str, series: list[tuple[int, torch.Tensor]], folder: Pat
             pairs, values = matrix.indices().T.tolist(), matrix.values().tolist()
             writer.writerows((round_, i, j, f"{v:.6g}") for (i, j), v in zip(pairs, values, strict=True))
     round_, matrix = series[-1]
-    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    figure, axis = _figure((5.5, 4.5))
     image = axis.imshow(densify(matrix).float().numpy(), cmap="viridis", vmin=0, interpolation="nearest")
     figure.colorbar(image, ax=axis, label=f"{name} (blank: never met)")
     axis.set(xlabel="partner", ylabel="peer", title=f"{name} after round {round_}")
@@ -117,7 +115,7 @@ def _plot(result: RunResult, folder: Path) -> None:
     rounds = [row["round"] for row in result.history]
     title = f"{result.config.rule.label()} · {result.params.shape[0]} peers"
 
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = _figure((6, 4))
     axis.plot(rounds, [row["acc_mean"] for row in result.history], label="mean over peers")
     axis.fill_between(
         rounds,
@@ -133,7 +131,7 @@ def _plot(result: RunResult, folder: Path) -> None:
     timed = [row for row in result.history if "sim_time" in row]
     if timed:  # a rule on a simulated clock (FLoBC's sync schemes): accuracy per simulated second
         start = result.history[0]
-        figure, axis = plt.subplots(figsize=(6, 4))
+        figure, axis = _figure((6, 4))
         axis.plot(
             [0.0] + [row["sim_time"] for row in timed],
             [start["acc_mean"]] + [row["acc_mean"] for row in timed],
@@ -142,7 +140,7 @@ def _plot(result: RunResult, folder: Path) -> None:
         axis.set(xlabel="simulated time (s)", ylabel="test accuracy (mean)", title=title, ylim=(0, 1))
         _save(figure, folder / "accuracy_vs_time.png")
 
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = _figure((6, 4))
     distance = [row["consensus_distance"] for row in result.history]
     axis.plot(rounds, distance)
     if max(distance) > 0:
@@ -150,17 +148,22 @@ def _plot(result: RunResult, folder: Path) -> None:
     axis.set(xlabel="round", ylabel="consensus distance (1/N)Σ‖θᵢ−θ̄‖²", title=title)
     _save(figure, folder / "consensus_distance.png")
 
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = _figure((6, 4))
     accuracy = result.peer_accuracy.tolist()
     axis.bar(range(len(accuracy)), accuracy, width=1.0 if len(accuracy) > 50 else 0.8)
     axis.set(xlabel="peer", ylabel="final test accuracy", title=title, ylim=(0, 1))
     _save(figure, folder / "peer_accuracy.png")
 
 
-def _save(figure, path: Path) -> None:
+def _figure(size: tuple[float, float]) -> tuple[Figure, Axes]:
+    """A figure outside pyplot: it needs no GUI backend and leaves the user's backend alone."""
+    figure = Figure(figsize=size)
+    return figure, figure.subplots()
+
+
+def _save(figure: Figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def line_plot(
@@ -173,7 +176,7 @@ def line_plot(
     ylim: tuple[float, float] | None = None,
 ) -> None:
     """One line per label, e.g. accuracy against rounds or against the share of attackers."""
-    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    figure, axis = _figure((6.5, 4.2))
     for label, (x, y) in lines.items():
         axis.plot(x, y, marker="o" if len(x) < 12 else None, label=label)
     axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
