@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers fuzzing imports
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "network"))
 import fuzzing
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import save as save_tensors
+from safetensors_format import SAFETENSORS_BITS
 
 from ppaia.codec import (
     DTYPE_CODES,
@@ -88,30 +89,6 @@ def test_non_finite_values_are_found_however_the_sum_comes_out(dtype: torch.dtyp
 # ---- hostile bodies: every family of header and data a peer or a damaged file can present ----------
 
 WEIGHT = "layer.weight"  # float32 [3, 4], the last 48 of the 68 data bytes
-SAFETENSORS_BITS = {  # every dtype the safetensors format names, with its bits per value
-    "BOOL": 8,
-    "F4": 4,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
-    "U8": 8,
-    "I8": 8,
-    "F8_E5M2": 8,
-    "F8_E4M3": 8,
-    "F8_E8M0": 8,
-    "F8_E4M3FNUZ": 8,
-    "F8_E5M2FNUZ": 8,
-    "I16": 16,
-    "U16": 16,
-    "F16": 16,
-    "BF16": 16,
-    "I32": 32,
-    "U32": 32,
-    "F32": 32,
-    "C64": 64,
-    "F64": 64,
-    "I64": 64,
-    "U64": 64,
-}
 STRUCTURE = r"^not a safetensors model: "  # how every framing, header and layout error begins
 
 

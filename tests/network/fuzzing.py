@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from safetensors_format import SAFETENSORS_BITS
 
 from ppaia import codec
 from ppaia.network.content import cid_of
@@ -227,30 +228,6 @@ def frame(rng: random.Random) -> bytes:
 
 # ---- safetensors bodies --------------------------------------------------------------------------------
 
-SAFETENSORS_BITS = {  # every dtype the safetensors format names, with its bits per value
-    "BOOL": 8,
-    "F4": 4,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
-    "U8": 8,
-    "I8": 8,
-    "F8_E5M2": 8,
-    "F8_E4M3": 8,
-    "F8_E8M0": 8,
-    "F8_E4M3FNUZ": 8,
-    "F8_E5M2FNUZ": 8,
-    "I16": 16,
-    "U16": 16,
-    "F16": 16,
-    "BF16": 16,
-    "I32": 32,
-    "U32": 32,
-    "F32": 32,
-    "C64": 64,
-    "F64": 64,
-    "I64": 64,
-    "U64": 64,
-}
 BAD_DTYPES: list[Any] = [
     "",
     "f32",

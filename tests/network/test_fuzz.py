@@ -24,7 +24,6 @@ from fuzzing import (
     NONCE,
     PARAMS,
     PEER,
-    SAFETENSORS_BITS,
     SEED,
     body_outcome,
     fixed_identity,
@@ -33,6 +32,7 @@ from fuzzing import (
     mutate_frame,
     outcome,
 )
+from safetensors_format import SAFETENSORS_BITS
 
 from ppaia import codec
 from ppaia.network.content import cid_of
