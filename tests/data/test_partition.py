@@ -153,3 +153,68 @@ def test_label_histogram_rows_sum_to_part_sizes() -> None:
     np.testing.assert_array_equal(hist.sum(0), np.bincount(labels, minlength=4))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         label_histogram(labels, parts, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# by_group: natural partitions (one writer, user or site per peer)
+
+
+def random_groups(n: int = 1000, n_groups: int = 12, seed: int = 0) -> np.ndarray:
+    """Group ids of uneven sizes, every group present."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([np.arange(n_groups), rng.integers(0, n_groups, n - n_groups) ** 2 % n_groups])
+
+
+def test_by_group_with_one_peer_per_group_gives_peer_i_group_i() -> None:
+    groups = random_groups()
+    labels = random_labels(len(groups))
+    parts = PARTITIONERS.create("by_group").split(labels, 12, seed=3, groups=groups)
+    for peer, part in enumerate(parts):
+        np.testing.assert_array_equal(part, np.flatnonzero(groups == peer))
+
+
+@pytest.mark.parametrize("n_peers", [1, 5, 11])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_by_group_with_fewer_peers_deals_whole_groups_round_robin(n_peers: int, seed: int) -> None:
+    groups = random_groups(seed=seed)
+    split = PARTITIONERS.create("by_group").split
+    parts = split(random_labels(len(groups)), n_peers, seed=seed, groups=torch.from_numpy(groups))
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(groups)))
+    held = [set(groups[part].tolist()) for part in parts]
+    assert sorted(g for peer in held for g in peer) == list(range(12))  # each group on exactly one peer
+    assert {len(peer) for peer in held} <= {12 // n_peers, -(-12 // n_peers)}  # round-robin counts
+    again = split(random_labels(len(groups)), n_peers, seed=seed, groups=groups)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    if n_peers > 1:
+        others = [split(random_labels(len(groups)), n_peers, seed=s, groups=groups) for s in range(10, 13)]
+        assert any(not all(np.array_equal(a, b) for a, b in zip(parts, o, strict=True)) for o in others)
+
+
+def test_by_group_numbers_arbitrary_group_values_in_sorted_order() -> None:
+    groups = np.array([50, 7, 50, -3, 7, 7])
+    parts = PARTITIONERS.create("by_group").split(np.zeros(6, dtype=int), 3, seed=0, groups=groups)
+    assert [p.tolist() for p in parts] == [[3], [1, 4, 5], [0, 2]]
+
+
+def test_by_group_refuses_what_it_cannot_do() -> None:
+    by_group = PARTITIONERS.create("by_group")
+    groups = random_groups(100, n_groups=4)
+    labels = random_labels(100)
+    with pytest.raises(PartitionError, match=r"no group column/array; give csv\(group_column=...\)"):
+        by_group.split(labels, 4, seed=0)
+    with pytest.raises(PartitionError, match="has 4 groups, fewer than the 5 peers; set peers to at most 4"):
+        by_group.split(labels, 5, seed=0, groups=groups)
+    with pytest.raises(PartitionError, match="groups for labels"):
+        by_group.split(labels, 2, seed=0, groups=groups[:50])
+    small = np.array([0] * 30 + [1] * 2 + [2] * 30)
+    with pytest.raises(PartitionError, match=r"peer 1 \(group 1\) gets 2 samples; need min_samples=3"):
+        by_group.split(np.zeros(62, dtype=int), 3, seed=0, min_samples=3, groups=small)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_label_partitioners_ignore_groups(spec: str) -> None:
+    labels = random_labels(500)
+    partitioner = PARTITIONERS.create(spec)
+    plain = partitioner.split(labels, 7, seed=2)
+    grouped = partitioner.split(labels, 7, seed=2, groups=random_groups(500))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, grouped, strict=True))

@@ -32,7 +32,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A classification task: float32 inputs ``[n, *input_shape]``, int64 labels in ``[0, n_classes)``."""
+    """A classification task: float32 inputs ``[n, *input_shape]``, int64 labels in ``[0, n_classes)``.
+
+    ``groups_train``, when the data has a group (writer, user, site) per row, holds each training row's
+    group id from 0 up; ``partition = "by_group"`` deals whole groups to peers.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -40,6 +44,7 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     n_classes: int
+    groups_train: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         # Checked once here so every consumer can rely on dtypes, matching lengths and label range.
@@ -55,6 +60,16 @@ class Dataset:
                 raise DataError(f"dataset {self.name!r}: {split} labels must lie in [0, {self.n_classes})")
             if not (bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())):  # a finite sum suffices
                 raise DataError(f"dataset {self.name!r}: x_{split} holds NaN or infinite values")
+        groups = self.groups_train
+        if groups is not None and (
+            groups.dtype != torch.int64
+            or groups.shape != self.y_train.shape
+            or (len(groups) and int(groups.min()) < 0)
+        ):
+            raise DataError(
+                f"dataset {self.name!r}: expected groups_train as {len(self.y_train)} int64 ids from 0 up, "
+                f"one per training row; got shape {tuple(groups.shape)} of {groups.dtype}"
+            )
         if self.x_test.shape[1:] != self.x_train.shape[1:]:
             raise DataError(
                 f"dataset {self.name!r}: test input shape {tuple(self.x_test.shape[1:])} differs from "

@@ -1,4 +1,5 @@
-"""Splitting a training set among peers: IID, label skew (Dirichlet, shards, majority), size skew (quantity).
+"""Splitting a training set among peers: IID, label skew (Dirichlet, shards, majority), size skew (quantity),
+and natural groups (by_group: one writer, user or site per peer).
 
 A :class:`Partitioner` turns a label vector into one index array per peer. Parts are disjoint, sorted,
 deterministic given the seed, and each holds at least ``min_samples`` indices; when that is impossible a
@@ -24,10 +25,19 @@ class PartitionError(ValueError):
 class Partitioner(Component):
     """A registered way of dealing sample indices to peers."""
 
-    def split(self, labels: np.ndarray, n_peers: int, seed: int, min_samples: int = 1) -> list[np.ndarray]:
+    def split(
+        self,
+        labels: np.ndarray,
+        n_peers: int,
+        seed: int,
+        min_samples: int = 1,
+        *,
+        groups: np.ndarray | None = None,
+    ) -> list[np.ndarray]:
         """One sorted int64 index array (into ``labels``) per peer: disjoint, each of size >= ``min_samples``.
 
         The same ``labels``, ``n_peers``, ``seed`` and ``min_samples`` always give the same parts.
+        ``groups`` (one group id per sample, the dataset's ``groups_train``) is used by ``by_group`` only.
         """
         labels = np.asarray(labels)
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
@@ -245,5 +255,61 @@ class Majority(Partitioner):
             raise PartitionError(
                 f"majority(share={self.share}) gives peer {short} only {sizes[short]} of {len(labels)} "
                 f"samples ({n_peers} peers in {n_groups} groups); need min_samples={min_samples} each"
+            )
+        return owner
+
+
+@PARTITIONERS.register("by_group")
+class ByGroup(Partitioner):
+    """Natural partition: each group of the data (writer, user, site) goes whole to one peer.
+
+    With as many peers as groups, peer i holds group i (groups are numbered in the sorted order of their
+    values). With fewer peers, the groups are dealt round-robin in a seeded random order, so a peer may
+    hold several. More peers than groups is a :class:`PartitionError`, as is a peer left with fewer than
+    ``min_samples`` samples. Labels play no part; the groups come from the dataset's group column or array.
+    """
+
+    def split(
+        self,
+        labels: np.ndarray,
+        n_peers: int,
+        seed: int,
+        min_samples: int = 1,
+        *,
+        groups: np.ndarray | None = None,
+    ) -> list[np.ndarray]:
+        if groups is None:
+            raise PartitionError(
+                "by_group: the dataset has no group column/array; give csv(group_column=...) or "
+                "npz(group_array=...), or a python factory that returns (x, y, groups)"
+            )
+        groups, labels = np.asarray(groups), np.asarray(labels)
+        if groups.shape != labels.shape:
+            raise PartitionError(f"by_group: {groups.shape} groups for labels of shape {labels.shape}")
+        # Group ids 0..G-1 (in sorted order of the values) take the labels' place in the base class.
+        return super().split(
+            np.unique(groups, return_inverse=True)[1].reshape(-1), n_peers, seed, min_samples
+        )
+
+    def _assign(
+        self, groups: np.ndarray, n_peers: int, rng: np.random.Generator, min_samples: int
+    ) -> np.ndarray:
+        n_groups = int(groups.max()) + 1 if len(groups) else 0
+        if n_peers > n_groups:
+            raise PartitionError(
+                f"by_group: the dataset has {n_groups} groups, fewer than the {n_peers} peers; "
+                f"set peers to at most {n_groups}"
+            )
+        peer_of = np.arange(n_groups)
+        if n_peers < n_groups:
+            peer_of[rng.permutation(n_groups)] = np.arange(n_groups) % n_peers
+        owner = peer_of[groups]
+        sizes = np.bincount(owner, minlength=n_peers)
+        if sizes.min() < min_samples:
+            short = int(np.argmin(sizes))
+            held = ", ".join(map(str, np.flatnonzero(peer_of == short)))
+            raise PartitionError(
+                f"by_group: peer {short} (group {held}) gets {sizes[short]} samples; need min_samples="
+                f"{min_samples} each (fewer peers put several groups on one peer)"
             )
         return owner
