@@ -61,7 +61,7 @@ def measure(simulation: Simulation) -> dict[str, float]:
     return {
         "round_s": statistics.median(durations),
         "eval_s": statistics.median(evaluations),
-        "setup_s": simulation.setup_s,
+        "setup_s": simulation.setup.setup_s,
         "acc": result.final["acc_mean"],
     }
 

@@ -73,7 +73,7 @@ def run_swarm(config: ppaia.ExperimentConfig, root: Path) -> tuple[Swarm, float,
             if time.time() - started > TIMEOUT:
                 raise TimeoutError(f"the swarm did not finish within {TIMEOUT:.0f} s")
             statuses = asyncio.run(swarm.statuses())
-            rounds = [info["round"] for info in statuses.values() if info]
+            rounds = [info.round for info in statuses.values() if info]
             print(f"\r{time.time() - started:6.1f} s  rounds of the peers up: {sorted(rounds)}", end="")
             time.sleep(1.0)
         print()

@@ -13,7 +13,7 @@ def round_of(trained, held=None, past=(), round_=1, peers=None):
     held = torch.zeros_like(trained) if held is None else held
     peers = torch.arange(len(trained)) if peers is None else peers
     initial = torch.full_like(trained, 7.0)
-    return AttackRound(round_, peers, trained, held, initial, past, torch.Generator().manual_seed(0))
+    return AttackRound(round_, peers, trained, held, initial, past, key=0)
 
 
 def test_attackers_are_a_seeded_share_of_peers():

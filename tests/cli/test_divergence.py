@@ -123,7 +123,7 @@ def test_a_sweep_marks_diverged_cells_and_still_reports_the_others(tmp_path):
 def test_configs_that_used_to_end_in_tracebacks_exit_2_naming_the_field(
     tmp_path, monkeypatch, setting, named
 ):
-    monkeypatch.setattr("ppaia.simulation.memory.available_memory", lambda: 2**33)  # any machine: 8 GiB
+    monkeypatch.setattr("ppaia.experiment.memory.available_memory", lambda: 2**33)  # any machine: 8 GiB
     result = invoke(tmp_path, [setting], rounds=1)
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)

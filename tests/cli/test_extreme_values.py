@@ -91,7 +91,7 @@ CASES = [
 @pytest.mark.parametrize(("key", "setup", "value"), CASES)
 def test_extreme_value_runs_or_is_refused_naming_the_field(tmp_path, monkeypatch, key, setup, value):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("ppaia.simulation.memory.available_memory", lambda: MEMORY)
+    monkeypatch.setattr("ppaia.experiment.memory.available_memory", lambda: MEMORY)
     settings = [*BASE, *setup, f"{key}={LISTS.get(key, '{}').format(value)}"]
     arguments = ["sweep", "--seeds", "1", "--out", "out"]
     for setting in settings:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ppaia.config import ConfigError, load_config
+from ppaia.experiment.memory import FLOAT, Need, available_memory, check_fits, training_needs
 from ppaia.learning import MODELS
 from ppaia.simulation import Simulation
-from ppaia.simulation.memory import FLOAT, Need, available_memory, check_fits, training_needs
 
 DIGITS = ((1, 8, 8), 10)
 
@@ -63,17 +63,19 @@ def test_check_fits_names_the_fields_of_the_parts_that_drive_the_need(available)
 
 
 def test_a_model_no_machine_holds_is_refused_before_it_is_built(monkeypatch):
-    built, build = [], Simulation.build_model
+    config = load_config(None, ["peers=4", "model=mlp(hidden=[10000000000])"])
+    spec = type(config.model)
+    built, build = [], spec.build
 
-    def recorded(simulation):
-        model = build(simulation)
+    def recorded(self, *args):
+        model = build(self, *args)
         built.append(next(model.parameters()).device.type)
         return model
 
-    monkeypatch.setattr(Simulation, "build_model", recorded)
+    monkeypatch.setattr(spec, "build", recorded)
     monkeypatch.setattr(
-        "ppaia.simulation.memory.available_memory", lambda: 2**40
+        "ppaia.experiment.memory.available_memory", lambda: 2**40
     )  # 1 TiB, whatever runs this
     with pytest.raises(ConfigError, match=r"^model, peers: the run needs at least"):
-        Simulation(load_config(None, ["peers=4", "model=mlp(hidden=[10000000000])"]))
+        Simulation(config)
     assert built == ["meta"]  # sized on the meta device, never built for real

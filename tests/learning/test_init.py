@@ -39,7 +39,7 @@ def decreasing_norms(n: int, d: int = 5) -> torch.Tensor:
 )
 def test_every_peer_ends_with_the_largest_norm_draw(spec, n, seed):
     graph = build_graph(TOPOLOGIES.create(spec), n, seed)
-    own = independent_params(build, n, seed=4)
+    own = independent_params(build, list(range(n)), seed=4)
     init = max_norm(n, graph, seed=4)
     best = own.norm(dim=1).argmax()
     torch.testing.assert_close(init.params, own[best].expand(n, -1), rtol=0, atol=0)
@@ -96,7 +96,7 @@ def test_one_peer_runs_the_same_step_on_what_it_received():
 
 
 def test_without_links_every_peer_keeps_its_own_draw():
-    own = independent_params(build, 5, seed=2)
+    own = independent_params(build, list(range(5)), seed=2)
     for graph in [None, PeerGraph(5, torch.zeros(2, 0, dtype=torch.long))]:
         init = max_norm(5, graph, seed=2)
         torch.testing.assert_close(init.params, own, rtol=0, atol=0)
@@ -116,3 +116,16 @@ def test_max_norm_is_deterministic_by_seed():
     torch.testing.assert_close(first.params, again.params, rtol=0, atol=0)
     assert (first.steps, first.models_sent) == (again.steps, again.models_sent)
     assert not torch.equal(first.params, other.params)
+
+
+@pytest.mark.parametrize("policy", ["common", "independent", "max_norm"])
+@pytest.mark.parametrize(("spec", "n"), [("ring", 9), ("erdos_renyi(p=0.3)", 12), ("star", 6)])
+def test_a_few_peers_rows_equal_those_rows_of_the_whole_swarm(policy, spec, n):
+    """A networked peer asks for its own row only; it must be the simulator's row, cost included."""
+    graph = build_graph(TOPOLOGIES.create(spec), n, 3)
+    init = INIT_POLICIES.create(policy)
+    whole = init.initial_params(build, n, 5, graph)
+    for ids in ([0], [n - 1], [2, n // 2]):
+        part = init.initial_params(build, n, 5, graph, torch.tensor(ids))
+        assert torch.equal(part.params, whole.params[ids])
+        assert (part.steps, part.models_sent) == (whole.steps, whole.models_sent)

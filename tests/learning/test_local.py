@@ -11,12 +11,13 @@ from ppaia.learning.models import MODELS
 
 def test_epoch_order_puts_each_peers_own_positions_first():
     counts = torch.tensor([3, 7, 1, 5])
-    order = epoch_order(counts, seed=1, round_=2, epoch=0)
+    ids = torch.arange(4)
+    order = epoch_order(counts, ids, seed=1, round_=2, epoch=0)
     assert order.shape == (4, 7)
     for peer, count in enumerate(counts.tolist()):
         assert sorted(order[peer, :count].tolist()) == list(range(count))
-    assert torch.equal(order, epoch_order(counts, seed=1, round_=2, epoch=0))
-    assert not torch.equal(order, epoch_order(counts, seed=1, round_=2, epoch=1))
+    assert torch.equal(order, epoch_order(counts, ids, seed=1, round_=2, epoch=0))
+    assert not torch.equal(order, epoch_order(counts, ids, seed=1, round_=2, epoch=1))
 
 
 def test_unequal_peers_each_do_their_own_epochs_like_a_per_peer_loop():
@@ -39,7 +40,7 @@ def test_unequal_peers_each_do_their_own_epochs_like_a_per_peer_loop():
         module = layout.load(MODELS.create("mlp(hidden=[8])").build((6,), 3), start[peer])
         reference = optimizer.torch_optimizer(module.parameters(), 0.1)
         for epoch in range(2):
-            order = epoch_order(data.counts, 3, 1, epoch)[peer, : data.counts[peer]]
+            order = epoch_order(data.counts, data.ids, 3, 1, epoch)[peer, : data.counts[peer]]
             for batch in data.peer_samples(peer)[order].split(8):
                 reference.zero_grad()
                 F.cross_entropy(module(x[batch]), y[batch]).backward()

@@ -3,8 +3,8 @@
 import pytest
 
 from ppaia.codec import encode
+from ppaia.experiment import Setup
 from ppaia.ledger import Ledger, LedgerError, content_hash, from_fixed, run_flobc_on_ledger
-from ppaia.simulation import Simulation
 
 CONFIG = {
     "peers": 8,
@@ -41,7 +41,7 @@ def test_every_release_is_recorded_and_matches_the_simulation():
 
 def test_hashes_name_the_released_models():
     run = run_flobc_on_ledger({**CONFIG, "rounds": 1})
-    layout = Simulation(run.result.config).layout
+    layout = Setup.batch(run.result.config).layout
     for release, model in ((run.releases[0], run.initial), (run.releases[1], run.result.params[0])):
         assert release.model_hash == content_hash(encode(layout.unflatten(model)))
         assert run.ledger.version(release.version).model_hash == release.model_hash

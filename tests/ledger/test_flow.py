@@ -71,7 +71,8 @@ def test_accuracy_improves_and_equals_plain_fedavg(flow: FlowResult) -> None:
     assert all(a < b for a, b in pairwise(accuracy))
     assert accuracy[-1] > 0.8
     simulated = ppaia.run(CONFIG.model_copy(update={"rule": ppaia.RULES.create("fedavg")}))
-    assert torch.equal(flow.params, simulated.params[0])  # same training, same mean: the same bits
+    # each client trains alone, the simulator all at once: the same numbers up to float rounding
+    torch.testing.assert_close(flow.params, simulated.params[0], rtol=1e-5, atol=1e-6)
     for record, row in zip(flow.rounds, simulated.history, strict=True):
         assert record.accuracy == pytest.approx(row["acc_mean"], abs=1e-6)
 

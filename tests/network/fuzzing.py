@@ -38,7 +38,15 @@ from ppaia.network.content import cid_of
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
 from ppaia.network.transfer import NotReady, check_header
-from ppaia.network.wire import ModelHeader, NotReadyReply, canonical, open_message, read_frame, seal
+from ppaia.network.wire import (
+    ModelHeader,
+    NotReadyReply,
+    canonical,
+    open_message,
+    read_frame,
+    seal,
+    signed_bytes,
+)
 
 SEED = 20_261_121
 
@@ -145,7 +153,7 @@ def with_length(payload: bytes) -> bytes:
 
 def resign(obj: dict[str, Any], signer: Identity) -> dict[str, Any]:
     unsigned = {name: value for name, value in obj.items() if name != "sig"}
-    return {**unsigned, "sig": signer.sign(canonical(unsigned)).hex()}
+    return {**unsigned, "sig": signer.sign(signed_bytes(unsigned)).hex()}
 
 
 def swap_value(rng: random.Random, payload: bytes, signer: Identity) -> bytes:

@@ -7,9 +7,16 @@ from ppaia.network.learner import PeerLearner
 
 
 def run_peers(config: ppaia.ExperimentConfig, drop: set[int] = frozenset()) -> torch.Tensor:
+    """Every peer's final parameters (see :func:`run_learners`)."""
+    return torch.stack([learner.params for learner in run_learners(config, drop)])
+
+
+def run_learners(
+    config: ppaia.ExperimentConfig, drop: set[int] = frozenset(), learners: list[PeerLearner] | None = None
+) -> list[PeerLearner]:
     """Every peer's learner in one process, passing models by hand as the network would; peers in
     `drop` never send anything."""
-    learners = [PeerLearner(config, i) for i in range(config.peers)]
+    learners = learners or [PeerLearner(config, i) for i in range(config.peers)]
     for round_ in range(1, config.rounds + 1):
         roles = []
         for learner in learners:
@@ -31,4 +38,4 @@ def run_peers(config: ppaia.ExperimentConfig, drop: set[int] = frozenset()) -> t
                     learner.params = results[steps[step].server].clone()
                 elif i in results:
                     learner.params = results[i]
-    return torch.stack([learner.params for learner in learners])
+    return learners

@@ -46,7 +46,7 @@ def test_save_latest_and_all_rounds(tmp_path):
     assert checkpoint.latest(EXPECTED) is None
     assert checkpoint.rounds(EXPECTED) == ({}, [])
     saved(tmp_path)
-    round_, latest = fresh(tmp_path).latest(EXPECTED)
+    round_, latest, _ = fresh(tmp_path).latest(EXPECTED)
     assert round_ == ROUNDS - 1 and same(latest, model(ROUNDS - 1))
     models, refused = fresh(tmp_path).rounds(EXPECTED)
     assert not refused and sorted(models) == list(range(ROUNDS))
@@ -112,7 +112,7 @@ def test_a_peer_with_a_truncated_latest_round_falls_back_to_the_round_before(tmp
     data = path.read_bytes()
     path.write_bytes(data[: regions(data)[region]])
     with caplog.at_level(logging.WARNING, logger="ppaia.network.checkpoint"):
-        round_, latest = fresh(tmp_path).latest(EXPECTED)
+        round_, latest, _ = fresh(tmp_path).latest(EXPECTED)
     assert round_ == ROUNDS - 2 and same(latest, model(ROUNDS - 2))
     assert path.name in caplog.text and "falls back to its checkpoint of round 1" in caplog.text
     # the fallback is recorded: the next reader starts from round 1 without a warning
@@ -150,7 +150,7 @@ def test_an_exponent_flip_that_keeps_values_finite_is_refused(tmp_path):
     path.write_bytes(data)
     with pytest.raises(CheckpointError, match="damaged"):
         checkpoint.load(ROUNDS - 1, EXPECTED)
-    round_, latest = fresh(tmp_path).latest(EXPECTED)
+    round_, latest, _ = fresh(tmp_path).latest(EXPECTED)
     assert round_ == ROUNDS - 2 and same(latest, model(ROUNDS - 2))
 
 
@@ -222,6 +222,13 @@ BAD_STATES = {
     "hashes missing (older format)": {"sha256": ...},
     "round missing": {"round": ...},
     "extra field": {"extra": 1},
+    "learner hashes a list": {"learner": ["a" * 64]},
+    "learner hashes null": {"learner": None},
+    "learner hash short": {"learner": {"1": "c" * 63}},
+    "learner hash upper case": {"learner": {"1": "C" * 64}},
+    "learner round negative": {"learner": {"-1": "c" * 64}},
+    "learner round not a number": {"learner": {"one": "c" * 64}},
+    "learner round huge": {"learner": {str(2**40): "c" * 64}},
 }
 
 

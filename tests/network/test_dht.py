@@ -20,6 +20,7 @@ from kademlia.routing import RoutingTable
 from kademlia.utils import digest
 
 from ppaia.network.dht import DHTError, ExactRoutingTable, PeerDHT, RecordStorage, parse_address
+from ppaia.network.errors import AddressError
 from ppaia.network.identity import Identity
 from ppaia.network.records import (
     MAX_CLOCK_SKEW,
@@ -96,7 +97,7 @@ def test_parse_address_accepts_host_port_and_explains_mistakes():
         ("seed:70000", "port must be a number"),
         ("::1:4000", "brackets"),
     ]:
-        with pytest.raises(ValueError, match=complaint):
+        with pytest.raises(AddressError, match=complaint):
             parse_address(text)
 
 

@@ -235,11 +235,11 @@ def test_a_peer_follows_the_listed_key_whatever_claims_come_first(tmp_path, clos
             try:
                 await holder.announce(tcp_port=7001)
                 await holder.provide(TOPIC)
-                address = await peer._address(1, timeout=5.0)
+                address = await peer.book.address(1, timeout=5.0)
                 if closed:
-                    assert address == ("127.0.0.1", 7001) and peer._pinned[1] == member.peer_id
+                    assert address == ("127.0.0.1", 7001) and peer.book.pinned[1] == member.peer_id
                 else:
-                    assert address == ("127.0.0.9", 9) and peer._pinned[1] != member.peer_id
+                    assert address == ("127.0.0.9", 9) and peer.book.pinned[1] != member.peer_id
             finally:
                 await peer.dht.stop()
                 await holder.stop()

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from in_process import run_peers
+from in_process import run_learners, run_peers
 
 import ppaia
 from ppaia.network.learner import PeerLearner, unsupported
@@ -29,13 +29,63 @@ def test_a_missing_neighbours_weight_goes_to_the_receiver():
     assert not torch.allclose(with_all[1], without_2[1])  # peer 1 lost a neighbour
 
 
+# Every learning feature on a peer: DP (both mechanisms, noise drawn per peer from the run seed), EWC
+# with continual tasks, and attackers, which are peers whose process misbehaves.
+FEATURES = {
+    "dp_sgd-poisson": {"privacy": "dp_sgd(noise_multiplier=1.0, clip=1.0)"},
+    "dp_sgd-shuffle-budget": {"privacy": "dp_sgd(noise_multiplier=0.8, sampling='shuffle', budget=3.0)"},
+    "update_dp": {"privacy": "update_dp(epsilon=4.0, clip=2.0)"},
+    "ewc-tasks": {"ewc": {"strength": 5.0}, "tasks": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], "rounds": 4},
+    "sign_flip": {"attack": "sign_flip", "attackers": [3]},
+    "gaussian": {"attack": "gaussian", "attackers": [1, 4]},
+    "label_flip": {"attack": "label_flip", "attackers": [0]},
+}
+
+
+# learned trust judges on raw held-out records, which a DP peer may not (the config refuses it)
+CASES = [
+    pytest.param(rule, feature, id=f"{rule.split('(')[0]}-{name}")
+    for name, feature in FEATURES.items()
+    for rule in ("consensus", "learned_trust(partners=2)")
+    if not (rule.startswith("learned_trust") and "privacy" in feature)
+]
+
+
+@pytest.mark.parametrize(("rule", "feature"), CASES)
+def test_every_learning_feature_on_a_peer_reproduces_the_simulator(rule, feature):
+    table = {**BASE, "rule": rule, "topology": "complete", "holdout": 0.2, **feature}
+    config = ppaia.ExperimentConfig.model_validate(table)
+    expected = ppaia.run(config)
+    learners = run_learners(config)
+    torch.testing.assert_close(
+        torch.stack([lr.params for lr in learners]), expected.params, rtol=1e-4, atol=1e-5
+    )
+    if "privacy" in feature:
+        spent = torch.tensor([lr.epsilon() for lr in learners])
+        torch.testing.assert_close(spent, torch.tensor(expected.summary()["peer_epsilon"]))
+
+
+def test_a_peer_slice_holds_only_its_own_rows():
+    """Set-up builds no N-row tensor for a peer: its data table, parameters and evaluator are its own."""
+    config = ppaia.ExperimentConfig.model_validate(
+        {**BASE, "peers": 400, "partition": "iid", "min_samples": 1}
+    )
+    learner = PeerLearner(config, 123)
+    setup = learner.setup
+    assert setup.ids.tolist() == [123] and setup.params.shape[0] == 1
+    assert setup.data.table.shape[0] == 1 and setup.learner.holdout.table.shape[0] == 1
+    batch = ppaia.Simulation(config).setup
+    torch.testing.assert_close(setup.params[0], batch.params[123])
+    assert torch.equal(setup.data.peer_samples(0), batch.data.peer_samples(123))
+
+
 def test_what_a_networked_peer_refuses():
-    for change in ({"rule": "centralized"}, {"rule": "flobc", "holdout": 0.2}, {"privacy": "update_dp"}):
+    for change in ({"rule": "centralized"}, {"rule": "flobc", "holdout": 0.2}):
         config = ppaia.ExperimentConfig.model_validate({**BASE, **change})
         assert unsupported(config)
-        with pytest.raises(ValueError, match="does not support"):
+        with pytest.raises(ppaia.ConfigError, match="does not support"):
             PeerLearner(config, 0)
-    with pytest.raises(ValueError, match="partition"):
+    with pytest.raises(ppaia.ConfigError, match=r"peer index 5 is not in 0\.\.4"):
         PeerLearner(ppaia.ExperimentConfig.model_validate(BASE), 5)
 
 

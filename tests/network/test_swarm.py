@@ -24,24 +24,26 @@ from pathlib import Path
 import pytest
 import torch
 from in_process import run_peers
+from statuses import status_of
 from typer.testing import CliRunner
 
 import ppaia
 from ppaia import codec
 from ppaia.cli.main import app
+from ppaia.network.addressbook import index_topic
 from ppaia.network.checkpoint import Checkpoint, round_file
 from ppaia.network.content import cid_of
 from ppaia.network.dht import PeerDHT
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
-from ppaia.network.peer import index_topic
+from ppaia.network.status import PeerStatus
 from ppaia.network.swarm import HOST, Swarm, free_port
 from ppaia.network.transfer import fetch_status
 from ppaia.network.wire import Request, canonical, open_message, read_frame, seal, write_frame
 from ppaia.simulation.report import write_outputs
 
 runner = CliRunner()
-Statuses = dict[int, dict | None]
+Statuses = dict[int, PeerStatus | None]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -56,7 +58,7 @@ def state_round(swarm: Swarm, index: int) -> int:
 
 def checkpointed(swarm: Swarm, index: int) -> dict[int, dict[str, torch.Tensor]]:
     """Every round's model peer `index` checkpointed, by round (each one must verify)."""
-    expected = ppaia.Simulation(swarm.config).layout.expected()
+    expected = ppaia.Simulation(swarm.config).setup.layout.expected()
     models, refused = Checkpoint(swarm.data_dir(index), swarm.config, index).rounds(expected)
     assert not refused, refused
     return models
@@ -176,19 +178,19 @@ def kill_and_restart(swarm: Swarm, restarted: int, dead: int) -> tuple[dict[int,
         before = poll(
             swarm,
             lambda statuses: (
-                len(statuses) == 6 and all(info and info["round"] >= 3 for info in statuses.values())
+                len(statuses) == 6 and all(info and info.round >= 3 for info in statuses.values())
             ),
             timeout=90,
         )
         swarm.kill(restarted)
         swarm.kill(dead)
-        assert all(info["round"] < swarm.config.rounds for info in before.values())  # killed mid-run
+        assert all(info.round < swarm.config.rounds for info in before.values())  # killed mid-run
         killed_after = {i: state_round(swarm, i) for i in (restarted, dead)}
         assert killed_after[restarted] >= 1
 
         swarm.start(restarted)  # same data directory: same key, same checkpoints
         back = poll(swarm, lambda statuses: bool(statuses.get(restarted)), timeout=60)
-        assert back[restarted]["peer_id"] == before[restarted]["peer_id"]
+        assert back[restarted].peer_id == before[restarted].peer_id
         return swarm.wait(timeout=90), killed_after
     finally:
         swarm.stop()
@@ -230,7 +232,7 @@ def test_a_killed_peer_restarts_from_its_checkpoint_while_the_others_go_on(tmp_p
 
     result = swarm.result()
     assert [row["round"] for row in result.history] == list(range(config.rounds + 1))
-    layout = ppaia.Simulation(config).layout
+    layout = ppaia.Simulation(config).setup.layout
     last_model = checkpointed(swarm, dead)[killed_after[dead]]
     assert torch.equal(result.params[dead], layout.join(last_model))  # the dead peer keeps its last model
     assert all(result.peer_accuracy[i] > 0.7 for i in survivors), result.peer_accuracy
@@ -245,7 +247,7 @@ def test_a_damaged_checkpoint_is_reported_and_the_other_peers_results_are_writte
     for i in range(config.peers):
         checkpoint = Checkpoint(swarm.data_dir(i), config, i)
         for round_ in range(config.rounds + 1):
-            checkpoint.save(round_, simulation.layout.unflatten(simulation.params[i] + round_))
+            checkpoint.save(round_, simulation.setup.layout.unflatten(simulation.setup.params[i] + round_))
     truncated = round_file(swarm.data_dir(2), config.rounds)
     truncated.write_bytes(truncated.read_bytes()[:-100])
     (swarm.data_dir(3) / "state.json").write_bytes(b"\x00garbage")
@@ -258,7 +260,7 @@ def test_a_damaged_checkpoint_is_reported_and_the_other_peers_results_are_writte
     ]
     assert swarm.damaged[3][0].startswith("peers/3/state.json: not a checkpoint state")
     assert [row["round"] for row in result.history] == list(range(config.rounds + 1))
-    initial = simulation.params  # untouched: the test only read them
+    initial = simulation.setup.params  # untouched: the test only read them
     for i, shift in {0: config.rounds, 1: config.rounds, 2: config.rounds - 1}.items():
         assert torch.equal(result.params[i], initial[i] + shift)  # peer 2: its last round that verifies
     assert torch.equal(result.params[3], initial[3])  # nothing of peer 3 verifies: its initial model
@@ -285,14 +287,16 @@ STRIKES = 5  # a peer's BanList default: the fifth bad reply bans the sender
 
 class Liar:
     """Swarm index 4 as a liar: listed in the DHT like any peer, but every model it serves is bad, one
-    kind of lie after the other (`LIES`); it answers status requests with garbage."""
+    kind of lie after the other (`LIES`). It answers status requests as an honest member would (running
+    the swarm's config), so its partners take it on and ask it for models."""
 
     def __init__(self, config: ppaia.ExperimentConfig, port: int, identity: Identity) -> None:
         self.identity = identity
         self.port = port
+        self.config = config
         simulation = ppaia.Simulation(config)
-        self.layout = simulation.layout
-        self.tensors = simulation.layout.unflatten(simulation.params[LIAR])
+        self.layout = simulation.setup.layout
+        self.tensors = simulation.setup.layout.unflatten(simulation.setup.params[LIAR])
         self.served: list[tuple[str, str]] = []  # (requester's peer id, lie) per model request
         self._previous_nonce = secrets.token_hex(16)
 
@@ -302,7 +306,8 @@ class Liar:
                 request = open_message(await read_frame(reader, 4096), kinds=("request",))
                 assert isinstance(request, Request)
                 if request.want == "status":
-                    await write_frame(writer, b"\x00 not a status")
+                    info = status_of(self.identity, self.config, LIAR).to_wire()
+                    await write_frame(writer, seal(self.identity, "status", nonce=request.nonce, info=info))
                     return
                 lie = LIES[len(self.served) % len(LIES)]
                 self.served.append((request.sender, lie))
@@ -432,7 +437,7 @@ def test_a_lying_peer_is_caught_banned_and_harmless(tmp_path):
     finally:
         swarm.stop()
     assert codes == dict.fromkeys(honest, 0), log_tails(tmp_path)
-    ids = {i: seen[i][-1]["peer_id"] for i in honest}
+    ids = {i: seen[i][-1].peer_id for i in honest}
 
     # Each neighbour asked the liar exactly STRIKES times, rejected each lie for the right reason, then
     # banned it and never asked again; peers 1 and 2 never asked (not neighbours).
@@ -444,22 +449,22 @@ def test_a_lying_peer_is_caught_banned_and_harmless(tmp_path):
         logged = Counter(re.findall(rf"peer {i}: rejected a model from peer {LIAR} \((\w+)\)", log))
         assert logged == reasons, log
         assert f"peer {i}: peer {LIAR} ({liar.identity.peer_id}) is banned" in log
-        statuses = [info for info in seen[i] if liar.identity.peer_id in info["banned"]]
+        statuses = [info for info in seen[i] if liar.identity.peer_id in info.banned]
         assert statuses, f"no status of peer {i} showed the ban"
-        counted = statuses[-1]["rejections"]  # the peer's rejections and its server's, merged
+        counted = statuses[-1].rejections  # the peer's rejections and its server's, merged
         assert all(counted.get(reason, 0) >= count for reason, count in reasons.items()), counted
         assert after_ban[i] == "closed"  # its server refuses the banned peer id
         assert re.search(r"rejected connection from 127\.0\.0\.1: banned", log)
     for i in (1, 2):
-        assert isinstance(after_ban[i], dict) and after_ban[i]["peer"] == i  # served: it banned nobody
-        assert not {"wrong_cid", "bad_tensors", "replay"} & set(seen[i][-1]["rejections"])
+        assert isinstance(after_ban[i], PeerStatus) and after_ban[i].index == i  # served: it banned nobody
+        assert not {"wrong_cid", "bad_tensors", "replay"} & set(seen[i][-1].rejections)
 
     # Every server counted the raw attacks and kept serving.
     for i in honest:
         log = swarm.log(i)
         for reason in SERVER_ATTACKS:
             assert re.search(rf"rejected connection from 127\.0\.0\.1: {reason}", log), (i, reason)
-        assert any(all(info["rejections"].get(r, 0) >= 1 for r in SERVER_ATTACKS) for info in seen[i])
+        assert any(all(info.rejections.get(r, 0) >= 1 for r in SERVER_ATTACKS) for info in seen[i])
 
     # Nothing of the liar got in: every honest exchange happened, the liar was left out of every round,
     # and the honest models are exactly those of a run where peer 4 never sends anything.

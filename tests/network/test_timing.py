@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 import torch
 from in_process import run_peers
+from statuses import serving, status_of
 
 import ppaia
 from ppaia import codec
@@ -33,15 +34,15 @@ def make_peer(tmp_path, **options) -> Peer:
 
 async def with_neighbour(peer: Peer, body):
     """Run `body(server)` with peer 1 served by a local ModelServer that `peer` resolves directly."""
-    server = ModelServer(Identity.generate())
+    server = serving(ModelServer(Identity.generate()), CONFIG, 1)
     await server.start()
     address = ("127.0.0.1", server.port)
 
     async def resolve(index, timeout=5.0):
-        peer._pinned[index] = server.identity.peer_id
+        peer.book.pinned[index] = server.identity.peer_id
         return address
 
-    peer._address = resolve
+    peer.book.address = resolve
     try:
         return await body(server)
     finally:
@@ -97,8 +98,8 @@ def test_a_sender_past_the_version_is_left_out_at_once_and_banned_senders_are_sk
         started = time.monotonic()
         gone = await peer._fetch(1, 1, 0)  # dropped from the sender's window: it will never come
         quick = time.monotonic() - started
-        for _ in range(peer.bans.max_strikes):
-            peer.bans.strike(server.identity.peer_id, "test")
+        for _ in range(peer.strikes.bans.max_strikes):
+            peer.strikes.bans.strike(server.identity.peer_id, "test")
         banned = await peer._fetch(1, 5, 1)
         return gone, quick, banned
 
@@ -126,7 +127,7 @@ def test_a_silent_sender_times_out(tmp_path, synchronous):
 
 def paced(peer: Peer, round_seconds: float) -> Peer:
     """`peer` as if its last rounds had each taken `round_seconds` (its deadline follows them)."""
-    peer._round_times.extend([round_seconds] * 5)
+    peer.timing.history.extend([round_seconds] * 5)
     return peer
 
 
@@ -134,21 +135,21 @@ async def step(peer: Peer, index: int, round_: int, step_: int = 0):
     """One step's fetch, then the background status requests it started are let finish (as they would
     between two steps of a real round loop)."""
     fetched = await peer._fetch(index, round_, step_)
-    await asyncio.gather(*peer._probes.values())
+    await asyncio.gather(*peer.timing.probes.values())
     return fetched
 
 
 def test_the_deadline_follows_the_pace_between_min_wait_and_wait(tmp_path):
     peer = make_peer(tmp_path, wait=30.0, min_wait=0.5)
-    assert peer._deadline() == 30.0  # no round timed yet: the start-up skew may be large
-    assert paced(peer, 1.0)._deadline() == pytest.approx(4.0)
-    peer._round_times.append(500.0)  # one slow round does not move a median
-    assert peer._deadline() == pytest.approx(4.0)
-    peer._round_times.clear()
-    assert paced(peer, 0.01)._deadline() == 0.5  # never under min_wait
-    peer._round_times.clear()
-    assert paced(peer, 100.0)._deadline() == 30.0  # never over wait
-    assert make_peer(tmp_path, synchronous=False, deadline=1.5)._deadline() == 1.5
+    assert peer.timing.deadline() == 30.0  # no round timed yet: the start-up skew may be large
+    assert paced(peer, 1.0).timing.deadline() == pytest.approx(4.0)
+    peer.timing.record(500.0)  # one slow round does not move a median
+    assert peer.timing.deadline() == pytest.approx(4.0)
+    peer.timing.history.clear()
+    assert paced(peer, 0.01).timing.deadline() == 0.5  # never under min_wait
+    peer.timing.history.clear()
+    assert paced(peer, 100.0).timing.deadline() == 30.0  # never over wait
+    assert make_peer(tmp_path, synchronous=False, deadline=1.5).timing.deadline() == 1.5
 
 
 def test_a_dead_sender_costs_one_deadline_then_none_until_it_is_back(tmp_path, caplog):
@@ -165,7 +166,7 @@ def test_a_dead_sender_costs_one_deadline_then_none_until_it_is_back(tmp_path, c
             fetched, _ = await step(peer, 1, round_)
             took.append(time.monotonic() - started)
             assert fetched is None
-        back = ModelServer(server.identity, port=port)  # restarted: same key, same port
+        back = serving(ModelServer(server.identity, port=port), CONFIG, 1)  # restarted: same key and port
         await back.start()
         try:
             back.publish(7, 0, model(peer, 7.0))
@@ -176,7 +177,7 @@ def test_a_dead_sender_costs_one_deadline_then_none_until_it_is_back(tmp_path, c
             await back.stop()
         return took, missed, returned
 
-    with caplog.at_level(logging.INFO, logger="ppaia.network.peer"):
+    with caplog.at_level(logging.INFO, logger="ppaia.network"):
         took, missed, returned = asyncio.run(with_neighbour(peer, body))
     ran_out = re.findall(r"no version \((\d+), 0\) from peer 1 in time", caplog.text)
     skipped = re.findall(r"peer 1 is absent .* left out without waiting", caplog.text)
@@ -184,7 +185,7 @@ def test_a_dead_sender_costs_one_deadline_then_none_until_it_is_back(tmp_path, c
     assert took[0] < 20.0 / 4  # the deadline, not the configured wait
     assert all(t < 20.0 / 4 for t in took[1:])
     assert missed is None and returned is not None and float(returned[0]) == 7.5
-    assert "peer 1 is back (newest version (7, 1))" in caplog.text and 1 not in peer._absent
+    assert "peer 1 is back (newest version (7, 1))" in caplog.text and 1 not in peer.timing.absent
 
 
 def test_a_stuck_sender_is_asked_once_per_step_until_it_progresses(tmp_path):
@@ -228,7 +229,7 @@ def test_an_asynchronous_absent_sender_still_gives_its_recent_stale_model_withou
 class Dripper:
     """A sender that answers a model request with a correct, signed header and then `behaviour`:
     "drip" sends the body a byte at a time, "stall" sends half of it and stops, "silent" sends nothing
-    at all (not even the header)."""
+    at all (not even the header). It answers status requests as an honest peer running CONFIG."""
 
     def __init__(self, peer: Peer, behaviour: str) -> None:
         self.identity = Identity.generate()
@@ -239,6 +240,10 @@ class Dripper:
     async def handle(self, reader, writer) -> None:
         try:
             request = open_message(await read_frame(reader, 4096), kinds=("request",))
+            if request.want == "status":
+                info = status_of(self.identity, CONFIG, 1).to_wire()
+                await write_frame(writer, seal(self.identity, "status", nonce=request.nonce, info=info))
+                return
             self.requests += 1
             body = codec.encode(self.tensors)
             if self.behaviour == "silent":
@@ -276,10 +281,10 @@ def test_a_sender_that_starts_a_reply_and_trickles_it_is_struck_one_that_never_s
         address = ("127.0.0.1", server.sockets[0].getsockname()[1])
 
         async def resolve(index, timeout=5.0):
-            peer._pinned[index] = dripper.identity.peer_id
+            peer.book.pinned[index] = dripper.identity.peer_id
             return address
 
-        peer._address = resolve
+        peer.book.address = resolve
         try:
             async with asyncio.timeout(20):
                 return await peer._fetch(1, 1, 0)
@@ -288,10 +293,11 @@ def test_a_sender_that_starts_a_reply_and_trickles_it_is_struck_one_that_never_s
 
     fetched, _ = asyncio.run(body())
     assert fetched is None and dripper.requests >= 1
-    rejections = peer.progress.rejections
+    rejections = peer.strikes.rejections
     if struck:  # every request it answered so was a strike
         assert rejections == {"slow_sender": dripper.requests}, rejections
-        assert not peer.bans.is_banned(dripper.identity.peer_id) or dripper.requests >= peer.bans.max_strikes
+        bans = peer.strikes.bans
+        assert not bans.is_banned(dripper.identity.peer_id) or dripper.requests >= bans.max_strikes
     else:  # a sender that never answers may be down: looked up again, not struck
         assert rejections == {}, rejections
 
@@ -305,22 +311,22 @@ def test_a_slow_drip_sender_is_banned_after_repeated_strikes(tmp_path):
         address = ("127.0.0.1", server.sockets[0].getsockname()[1])
 
         async def resolve(index, timeout=5.0):
-            peer._pinned[index] = dripper.identity.peer_id
+            peer.book.pinned[index] = dripper.identity.peer_id
             return address
 
-        peer._address = resolve
+        peer.book.address = resolve
         try:
             async with asyncio.timeout(60):
                 for round_ in range(1, 20):
-                    peer._absent.clear()  # ask it properly every round, as if it had progressed
+                    peer.timing.absent.clear()  # ask it properly every round, as if it had progressed
                     await peer._fetch(1, round_, 0)
-                    if peer.bans.is_banned(dripper.identity.peer_id):
+                    if peer.strikes.bans.is_banned(dripper.identity.peer_id):
                         return round_
         finally:
             server.close()
 
     banned_in = asyncio.run(body())
-    assert banned_in is not None and dripper.requests == peer.bans.max_strikes
+    assert banned_in is not None and dripper.requests == peer.strikes.bans.max_strikes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -452,10 +458,10 @@ def test_in_process_peers_with_every_model_received_reproduce_the_peers_run_by_h
 
     asyncio.run(scenario())
     expected = run_peers(config)
-    layout = ppaia.Simulation(config).layout
+    layout = ppaia.Simulation(config).setup.layout
     for i in range(config.peers):
         assert {(row["received"], row["missing"]) for row in swarm.rows(i)} == {("2", "0")}
         checkpoint = Checkpoint(tmp_path / str(i), config, i)
-        round_, final = checkpoint.latest(layout.expected())
+        round_, final, _ = checkpoint.latest(layout.expected())
         assert round_ == config.rounds
         torch.testing.assert_close(layout.join(final), expected[i], rtol=1e-4, atol=1e-5)

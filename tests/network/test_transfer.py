@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import torch
+from statuses import serving, status_of
 
+import ppaia
 from ppaia import codec
 from ppaia.network.content import cid_of
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
+from ppaia.network.status import Latest, Phase
 from ppaia.network.transfer import BanList, Fetched, ModelServer, NotReady, fetch_model, fetch_status
 from ppaia.network.wire import Request, open_message, read_frame, seal, write_frame
 
@@ -24,6 +27,7 @@ CLIENT = Identity.generate()
 PARAMS = {"layer.weight": torch.randn(3, 4), "layer.bias": torch.randn(3)}
 EXPECTED = codec.expected_of(PARAMS)
 TRANSPOSED = {"layer.weight": ("float32", [4, 3]), "layer.bias": ("float32", [3])}
+STATUS_CONFIG = ppaia.ExperimentConfig(peers=3, rounds=5, model="logistic")
 LENIENT = {"max_strikes": 10_000}  # for tests that misbehave on purpose yet must still be served
 
 
@@ -260,21 +264,27 @@ def test_silence_times_out_and_a_closed_port_is_unreachable() -> None:
     run(scenario())
 
 
-def test_status_carries_the_latest_version_and_the_callers_info() -> None:
+def test_status_is_the_peers_own_with_its_newest_version_and_a_bare_server_answers_none() -> None:
     async def scenario() -> None:
-        async with ModelServer(SERVER, status=lambda: {"peers": 3}) as server:
-            info = await fetch_status(
+        async with serving(ModelServer(SERVER), STATUS_CONFIG, 2) as server:
+            status = await fetch_status(
                 HOST, server.port, identity=CLIENT, timeout=5, expect_sender=SERVER.peer_id
             )
-            assert info == {"peers": 3, "latest": None}
+            assert status == status_of(SERVER, STATUS_CONFIG, 2) and status.latest is None
             version = server.publish(4, 1, PARAMS)
-            info = await fetch_status(HOST, server.port, identity=CLIENT, timeout=5)
-            assert info["latest"] == {"round": 4, "step": 1, "cid": version.cid, "size": version.size}
+            status = await fetch_status(HOST, server.port, identity=CLIENT, timeout=5)
+            assert status.latest == Latest(round=4, step=1, cid=version.cid, size=version.size)
+            assert status.round == 4 and status.index == 2 and status.phase is Phase.MIXING
             with pytest.raises(ProtocolError) as caught:
                 await fetch_status(
                     HOST, server.port, identity=CLIENT, timeout=5, expect_sender=CLIENT.peer_id
                 )
             assert caught.value.reason == "wrong_sender"
+        async with ModelServer(SERVER) as bare:  # no status to give: the request is refused
+            with pytest.raises(ProtocolError) as caught:
+                await fetch_status(HOST, bare.port, identity=CLIENT, timeout=5)
+            assert caught.value.reason in {"closed", "unreachable"}  # refused: reset or closed
+            assert bare.rejections == {"unexpected_kind": 1}
 
     run(scenario())
 

@@ -3,14 +3,18 @@ and signed by the key of their sender."""
 
 import asyncio
 import json
+import random
+import string
 import struct
 
 import pytest
 
 from ppaia.network.content import cid_of
 from ppaia.network.errors import ProtocolError
-from ppaia.network.identity import Identity
+from ppaia.network.identity import Identity, verify_signature
+from ppaia.network.records import PeerRecord
 from ppaia.network.wire import (
+    DOMAIN,
     MAX_INFO_BYTES,
     ModelHeader,
     NotReadyReply,
@@ -20,6 +24,7 @@ from ppaia.network.wire import (
     open_message,
     read_frame,
     seal,
+    signed_bytes,
     write_frame,
 )
 
@@ -53,7 +58,7 @@ def reason(data: bytes, **kwargs) -> str:
 def forge(obj: dict, signer: Identity = ME) -> bytes:
     """Canonical JSON of `obj` signed by `signer`, whatever `obj` holds (to reach the schema checks)."""
     unsigned = {name: value for name, value in obj.items() if name != "sig"}
-    return canonical({**unsigned, "sig": signer.sign(canonical(unsigned)).hex()})
+    return canonical({**unsigned, "sig": signer.sign(signed_bytes(unsigned)).hex()})
 
 
 def valid(kind: str = "request") -> dict:
@@ -206,9 +211,9 @@ def test_missing_fields_are_malformed(field: str) -> None:
         b'"request"',
         b"{" * 100_000,
         b"[" * 100_000,
-        b'{"kind":"request","round":NaN}',
-        b'{"kind":"request","round":1e999}',
-        b'{"kind":"request","round":' + b"9" * 5000 + b"}",
+        b'{"domain":"ppaia/wire/1","kind":"request","round":NaN}',
+        b'{"domain":"ppaia/wire/1","kind":"request","round":1e999}',
+        b'{"domain":"ppaia/wire/1","kind":"request","round":' + b"9" * 5000 + b"}",
     ],
 )
 def test_bytes_that_are_no_json_object_are_malformed(data: bytes) -> None:
@@ -257,3 +262,62 @@ def test_seal_refuses_what_open_would_refuse() -> None:
         seal(ME, "request", want="model", round=-1, step=0, nonce=NONCE)
     with pytest.raises(ValueError, match="filled in by seal"):
         seal(ME, "request", want="model", round=1, step=0, nonce=NONCE, sender=OTHER.peer_id)
+
+
+# ---------------------------------------------------------------------------------------------------
+# domain separation: a signature made for anything else never verifies as a message
+
+
+def signed_under(prefix: bytes, obj: dict, signer: Identity = ME) -> bytes:
+    """`obj` (its own "sig" dropped) as canonical JSON, signed over `prefix` + its canonical JSON."""
+    unsigned = {name: value for name, value in obj.items() if name != "sig"}
+    return canonical({**unsigned, "sig": signer.sign(prefix + canonical(unsigned)).hex()})
+
+
+def other_prefixes(kind: str) -> list[bytes]:
+    """What else a key may have signed such bytes under: no tag at all (the untagged format), the other
+    kinds' tags, other versions' and protocols' tags, near misses, and seeded random ones."""
+    rng = random.Random(11)
+    prefixes = [f"{DOMAIN}/{other}\n" for other in FIELDS if other != kind]
+    prefixes += [f"{domain}/{kind}\n" for domain in ("ppaia/wire/0", "ppaia/wire/2", "ppaia/dht/1", "")]
+    prefixes += [
+        f"{DOMAIN}/{kind}",
+        f"{DOMAIN}{kind}\n",
+        f"{DOMAIN}/{kind}\n\n",
+        f"{DOMAIN.upper()}/{kind}\n",
+    ]
+    prefixes += ["".join(rng.choice(string.printable) for _ in range(rng.randint(1, 30))) for _ in range(12)]
+    return [b"", *(prefix.encode() for prefix in prefixes)]
+
+
+@pytest.mark.parametrize("kind", sorted(FIELDS))
+def test_a_signature_made_under_another_tag_never_verifies(kind: str) -> None:
+    obj = valid(kind)
+    assert open_message(signed_under(f"{DOMAIN}/{kind}\n".encode(), obj)).kind == kind  # the one tag
+    for prefix in other_prefixes(kind):
+        assert reason(signed_under(prefix, obj)) == "bad_signature", prefix
+
+
+def test_a_dht_record_signature_never_verifies_as_a_message() -> None:
+    record = PeerRecord.create(ME, host="127.0.0.1", udp_port=4000, tcp_port=4000, now=1.0, ttl=30.0)
+    for kind in FIELDS:
+        obj = valid(kind) | {"sig": record.signature.hex()}
+        assert reason(canonical(obj)) == "bad_signature"
+        assert not verify_signature(ME.public_key, bytes.fromhex(valid(kind)["sig"]), record.body)
+
+
+@pytest.mark.parametrize("domain", [None, "ppaia/wire/0", "ppaia/wire/2", "ppaia/dht/1", "", 1, [DOMAIN]])
+def test_a_message_of_another_protocol_or_version_is_refused_as_such(domain: object) -> None:
+    """Even validly signed under its own tag (or, without a domain, in the untagged format)."""
+    for kind in FIELDS:
+        obj = {name: value for name, value in valid(kind).items() if name != "domain"}
+        if domain is not None:
+            obj["domain"] = domain
+        prefix = b"" if domain is None else f"{domain}/{kind}\n".encode()
+        assert reason(signed_under(prefix, obj)) == "wrong_domain"
+
+
+def test_seal_fills_in_the_domain() -> None:
+    assert json.loads(seal(ME, "request", **FIELDS["request"]))["domain"] == DOMAIN
+    with pytest.raises(ValueError, match="filled in by seal"):
+        seal(ME, "request", **FIELDS["request"], domain="ppaia/wire/2")

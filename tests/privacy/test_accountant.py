@@ -123,7 +123,7 @@ def test_target_epsilon_is_reached_by_every_peer_at_the_last_round():
 def test_peers_stop_training_before_they_exceed_their_budget():
     privacy = {"name": "dp_sgd", "noise_multiplier": 0.5}
     sim = Simulation(ExperimentConfig(**TINY | {"privacy": privacy}))
-    training = sim.private_training()
+    training = sim.setup.private_training()
     per_round = [
         PeerAccountant(6, DELTA).epsilon_after(
             torch.arange(6), training.noise, training.rate, rounds * training.steps

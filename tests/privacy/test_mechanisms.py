@@ -33,20 +33,12 @@ def make_trainer(counts, features=6, classes=3, hidden=(8,), batch_size=32, seed
     return trainer, params
 
 
-def one_private_gradient(trainer, params, private, randomness_seed=7):
+def one_private_gradient(trainer, params, private):
     """The gradient DP-SGD uses for every peer's first step of round 1."""
     data = trainer.data
-    order = epoch_order(data.counts, trainer.seed, 1, 0)
-    return trainer._private_gradients(
-        params,
-        torch.arange(params.shape[0]),
-        data.counts,
-        data.table,
-        order,
-        0,
-        private,
-        torch.Generator().manual_seed(randomness_seed),
-    )
+    order = epoch_order(data.counts, data.ids, trainer.seed, 1, 0)
+    rows = torch.arange(params.shape[0])
+    return trainer._private_gradients(params, rows, data.counts, data.table, order, (1, 0, 0), private)
 
 
 # --- clipping ------------------------------------------------------------------------------------------
@@ -90,7 +82,7 @@ def test_update_dp_release_without_noise_clips_each_update_to_c():
     before = torch.randn(6, 30, generator=g)
     update = torch.randn(6, 30, generator=g) * torch.tensor([0.01, 0.1, 0.3, 1.0, 3.0, 10.0]).unsqueeze(1)
     after = before + update
-    released = mechanism.release(before, after, torch.Generator().manual_seed(2))
+    released = mechanism.release(before, after, 2, torch.arange(6))
     sent = released - before
     assert (sent.norm(dim=1) <= 2.0 * (1 + 1e-5)).all()
     short = update.norm(dim=1) <= 2.0
@@ -104,7 +96,7 @@ def test_update_dp_release_adds_gaussian_noise_of_std_sigma():
     g = torch.Generator().manual_seed(3)
     before = torch.randn(4, 50_000, generator=g)
     after = before + torch.randn(4, 50_000, generator=g) * 0.05  # norm ≈ 11 > C: clipped
-    released = mechanism.release(before, after, torch.Generator().manual_seed(4))
+    released = mechanism.release(before, after, 4, torch.arange(4))
     noise = released - before - clip_rows(after - before, 2.0)
     assert noise.std().item() == pytest.approx(mechanism.sigma, rel=0.02)
     assert abs(noise.mean().item()) < 0.02
@@ -193,12 +185,12 @@ def test_poisson_batches_have_size_b_on_average_and_vary():
     params = torch.zeros_like(params)
     bias = ParamLayout.of(trainer.model).size - 10  # the logistic model's flat layout: weight, then bias
     private = PrivateSteps(1.0, torch.zeros(4), "poisson", seed=0)
-    data, randomness = trainer.data, torch.Generator().manual_seed(11)
-    order = epoch_order(data.counts, 0, 1, 0)
+    data = trainer.data
     sizes = []
-    for _ in range(steps):
+    for step in range(steps):
+        keys = (1, 0, step)  # round, epoch, step: a fresh Poisson batch each
         grads = trainer._private_gradients(
-            params, torch.arange(4), data.counts, data.table, order, 0, private, randomness
+            params, torch.arange(4), data.counts, data.table, None, keys, private
         )
         expected = torch.tensor([batch_size, batch_size, batch_size, 5.0])  # the denominator: rate · n
         sizes.append(-grads[:, bias] * expected / 0.9)
@@ -230,7 +222,7 @@ def test_one_record_moves_a_dp_sgd_step_by_at_most_2c_over_b():
     private = PrivateSteps(clip, torch.zeros(1), "shuffle", seed=0)
 
     def step(x, y):
-        data = LocalData(x, y, trainer.data.table, trainer.data.counts)
+        data = LocalData(x, y, trainer.data.table, trainer.data.counts, trainer.data.ids)
         trainer.data = data
         return theta - trainer.train(theta.clone(), 1, private=private)
 

@@ -79,8 +79,7 @@ def test_roles_transfers_and_errors():
         ppaia.ExperimentConfig.model_validate({"peers": 8, "rule": "flobc", "holdout": 0})
     torch.testing.assert_close(rule.snapshot()["score"][:5], torch.full((5,), 0.2, dtype=torch.float64))
     assert rule.snapshot()["score"][5:].isnan().all()
-    theta = torch.randn(8, 24)
-    assert (rule.initialize(theta) == theta[0]).all()
+    assert rule.broadcasts_initial
 
 
 @pytest.mark.parametrize("spec", ["flobc", "flobc(validators=2, decay=0.5)", "flobc(faithful=true)"])

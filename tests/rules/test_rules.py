@@ -4,6 +4,7 @@ import pytest
 import torch
 from rule_cases import D, N, context, params, run_plan
 
+import ppaia
 from ppaia.rules import RULES, apply_step_per_peer
 from ppaia.rules.gossip import disjoint_layers, pair_average
 
@@ -80,10 +81,12 @@ def test_fedavg_fraction_averages_only_sampled_clients():
     torch.testing.assert_close(out, expected.expand(N, D))
 
 
-def test_fedavg_initialize_broadcasts_one_model():
-    theta = params()
-    out = RULES.create("fedavg").initialize(theta)
-    torch.testing.assert_close(out, theta[:1].expand(N, D))
+def test_fedavg_starts_every_peer_from_the_servers_model():
+    config = ppaia.ExperimentConfig.model_validate(
+        {"peers": 5, "rule": "fedavg", "init": "independent", "dataset": "synthetic(samples=200)"}
+    )
+    params = ppaia.Simulation(config).setup.params
+    torch.testing.assert_close(params, params[:1].expand_as(params))
 
 
 @pytest.mark.parametrize("spec", ["gossip", "gossip(pairs=40)"])

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from ppaia.registry import Component, Registry
-from ppaia.seeding import Stream, generator
+from ppaia.seeding import Stream, derive_seed, generator, peer_normal
 
 __all__ = ["ATTACKS", "Adversary", "Attack", "AttackRound", "attacker_count", "choose_attackers"]
 
@@ -29,7 +29,12 @@ class AttackRound:
     held: torch.Tensor  # their parameters before it (what they were sent and kept last round)
     initial: torch.Tensor  # their initial parameters
     past: tuple[torch.Tensor, ...]  # their trained parameters of earlier rounds, oldest first
-    generator: torch.Generator
+    key: int  # this round's draws: each attacker's come from its own stream under it (see `normal`)
+
+    def normal(self) -> torch.Tensor:
+        """Standard normals ``[A, D]``, row k from attacker ``peers[k]``'s own counter-based stream: an
+        attacker draws the same alone (a networked peer) as among all attackers (the simulator)."""
+        return peer_normal(self.key, self.peers, self.trained.shape[1], self.trained.dtype)
 
 
 class Attack(Component):
@@ -42,7 +47,12 @@ class Attack(Component):
         return 0
 
     def relabel(self, labels: torch.Tensor, n_classes: int, randomness: torch.Generator) -> torch.Tensor:
-        """The labels attackers train on (unchanged unless the attack poisons data)."""
+        """The labels attackers train on (unchanged unless the attack poisons data).
+
+        `randomness` is the run's one attack stream, the same for every attacker and for any set of them
+        poisoned together: draw from it only choices the attackers share (LabelFlip's shift), never one
+        number per label, or an attacker's labels would depend on which others are relabelled with it.
+        """
         return labels
 
     def message(self, now: AttackRound) -> torch.Tensor:
@@ -78,9 +88,12 @@ class Adversary:
     attackers: torch.Tensor
     initial: torch.Tensor
     seed: int
+    peers: torch.Tensor | None = None  # the attackers' peer ids in row order (their rows when None)
     past: deque = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.peers is None:
+            self.peers = self.attackers.nonzero().flatten()
         self.reset()
 
     def reset(self) -> None:
@@ -110,12 +123,12 @@ class Adversary:
         trained = params[self.attackers]
         now = AttackRound(
             round_,
-            self.attackers.nonzero().flatten(),
+            self.peers,
             trained,
             held,
             self.initial,
             tuple(self.past),
-            generator(self.seed, Stream.ATTACK, 2, round_),
+            derive_seed(self.seed, Stream.ATTACK, 2, round_),
         )
         params[self.attackers] = self.attack.message(now)
         if self.attack.memory():

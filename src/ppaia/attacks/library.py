@@ -27,8 +27,7 @@ class Gaussian(Attack):
     sigma: float = Field(default=1.0, gt=0)
 
     def message(self, now: AttackRound) -> torch.Tensor:
-        noise = torch.randn(now.trained.shape, generator=now.generator, dtype=now.trained.dtype)
-        return self.sigma * noise
+        return self.sigma * now.normal()
 
 
 @ATTACKS.register("noisy")
@@ -39,7 +38,7 @@ class Noisy(Attack):
     graded: bool = Field(default=False, description="peer i adds noise of scale i·scale")
 
     def message(self, now: AttackRound) -> torch.Tensor:
-        noise = torch.randn(now.trained.shape, generator=now.generator, dtype=now.trained.dtype)
+        noise = now.normal()
         scale = now.peers.to(now.trained.dtype).unsqueeze(1) if self.graded else 1.0
         return now.trained + self.scale * scale * noise
 

@@ -73,7 +73,7 @@ REGISTRIES: tuple[tuple[str, Registry], ...] = (
 def fail(err: Exception) -> typer.Exit:
     """Report a user error (bad config, data, output folder) and exit with code 2."""
     message = format_validation_error(err) if isinstance(err, ValidationError) else str(err)
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, unbroken
     return typer.Exit(code=2)
 
 
@@ -85,7 +85,9 @@ def default_out(config: ExperimentConfig) -> Path:
     return out
 
 
-def summary_table(result: RunResult, out: Path) -> Table:
+def summary_table(result: RunResult, out: Path, timing: list[tuple[str, str]] | None = None) -> Table:
+    """The run's final metrics; `timing`: the rows about time, if not the simulator's (the network
+    runtime measures other spans)."""
     final = result.final
     table = Table(title=f"{result.config.rule.label()} · {result.params.shape[0]} peers · {out}")
     table.add_column("metric")
@@ -98,8 +100,13 @@ def summary_table(result: RunResult, out: Path) -> Table:
         ("test loss mean", f"{final['loss_mean']:.4f}"),
         ("consensus distance", f"{final['consensus_distance']:.3g}"),
         ("bytes sent (total)", f"{int(final['bytes_cumulative']):,}"),
-        ("wall seconds (training)", f"{final['wall_s']:.2f}"),
-        ("set-up seconds", f"{result.setup_s:.2f}"),
+        *(
+            timing
+            or [
+                ("wall seconds (training)", f"{final['wall_s']:.2f}"),
+                ("set-up seconds", f"{result.setup_s:.2f}"),
+            ]
+        ),
     ]
     for name, value in rows:
         table.add_row(name, value)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Annotated
 
@@ -17,21 +18,27 @@ from rich.table import Table
 
 from ppaia.cli.main import USER_ERRORS, app, console, default_out, fail, summary_table
 from ppaia.config import load_config
+from ppaia.experiment import OwnData
 from ppaia.network.checkpoint import CheckpointError
-from ppaia.network.dht import parse_address
-from ppaia.network.errors import ProtocolError
-from ppaia.network.identity import Identity, IdentityError
+from ppaia.network.datadir import DataDirError, hold
+from ppaia.network.dht import BootstrapError, parse_address
+from ppaia.network.errors import AgreementError, ListenError, NetworkError, format_address
+from ppaia.network.identity import Identity
 from ppaia.network.learner import check_supported
 from ppaia.network.members import read_members
 from ppaia.network.peer import Peer, PeerOptions
-from ppaia.network.swarm import Swarm
+from ppaia.network.status import Phase
+from ppaia.network.swarm import Swarm, free_port
 from ppaia.network.transfer import fetch_status
+from ppaia.simulation import RunResult
 from ppaia.simulation.report import staging_dir, write_outputs
 
 __all__ = ["launch", "peer", "status"]
 
-NETWORK_ERRORS = (*USER_ERRORS, CheckpointError, IdentityError, ValueError)  # ValueError: bad addresses,
-# partitions and configs a networked peer cannot run (explicit errors named for what they report)
+# A running peer's user errors (any other error from a running peer is a bug, shown with its traceback).
+RUN_ERRORS = (CheckpointError, ListenError, BootstrapError, DataDirError, AgreementError)
+NETWORK_ERRORS = (*USER_ERRORS, NetworkError)  # before it runs: config, data, address, key, members, ...
+log = logging.getLogger(__name__)
 
 
 def _partition(text: str) -> tuple[int, int]:
@@ -51,7 +58,9 @@ def peer(
     config: Annotated[
         Path | None, typer.Option(help="experiment TOML file (the built-in default if omitted)")
     ] = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT for models (TCP) and the DHT (UDP)")] = "127.0.0.1:0",
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT for models (TCP) and the DHT (UDP); port 0: any free port")
+    ] = "127.0.0.1:0",
     bootstrap: Annotated[
         list[str] | None, typer.Option(help="HOST:PORT of a peer already in the swarm")
     ] = None,
@@ -64,7 +73,8 @@ def peer(
     wait: Annotated[
         float,
         typer.Option(
-            help="seconds to wait for the others at start; synchronous: per neighbour (less once paced)"
+            help="seconds to wait for the others at start (and for a --bootstrap peer to answer); "
+            "synchronous: per neighbour (less once paced)"
         ),
     ] = 60.0,
     deadline: Annotated[float, typer.Option(help="asynchronous: seconds a mixing step waits")] = 2.0,
@@ -73,8 +83,23 @@ def peer(
         Path | None,
         typer.Option(help="TOML file of index = peer id: follow only these keys (ppaia launch writes one)"),
     ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="this peer's own training data instead of partition i of the config's dataset: a .npz or "
+            ".csv file, or a dataset spec, e.g. \"csv(path='ward3.csv', label_column='diagnosis')\""
+        ),
+    ] = None,
+    test: Annotated[
+        str | None,
+        typer.Option(help="with --data: a test set to report accuracy on (else its held-out share)"),
+    ] = None,
+    attack: Annotated[
+        str | None,
+        typer.Option(help="misbehave: send what this attack sends (e.g. sign_flip), to test defences"),
+    ] = None,
 ) -> None:
-    """Run one peer: train on partition i of N, exchange models with its neighbours, checkpoint."""
+    """Run one peer: train on partition i of N (or on its own --data), exchange models, checkpoint."""
     # force: an imported library (opacus) already called basicConfig at WARNING, which would make this a
     # no-op and drop the peer's INFO lines (resumes, ...); kademlia's INFO is one line per RPC
     logging.basicConfig(
@@ -84,9 +109,13 @@ def peer(
     index, total = _partition(partition)
     if threads > 0:
         torch.set_num_threads(threads)
+    lock = contextlib.ExitStack()  # holds the data directory until this process ends
     try:
-        cfg = load_config(config, [*(overrides or []), f"peers={total}"])
-        host, port = parse_address(listen)
+        mine = [f"attack={attack}", f"attackers=[{index}]"] if attack is not None else []
+        cfg = load_config(config, [*(overrides or []), f"peers={total}", *mine])
+        own = None if data is None else OwnData.load(data, test, cfg.seed)
+        host, port = parse_address(listen, any_port=True)
+        port = port or free_port(host)  # one number free for both TCP and UDP, printed below
         options = PeerOptions(
             index=index,
             data_dir=data_dir,
@@ -98,13 +127,47 @@ def peer(
             wait=wait,
             deadline=deadline,
         )
-        node = Peer(cfg, options)
+        lock.enter_context(hold(data_dir))  # before the key in it is read
+        node = Peer(cfg, options, own=own)
     except NETWORK_ERRORS as err:
+        lock.close()
         raise fail(err) from None
     try:
-        asyncio.run(node.run())
-    except CheckpointError as err:
+        with lock:
+            asyncio.run(_serve(node))
+    except RUN_ERRORS as err:
         raise fail(err) from None
+
+
+async def _serve(node: Peer) -> None:
+    """Run `node`, and say where it listens once it does (its port for both TCP and UDP, which others
+    bootstrap from). Given bootstrap seeds, it stops with BootstrapError unless one answers within its
+    `wait` (the peer itself retries them for minutes, to outlast seeds that are still starting)."""
+    running = asyncio.ensure_future(node.run())
+    try:
+        if await _unless_ended(running, node.dht.listening.wait()):
+            address = format_address(node.options.listen[0], node.dht.port)
+            log.info("peer %d (%s) listens on %s: others join it with --bootstrap %s",
+                     node.options.index, node.identity.peer_id, address, address)  # fmt: skip
+        if node.options.bootstrap:
+            await _unless_ended(running, node.dht.wait_joined(node.options.bootstrap, node.options.wait))
+    except BootstrapError:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        raise
+    await running
+
+
+async def _unless_ended(running: asyncio.Future, awaitable: Awaitable) -> bool:
+    """Await `awaitable` unless `running` ends first (then cancel it): whether it completed."""
+    waiting = asyncio.ensure_future(awaitable)
+    await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if not waiting.done():
+        waiting.cancel()
+        return False
+    waiting.result()  # raises what it raised
+    return True
 
 
 def _progress_table(statuses: dict[int, dict | None], rounds: int, exited: dict[int, int | None]) -> Table:
@@ -126,6 +189,20 @@ def _progress_table(statuses: dict[int, dict | None], rounds: int, exited: dict[
             state,
         )
     return table
+
+
+def _final(
+    last: dict[int, dict | None], result: RunResult, codes: dict[int, int], rounds: int
+) -> dict[int, dict]:
+    """Each peer's row once every peer exited, as the run's results have it (the last status polled may
+    predate the peer's last round): its accuracy with its last checkpointed model, and a peer that
+    finished did every round."""
+    return {
+        i: (last.get(i) or {})
+        | {"accuracy": float(result.peer_accuracy[i])}
+        | ({"round": rounds, "phase": Phase.FINISHED} if code == 0 else {})
+        for i, code in codes.items()
+    }
 
 
 @app.command()
@@ -159,20 +236,27 @@ def launch(
                 if time.monotonic() - started > timeout:
                     raise TimeoutError(f"the swarm did not finish within {timeout:.0f} s")
                 statuses = asyncio.run(swarm.statuses())
-                last |= {i: info for i, info in statuses.items() if info is not None}
+                last |= {i: info.model_dump(mode="json") for i, info in statuses.items() if info is not None}
                 exited = {i: p.poll() for i, p in swarm.processes.items()}
                 live.update(_progress_table(last, cfg.rounds, exited))
                 time.sleep(0.5)
-            live.update(_progress_table(last, cfg.rounds, {i: p.poll() for i, p in swarm.processes.items()}))
-        codes = swarm.wait(timeout=10)
-        result = swarm.result()
+            codes = swarm.wait(timeout=10)
+            elapsed = time.monotonic() - started
+            result = swarm.result()
+            live.update(_progress_table(_final(last, result, codes, cfg.rounds), cfg.rounds, codes))
+        if not console.is_terminal:  # Live ends its last frame with a newline only on a terminal
+            console.line()
     except BaseException:
         swarm.stop()
         console.print(f"peer logs kept in {staging}/peers")
         raise
     failed = {i: code for i, code in codes.items() if code != 0}
     write_outputs(result, out, staging)
-    console.print(summary_table(result, out))
+    timing = [
+        ("wall seconds (swarm: first start to last exit)", f"{elapsed:.2f}"),
+        ("seconds in rounds (slowest peer: train + mix)", f"{result.final['wall_s']:.2f}"),
+    ]
+    console.print(summary_table(result, out, timing))
     for index, problems in sorted(swarm.damaged.items()):  # counted with its last model that verifies
         for problem in problems:
             console.print(f"[bold yellow]peer {index}: checkpoint refused:[/] {escape(f'{out}/{problem}')}")
@@ -190,10 +274,7 @@ def status(
     """Ask a running peer for its status (signed; printed as JSON)."""
     try:
         host, port = parse_address(address)
-    except ValueError as err:
-        raise fail(err) from None
-    try:
         info = asyncio.run(fetch_status(host, port, identity=Identity.generate(), timeout=timeout))
-    except ProtocolError as err:
+    except NETWORK_ERRORS as err:
         raise fail(err) from None
-    console.print_json(json.dumps(info))
+    console.print_json(info.model_dump_json())

@@ -16,30 +16,31 @@ from torch.func import functional_call, grad, vmap
 
 from ppaia.learning.layout import ParamLayout
 from ppaia.learning.local import ELEMENT_BUDGET, LocalData, activation_size, peer_chunks
+from ppaia.seeding import peer_uniform
 
 __all__ = ["Anchor", "draw_fisher_samples", "ewc_gradient", "fisher_diagonal", "sampled_label"]
 
 
 def draw_fisher_samples(
-    data: LocalData, peers: torch.Tensor, samples: int, generator: torch.Generator
+    data: LocalData, rows: torch.Tensor, samples: int, key: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The random draws behind :func:`fisher_diagonal`, for all listed peers at once.
+    """The random draws behind :func:`fisher_diagonal`, for the listed rows of `data` at once.
 
     Returns sample ids ``[P, samples]`` (uniform with replacement from each peer's own samples; a peer
     without samples gets ids that are never used) and uniforms ``[P, samples]`` in [0, 1) that pick the
     sampled labels (see :func:`sampled_label`). Both are drawn in every mode, so a seed gives the same
-    sample ids whatever the mode.
+    sample ids whatever the mode. A peer's draws come from its own counter-based stream (`key`, its peer
+    id): the same whichever other peers are listed with it.
     """
-    counts = data.counts[peers]
-    positions = torch.rand(len(peers), samples, generator=generator, dtype=torch.float64)
-    positions = (positions * counts.unsqueeze(1)).long()
+    counts, ids = data.counts[rows], data.ids[rows]
+    draws = peer_uniform(key, ids, 2 * samples)  # [:samples] pick the samples, [samples:] the labels
+    positions = (draws[:, :samples] * counts.unsqueeze(1)).long()
     positions = torch.minimum(positions, (counts - 1).clamp(min=0).unsqueeze(1))
     if data.table.shape[1] == 0:  # no peer has any sample
-        ids = torch.zeros(len(peers), samples, dtype=torch.long)
+        sample_ids = torch.zeros(len(rows), samples, dtype=torch.long)
     else:
-        ids = data.table[peers].gather(1, positions)
-    uniforms = torch.rand(len(peers), samples, generator=generator)
-    return ids, uniforms
+        sample_ids = data.table[rows].gather(1, positions)
+    return sample_ids, draws[:, samples:]
 
 
 def sampled_label(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -56,17 +57,18 @@ def fisher_diagonal(
     *,
     samples: int,
     mode: Literal["sampled", "empirical"],
-    generator: torch.Generator,
+    key: int,
 ) -> torch.Tensor:
     """Diagonal Fisher information of each listed peer's model ([P, D]) on `samples` of its own data.
 
-    `params` holds every peer's flat parameters (``[N, D]``, row p = θ_p) and `peers` the ids of the peers
-    wanted (a boolean mask over the N peers is accepted too). For each of them, `samples` sample ids are
-    drawn uniformly with replacement from the peer's own samples and
+    `params` holds the flat parameters of `data`'s rows (``[N, D]``, row p = θ of peer ``data.ids[p]``)
+    and `peers` the rows wanted (a boolean mask over the N rows is accepted too). For each of them,
+    `samples` sample ids are drawn uniformly with replacement from the peer's own samples and
     ``F_p = mean over the draws of (∂ log p(ŷ | x; θ_p) / ∂θ)²``, where ŷ is sampled from the model's
     own prediction (``mode="sampled"``: the true Fisher, estimated as in the original EWC code) or is the
     true label (``mode="empirical"``). A peer with no samples gets F = 0. All randomness comes from
-    `generator` (see :func:`draw_fisher_samples`).
+    `key` (e.g. ``derive_seed(seed, Stream.FISHER, round)``) and each peer's id (see
+    :func:`draw_fisher_samples`).
 
     Per-sample gradients are one ``vmap`` (peers) of ``vmap`` (samples) of ``grad``, chunked over peers
     and samples so that peers × samples × (D + activations per sample) stays within the element budget.
@@ -81,7 +83,7 @@ def fisher_diagonal(
     fisher = torch.zeros(len(peers), layout.size, dtype=params.dtype)
     if len(peers) == 0:
         return fisher
-    ids, uniforms = draw_fisher_samples(data, peers, samples, generator)
+    ids, uniforms = draw_fisher_samples(data, peers, samples, key)
 
     def log_likelihood(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, layout.unflatten(flat), (x.unsqueeze(0),))[0]

@@ -16,13 +16,16 @@ __all__ = ["PeerLearning", "split_holdout"]
 
 
 def split_holdout(
-    parts: list[np.ndarray], fraction: float, seed: int
+    parts: list[np.ndarray], fraction: float, seed: int, ids: list[int] | None = None
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Split each peer's samples into (train, held-out); every peer keeps at least one training sample."""
-    rng = np.random.default_rng(seed)
+    """Split each peer's samples into (train, held-out); every peer keeps at least one training sample.
+
+    Part k belongs to peer ``ids[k]`` (k when None); each peer's split is drawn from its own stream, so a
+    networked peer that holds only its own part splits it as the simulator does.
+    """
     train, held = [], []
-    for part in parts:
-        shuffled = rng.permutation(part)
+    for peer, part in zip(range(len(parts)) if ids is None else ids, parts, strict=True):
+        shuffled = np.random.default_rng([seed, peer]).permutation(part)
         count = min(int(len(part) * fraction), len(part) - 1)
         held.append(np.sort(shuffled[:count]))
         train.append(np.sort(shuffled[count:]))
@@ -31,10 +34,15 @@ def split_holdout(
 
 @dataclass
 class PeerLearning:
-    """The model and each peer's held-out samples (its training samples when nothing was held out)."""
+    """The model and each peer's held-out samples (its training samples when nothing was held out).
+
+    Row k of `holdout` is peer ``ids[k]``'s (k when None, as in the simulator): a networked peer holds
+    only its own row, and rules still name peers by id.
+    """
 
     model: nn.Module
     holdout: LocalData
+    ids: torch.Tensor | None = None  # sorted peer ids of the rows
 
     def __post_init__(self) -> None:
         self.layout = ParamLayout.of(self.model)
@@ -45,11 +53,22 @@ class PeerLearning:
 
     def samples(self, peers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Held-out inputs [R, H, ...], labels [R, H] and validity mask [R, H] of the given peers."""
-        table, counts = self.holdout.table[peers], self.holdout.counts[peers]
+        rows = peers if self.ids is None else torch.searchsorted(self.ids, peers)
+        if self.ids is not None and not bool((self.ids[rows.clamp(max=len(self.ids) - 1)] == peers).all()):
+            raise KeyError(
+                f"held-out data of peers {peers.tolist()}: this executor holds {self.ids.tolist()}"
+            )
+        table, counts = self.holdout.table[rows], self.holdout.counts[rows]
         width = max(1, int(counts.max()))
         table = table[:, :width]
         mask = torch.arange(width) < counts.unsqueeze(1)
         return self.holdout.x[table], self.holdout.y[table], mask
+
+    def _rows(self, peers: torch.Tensor) -> torch.Tensor:
+        rows = torch.searchsorted(self.ids, peers)
+        if not bool((self.ids[rows.clamp(max=len(self.ids) - 1)] == peers).all()):
+            raise KeyError(f"held-out data of peers {peers.tolist()}: here only of {self.ids.tolist()}")
+        return rows
 
     @torch.no_grad()
     def logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

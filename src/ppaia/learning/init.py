@@ -1,4 +1,8 @@
-"""Initial parameters for all peers: one shared model, each peer its own, or the largest-norm one."""
+"""Initial parameters: one shared model, each peer its own, or the largest-norm one.
+
+A policy gives the rows of any set of peers without drawing the others' (a networked peer asks for its
+own row only); the rows always equal those rows of the whole swarm's result.
+"""
 
 from __future__ import annotations
 
@@ -46,9 +50,20 @@ class InitPolicy(Component):
     """Chooses the initial parameters of the peers."""
 
     def initial_params(
-        self, build: Callable[[], nn.Module], n: int, seed: int, graph: PeerGraph | None
+        self,
+        build: Callable[[], nn.Module],
+        n: int,
+        seed: int,
+        graph: PeerGraph | None,
+        ids: torch.Tensor | None = None,
     ) -> Initialization:
+        """The initial rows ``[len(ids), D]`` of peers `ids` of `n` (all n when None), and the cost of
+        agreeing on them for the whole swarm."""
         raise NotImplementedError
+
+
+def _peers(n: int, ids: torch.Tensor | None) -> list[int]:
+    return list(range(n)) if ids is None else ids.tolist()
 
 
 INIT_POLICIES: Registry[InitPolicy] = Registry("init policy")
@@ -58,24 +73,29 @@ INIT_POLICIES: Registry[InitPolicy] = Registry("init policy")
 class Common(InitPolicy):
     """Every peer starts from the same model, drawn from the run seed."""
 
-    def initial_params(self, build, n, seed, graph):
+    def initial_params(self, build, n, seed, graph, ids=None):
         model = seeded_model(build, derive_seed(seed, Stream.INIT))
-        return Initialization(ParamLayout.of(model).flatten(model).expand(n, -1).clone())
+        rows = len(_peers(n, ids))
+        return Initialization(ParamLayout.of(model).flatten(model).expand(rows, -1).clone())
 
 
 @INIT_POLICIES.register("independent")
 class Independent(InitPolicy):
     """Each peer draws its own initial model (seeded per peer)."""
 
-    def initial_params(self, build, n, seed, graph):
-        return Initialization(independent_params(build, n, seed))
+    def initial_params(self, build, n, seed, graph, ids=None):
+        return Initialization(independent_params(build, _peers(n, ids), seed))
 
 
-def independent_params(build: Callable[[], nn.Module], n: int, seed: int) -> torch.Tensor:
-    """Each peer's own default initialisation, drawn from a per-peer seed."""
-    models = [seeded_model(build, derive_seed(seed, Stream.INIT, peer)) for peer in range(n)]
-    layout = ParamLayout.of(models[0])
-    return torch.stack([layout.flatten(model) for model in models])
+def own_draw(build: Callable[[], nn.Module], peer: int, seed: int) -> torch.Tensor:
+    """Peer `peer`'s own default initialisation, drawn from its per-peer seed, flattened."""
+    model = seeded_model(build, derive_seed(seed, Stream.INIT, peer))
+    return ParamLayout.of(model).flatten(model)
+
+
+def independent_params(build: Callable[[], nn.Module], peers: list[int], seed: int) -> torch.Tensor:
+    """The listed peers' own default initialisations, one row each."""
+    return torch.stack([own_draw(build, peer, seed) for peer in peers])
 
 
 @INIT_POLICIES.register("max_norm")
@@ -88,13 +108,25 @@ class MaxNorm(InitPolicy):
     diameter), `models_sent` the parameters sent over all steps. Without links nobody sends or changes.
     """
 
-    def initial_params(self, build, n, seed, graph):
-        return max_norm_sync(independent_params(build, n, seed), graph)
+    def initial_params(self, build, n, seed, graph, ids=None):
+        if ids is None:
+            return max_norm_sync(independent_params(build, list(range(n)), seed), graph)
+        # A few peers' rows: every draw is made once for its norm and dropped (memory of one model, not
+        # n), then the owners of the adopted ranks are drawn again.
+        norms = torch.stack([own_draw(build, peer, seed).double().norm() for peer in range(n)])
+        adopted, steps, sent = max_norm_consensus(norm_ranks_of(norms), graph)
+        owner = torch.argsort(norm_ranks_of(norms))
+        return Initialization(independent_params(build, owner[adopted[ids]].tolist(), seed), steps, sent)
 
 
 def norm_ranks(params: torch.Tensor) -> torch.Tensor:
     """Each peer's place when ordered by parameter ℓ2 norm, largest first (equal norms: smaller id first)."""
-    order = torch.argsort(params.double().norm(dim=1), descending=True, stable=True)
+    return norm_ranks_of(params.double().norm(dim=1))
+
+
+def norm_ranks_of(norms: torch.Tensor) -> torch.Tensor:
+    """:func:`norm_ranks` from the peers' norms."""
+    order = torch.argsort(norms, descending=True, stable=True)
     return torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
 
 
@@ -115,10 +147,18 @@ def max_norm_sync(params: torch.Tensor, graph: PeerGraph | None) -> Initializati
     """
     if graph is None:
         return Initialization(params)
+    ranks = norm_ranks(params)
+    adopted, steps, sent = max_norm_consensus(ranks, graph)
+    owner = torch.argsort(ranks)  # the peer whose own draw has each rank
+    return Initialization(params[owner[adopted]], steps, sent)
+
+
+def max_norm_consensus(ranks: torch.Tensor, graph: PeerGraph | None) -> tuple[torch.Tensor, int, int]:
+    """The rank each peer adopts by max-consensus over `graph`, the steps it took and models sent."""
+    if graph is None:
+        return ranks, 0, 0
     step = mixing_step(MIXINGS.create("uniform"), graph, torch.ones(graph.n))  # closed neighbourhoods
     degree = graph.degree()
-    ranks = norm_ranks(params)
-    owner = torch.argsort(ranks)  # the peer whose own draw has each rank
     changed = torch.ones(graph.n, dtype=torch.bool)
     steps = sent = 0
     while True:
@@ -126,5 +166,5 @@ def max_norm_sync(params: torch.Tensor, graph: PeerGraph | None) -> Initializati
         adopted = adopt_smallest(ranks, step)
         changed = adopted != ranks
         if not changed.any():
-            return Initialization(params[owner[ranks]], steps, sent)
+            return ranks, steps, sent
         ranks, steps = adopted, steps + 1

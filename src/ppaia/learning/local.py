@@ -13,7 +13,7 @@ from torch.func import functional_call, grad, vmap
 
 from ppaia.learning.layout import ParamLayout
 from ppaia.learning.optim import OptimizerSpec
-from ppaia.seeding import Stream, generator
+from ppaia.seeding import Stream, derive_seed, peer_normal, peer_uniform
 
 if TYPE_CHECKING:
     from ppaia.learning.ewc import Anchor
@@ -35,23 +35,36 @@ ELEMENT_BUDGET = 2**25  # activations held at once by a batched forward/backward
 
 @dataclass(frozen=True)
 class LocalData:
-    """Every peer's training samples: row i of `table` lists peer i's sample ids (padded past counts[i])."""
+    """Training samples of some peers: row k of `table` lists the sample ids of peer ``ids[k]`` (padded past
+    ``counts[k]``).
+
+    The simulator holds every peer (``ids = 0..N-1``); a networked peer holds its own row only. Every random
+    draw about a row's training is keyed by its peer id, so a row trains the same in either.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     table: torch.Tensor
     counts: torch.Tensor
+    ids: torch.Tensor
 
     @classmethod
-    def from_parts(cls, x: torch.Tensor, y: torch.Tensor, parts: list[np.ndarray]) -> LocalData:
+    def from_parts(
+        cls, x: torch.Tensor, y: torch.Tensor, parts: list[np.ndarray], ids: torch.Tensor | None = None
+    ) -> LocalData:
+        """Part k is the samples of peer ``ids[k]`` (k when None)."""
         counts = torch.tensor([len(p) for p in parts], dtype=torch.long)
+        ids = torch.arange(len(parts)) if ids is None else torch.as_tensor(ids, dtype=torch.long)
+        if ids.shape != counts.shape:
+            raise ValueError(f"{len(parts)} parts but {ids.numel()} peer ids")
         table = torch.zeros(len(parts), int(counts.max()), dtype=torch.long)
         for row, part in enumerate(parts):
             table[row, : len(part)] = torch.as_tensor(part, dtype=torch.long)
-        return cls(x, y, table, counts)
+        return cls(x, y, table, counts, ids)
 
-    def peer_samples(self, peer: int) -> torch.Tensor:
-        return self.table[peer, : self.counts[peer]]
+    def peer_samples(self, row: int) -> torch.Tensor:
+        """The sample ids of row `row` (peer ``ids[row]``)."""
+        return self.table[row, : self.counts[row]]
 
 
 def clip_rows(values: torch.Tensor, clip: float) -> torch.Tensor:
@@ -70,13 +83,15 @@ def poisson_rate(counts: torch.Tensor, batch_size: int) -> torch.Tensor:
     return (batch_size / counts.clamp(min=1).double()).clamp(max=1.0)
 
 
-def epoch_order(counts: torch.Tensor, seed: int, round_: int, epoch: int) -> torch.Tensor:
-    """Each peer's shuffled sample positions for one epoch ([N, max count]; padding positions last).
+def epoch_order(counts: torch.Tensor, ids: torch.Tensor, seed: int, round_: int, epoch: int) -> torch.Tensor:
+    """Shuffled sample positions for one epoch of the peers `ids` holding `counts` samples ([P, max count];
+    padding positions last).
 
-    Shared by the batched engine and the reference executor so both see the same batches.
+    Peer p's order depends only on (seed, round, epoch, p, its count), so the batched engine, the reference
+    executor and a networked peer computing its own row alone all see the same batches.
     """
-    width = int(counts.max())
-    keys = torch.rand(counts.numel(), width, generator=generator(seed, Stream.DATA_ORDER, round_, epoch))
+    width = int(counts.max()) if counts.numel() else 0
+    keys = peer_uniform(derive_seed(seed, Stream.DATA_ORDER, round_, epoch), ids, width)
     keys.masked_fill_(torch.arange(width) >= counts.unsqueeze(1), 2.0)
     return keys.argsort(dim=1, stable=True)
 
@@ -102,8 +117,10 @@ def activation_size(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
-def peer_chunks(n_peers: int, samples: int, per_sample: int, budget: int = ELEMENT_BUDGET) -> list[slice]:
-    """Split peers into chunks whose batched forward pass stays within the activation budget."""
+def peer_chunks(n_peers: int, samples: int, per_sample: int, budget: int | None = None) -> list[slice]:
+    """Split peers into chunks whose batched forward pass stays within the activation budget
+    (:data:`ELEMENT_BUDGET` when None, read at each call)."""
+    budget = ELEMENT_BUDGET if budget is None else budget
     size = max(1, min(n_peers, budget // max(1, samples * per_sample)))
     return [slice(start, min(start + size, n_peers)) for start in range(0, n_peers, size)]
 
@@ -181,33 +198,28 @@ class BatchedTrainer:
         anchor: Anchor | None = None,
         private: PrivateSteps | None = None,
     ) -> torch.Tensor:
-        """Train `peers` (all when None) from their rows of `params`, updating `params` in place."""
-        ids = torch.arange(params.shape[0]) if peers is None else peers.nonzero().flatten()
-        if ids.numel() == 0 or int(self.data.counts[ids].max()) == 0:
+        """Train the rows where the mask `peers` is set (all when None), updating `params` in place."""
+        rows = torch.arange(params.shape[0]) if peers is None else peers.nonzero().flatten()
+        if rows.numel() == 0 or int(self.data.counts[rows].max()) == 0:
             return params
-        shuffled = private is None or private.sampling == "shuffle"  # Poisson batches need no epoch order
-        orders = [
-            epoch_order(self.data.counts, self.seed, round_, e) if shuffled else None
-            for e in range(self.epochs)
-        ]
         footprint = self.per_sample + (
             self.layout.size if private else 0
         )  # DP-SGD holds per-sample gradients
-        chunks = peer_chunks(ids.numel(), 3 * self.batch_size, footprint)
-        randomness = None if private is None else generator(private.seed, Stream.PRIVACY, round_)
-        if len(chunks) == 1 and ids.numel() == params.shape[0]:
-            return self._train_rows(params, ids, orders, anchor, private, randomness)  # everyone, in place
+        chunks = peer_chunks(rows.numel(), 3 * self.batch_size, footprint)
+        if len(chunks) == 1 and rows.numel() == params.shape[0]:
+            return self._train_rows(params, rows, round_, anchor, private)  # everyone, in place
         for chunk in chunks:
-            rows = ids[chunk]
-            orders_ = [None if o is None else o[rows] for o in orders]
-            params[rows] = self._train_rows(params[rows], rows, orders_, anchor, private, randomness)
+            params[rows[chunk]] = self._train_rows(params[rows[chunk]], rows[chunk], round_, anchor, private)
         return params
 
-    def _train_rows(self, params, rows, orders, anchor, private, randomness) -> torch.Tensor:
-        counts, table = self.data.counts[rows], self.data.table[rows]
+    def _train_rows(self, params, rows, round_, anchor, private) -> torch.Tensor:
+        """Train data rows `rows` from `params` (their parameters, updated in place)."""
+        counts, table, ids = self.data.counts[rows], self.data.table[rows], self.data.ids[rows]
         own_steps = self.steps_per_epoch(rows).unsqueeze(1)
         state = self.optimizer.init_state(params)
-        for order in orders:
+        shuffled = private is None or private.sampling == "shuffle"  # Poisson batches need no epoch order
+        for epoch in range(self.epochs):
+            order = epoch_order(counts, ids, self.seed, round_, epoch) if shuffled else None
             for step in range(int(own_steps.max())):
                 if private is None:
                     positions = order[:, step * self.batch_size : (step + 1) * self.batch_size]
@@ -215,29 +227,28 @@ class BatchedTrainer:
                     samples = table.gather(1, positions.clamp(max=table.shape[1] - 1))
                     grads = self._grad(params, self.data.x[samples], self.data.y[samples], valid.float())
                 else:
-                    grads = self._private_gradients(
-                        params, rows, counts, table, order, step, private, randomness
-                    )
+                    keys = (round_, epoch, step)
+                    grads = self._private_gradients(params, rows, counts, table, order, keys, private)
                 if anchor is not None:
                     grads = grads + anchor.gradient(params, rows)
                 active = (step < own_steps).float()
                 self.optimizer.step(params, grads, state, active, self.lr)
         return params
 
-    def _private_gradients(
-        self, params, rows, counts, table, order, step, private, randomness
-    ) -> torch.Tensor:
-        """DP-SGD: Σ clip(per-sample gradient) + N(0, (z·C)²), divided by the (expected) batch size."""
-        if (
-            private.sampling == "poisson"
-        ):  # each sample joins with probability B/n: Binomial size, random members
+    def _private_gradients(self, params, rows, counts, table, order, keys, private) -> torch.Tensor:
+        """DP-SGD: Σ clip(per-sample gradient) + N(0, (z·C)²), divided by the (expected) batch size.
+
+        `keys` are (round, epoch, step); the batch and the noise of each peer are drawn from its own
+        counter-based stream (:func:`ppaia.seeding.peer_uniform`), whatever else is trained with it.
+        """
+        ids, step = self.data.ids[rows], keys[-1]
+        if private.sampling == "poisson":  # each sample joins with probability B/n, independently
             rate = poisson_rate(counts, self.batch_size)
-            sizes = torch.binomial(counts.double(), rate.double(), generator=randomness).long()
-            keys = torch.rand(table.shape, generator=randomness).masked_fill_(
-                torch.arange(table.shape[1]) >= counts.unsqueeze(1), 2.0
-            )
+            draws = peer_uniform(derive_seed(private.seed, Stream.PRIVACY, *keys, 0), ids, table.shape[1])
+            joined = (draws < rate.unsqueeze(1)) & (torch.arange(table.shape[1]) < counts.unsqueeze(1))
+            sizes = joined.sum(1)
             width = max(1, int(sizes.max()))
-            positions = keys.argsort(dim=1, stable=True)[:, :width]
+            positions = (~joined).byte().argsort(dim=1, stable=True)[:, :width]  # members first, in order
             valid = torch.arange(width) < sizes.unsqueeze(1)
             denominator = (rate * counts).clamp(min=1).unsqueeze(1)  # expected batch size
         else:
@@ -247,5 +258,6 @@ class BatchedTrainer:
         samples = table.gather(1, positions.clamp(max=table.shape[1] - 1))
         per_sample = self._sample_grads(params, self.data.x[samples], self.data.y[samples])  # [M, B, D]
         clipped = (clip_rows(per_sample, private.clip) * valid.unsqueeze(-1)).sum(1)
-        noise = torch.randn(clipped.shape, generator=randomness, dtype=clipped.dtype)
+        noise_key = derive_seed(private.seed, Stream.PRIVACY, *keys, 1)
+        noise = peer_normal(noise_key, ids, clipped.shape[1], clipped.dtype)
         return (clipped + private.noise[rows].unsqueeze(1) * private.clip * noise) / denominator

@@ -62,7 +62,8 @@ def run_flobc_on_ledger(config: ExperimentConfig | dict, ledger: Ledger | None =
         config = ExperimentConfig.model_validate(config)
     if not isinstance(config.rule, FLoBC):
         raise ValueError(f"rule: the committee ledger records FLoBC runs, not {config.rule.label()!r}")
-    simulation = Simulation(config)
+    simulation = Simulation(config)  # FLoBC runs in the simulator; this records its releases on chain
+    setup = simulation.setup
     rule: FLoBC = simulation.rule
     n = simulation.n_peers
     ledger = Ledger.in_process(accounts=n + 1) if ledger is None else ledger
@@ -71,10 +72,10 @@ def run_flobc_on_ledger(config: ExperimentConfig | dict, ledger: Ledger | None =
     validator_ids = torch.arange(len(trainers), n)
 
     def model_hash(flat: torch.Tensor) -> bytes:
-        return content_hash(encode(simulation.layout.unflatten(flat)))
+        return content_hash(encode(setup.layout.unflatten(flat)))
 
     def held_out_accuracy(model: torch.Tensor) -> list[int]:
-        accuracy = simulation.learner.accuracy(model.expand(len(validators), 1, -1), validator_ids)[:, 0]
+        accuracy = setup.learner.accuracy(model.expand(len(validators), 1, -1), validator_ids)[:, 0]
         return [to_fixed(float(a)) for a in accuracy]
 
     def release(round_: int, model: torch.Tensor, update_ids=(), accepted=()) -> None:
@@ -107,7 +108,7 @@ def run_flobc_on_ledger(config: ExperimentConfig | dict, ledger: Ledger | None =
             ledger.set_score(trainers[peer], to_fixed(score), sender=validators[0])
         release(round_, last.model, update_ids, on_chain)
 
-    initial = simulation.params[len(trainers)].clone()  # the global model the validators start with
+    initial = setup.params[len(trainers)].clone()  # the global model the validators start with
     release(0, initial)
     result = simulation.run(record)
     return LedgerRun(result, initial, ledger, trainers, validators, tuple(releases))

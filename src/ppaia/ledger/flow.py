@@ -10,7 +10,8 @@ SHA-256. Each round r = 1..R:
    (verified against the hash), decodes and checks it, and trains it on its own data;
 2. every client encodes its trained model, stores it, and records the hash with ``submit_update(r, h)``;
 3. the publisher reads each submitted update back from the ledger (``update(id)``: trainer, round,
-   hash), fetches and verifies each blob, decodes it, and forms the sample-weighted mean (FedAvg);
+   hash), fetches and verifies each blob, decodes it, and aggregates them with the FedAvg rule's own
+   server step (the sample-weighted mean);
 4. the publisher stores the new global model and proposes it with ``propose_model(r, h, score)``, where
    the score is its test accuracy in fixed point; with one validator that releases version r + 1.
 
@@ -18,10 +19,10 @@ Before round 1 the publisher releases the initial model as round 0 (version 1). 
 every client taking part in every round, trained exactly as the simulator trains it, so its numbers are
 those of ``ppaia.run`` with ``rule = "fedavg"`` (``config.rule`` itself is not used).
 
-Simplifications, all stated: the clients' local training is computed in one batched call (each client's
-row is the model it decoded from its own download, trained on its own samples only — the computation
-the simulator does); the publisher knows each client's sample count (declared off chain, as in FedAvg);
-and the store is one in-memory object shared by everyone.
+Each client is built as a single peer's slice of the experiment (:meth:`Setup.peer`: its own samples,
+model and trainer only) and trains the model it decoded from its own download. Simplifications, all
+stated: every party runs in this one process; the publisher knows each client's sample count (declared
+off chain, as in FedAvg); and the store is one in-memory object shared by everyone.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ import torch
 
 from ppaia.codec import BlobError, decode, encode
 from ppaia.config import ExperimentConfig
+from ppaia.experiment import Setup
+from ppaia.experiment.local import round_context
 from ppaia.learning import ParamLayout
 from ppaia.ledger.blobs import BlobStore
 from ppaia.ledger.client import Ledger, LedgerError, to_fixed
-from ppaia.simulation.engine import Simulation
+from ppaia.rules import RULES
 
 __all__ = ["FlowError", "FlowResult", "RoundRecord", "run_publisher_flow"]
 
@@ -141,13 +144,22 @@ def run_publisher_flow(
     store = BlobStore() if store is None else store
     publisher, clients = _setup_ledger(ledger, config.peers)
 
-    # Data, model, trainer and the initial model come from the simulator's own set-up.
-    simulation = Simulation(config)
-    layout, trainer, evaluator = simulation.layout, simulation.trainer, simulation.evaluator
-    counts = simulation.train_counts
+    # Each client holds its own slice; the publisher's view (the layout, the test set it scores on, the
+    # initial model every client starts from, the declared sample counts) is client 0's set-up.
+    config = config.model_copy(update={"rule": RULES.create("fedavg")})
+    slices = [Setup.peer(config, i) for i in range(config.peers)]
+    publisher_view = slices[0]
+    layout, evaluator, counts = publisher_view.layout, publisher_view.evaluator, publisher_view.counts
     expected = layout.expected()
-    global_params = simulation.params[0].clone()
+    global_params = publisher_view.params[0].clone()
     client_index = {client: i for i, client in enumerate(clients)}
+    fedavg = publisher_view.rule
+
+    def aggregate(round_: int, received: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The FedAvg server's step over the clients' models, as the simulator runs it."""
+        ctx = round_context(publisher_view, round_)
+        row = fedavg.plan(ctx).steps[0].for_peer(0)
+        return fedavg.combine(torch.stack([received[int(i)] for i in row.sender_ids]), row, ctx)[0]
 
     def release(round_: int, flat: torch.Tensor, update_ids=(), trained_from=()) -> RoundRecord:
         """The publisher stores the global model, scores it on its test set and proposes it."""
@@ -167,12 +179,12 @@ def run_publisher_flow(
         latest = ledger.latest_version()
         blobs = [store.get(latest.model_hash) for _ in clients]  # each client's own verified download
         downloads = [latest.model_hash] * len(blobs)  # store.get verified each blob against this hash
-        rows = torch.stack([layout.join(decode(blob, expected)) for blob in blobs])
-        trained = trainer.train(rows, round_)
         update_ids = []
-        for client, row in zip(clients, trained, strict=True):
-            update_hash = store.put(encode(layout.unflatten(row)))
-            update_ids.append(ledger.submit_update(round_, update_hash, sender=client))
+        for client, blob, own in zip(clients, blobs, slices, strict=True):
+            row = own.trainer.train(layout.join(decode(blob, expected)).unsqueeze(0), round_)[0]
+            update_ids.append(
+                ledger.submit_update(round_, store.put(encode(layout.unflatten(row))), sender=client)
+            )
 
         # Publisher: read the updates from the ledger, fetch and verify their blobs, average them.
         received: dict[int, torch.Tensor] = {}
@@ -186,10 +198,7 @@ def run_publisher_flow(
                 )
             except BlobError as err:
                 raise BlobError(f"update {update_id} from {update.trainer}: {err}") from None
-        order = sorted(received)
-        sizes = counts[order].double()
-        weights = (sizes / sizes.sum()).to(torch.float32).unsqueeze(0)  # as FedAvg's mixing step does
-        global_params = (weights @ torch.stack([received[i] for i in order]))[0]
+        global_params = aggregate(round_, received)
         records.append(release(round_, global_params, update_ids, downloads))
 
     return FlowResult(

@@ -12,7 +12,7 @@ import hashlib
 
 from multiformats import CID
 
-from ppaia.network.errors import ProtocolError
+from ppaia.network.errors import ProtocolError, Reason
 
 __all__ = ["MAX_CID_CHARS", "check_content", "cid_of", "parse_cid"]
 
@@ -37,15 +37,15 @@ def cid_of(data: bytes) -> str:
 def parse_cid(text: object) -> str:
     """`text` as a canonical base32 string if it is a raw sha2-256 CIDv1; else ProtocolError "bad_cid"."""
     if not isinstance(text, str) or not 0 < len(text) <= MAX_CID_CHARS:
-        raise ProtocolError("bad_cid", f"not a CID string: {str(text)[:MAX_CID_CHARS]!r}")
+        raise ProtocolError(Reason.BAD_CID, f"not a CID string: {str(text)[:MAX_CID_CHARS]!r}")
     try:
         cid = CID.decode(text)
         version, codec, hashfun, digest = cid.version, cid.codec.name, cid.hashfun.name, cid.raw_digest
     except Exception as err:  # multiformats raises many types (KeyError, ValueError, ...) for garbage
-        raise ProtocolError("bad_cid", f"unparsable CID {text!r}: {type(err).__name__}") from None
+        raise ProtocolError(Reason.BAD_CID, f"unparsable CID {text!r}: {type(err).__name__}") from None
     if version != 1 or codec != RAW_CODEC or hashfun != HASH or len(digest) != DIGEST_BYTES:
         raise ProtocolError(
-            "bad_cid", f"CID {text!r} is v{version}/{codec}/{hashfun}; only v1/raw/sha2-256 is accepted"
+            Reason.BAD_CID, f"CID {text!r} is v{version}/{codec}/{hashfun}; only v1/raw/sha2-256 is accepted"
         )
     return _cid(digest)
 
@@ -54,4 +54,4 @@ def check_content(cid: str, data: bytes) -> None:
     """Raise ProtocolError "wrong_cid" unless `data` is the content that `cid` names."""
     actual = cid_of(data)
     if actual != cid:
-        raise ProtocolError("wrong_cid", f"content hashes to {actual}, not to the announced {cid}")
+        raise ProtocolError(Reason.WRONG_CID, f"content hashes to {actual}, not to the announced {cid}")

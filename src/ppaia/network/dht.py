@@ -63,7 +63,7 @@ from kademlia.routing import KBucket, RoutingTable
 from kademlia.storage import IStorage
 from kademlia.utils import digest
 
-from ppaia.network.errors import ProtocolError
+from ppaia.network.errors import AddressError, ListenError, NetworkError, ProtocolError, format_address
 from ppaia.network.identity import Identity
 from ppaia.network.records import (
     MAX_PROVIDERS,
@@ -116,8 +116,12 @@ _REQUEST, _RESPONSE = b"\x00", b"\x01"  # rpcudp framing: kind byte, 20-byte mes
 _MAX_HOST_CHARS = 64  # the longest IPv6 literal with a scope id is well under this
 
 
-class DHTError(RuntimeError):
+class DHTError(NetworkError):
     """The DHT was used before `start`, or a record could not be built (no known address)."""
+
+
+class BootstrapError(NetworkError):
+    """No bootstrap seed answered in time: a wrong address, or no peer running there."""
 
 
 class Refusal(StrEnum):
@@ -140,17 +144,23 @@ _HOSTILE = frozenset(
 )
 
 
-def parse_address(text: str) -> Address:
-    """`"host:port"` (or `"[v6]:port"`) as `(host, port)`; ValueError saying what is wrong."""
+def parse_address(text: str, *, any_port: bool = False) -> Address:
+    """`"host:port"` (or `"[v6]:port"`) as `(host, port)`; AddressError saying what is wrong.
+
+    Port 0 is accepted only with `any_port` (an address to listen on: any free port); an address to
+    reach, such as a bootstrap seed, needs a real port.
+    """
     host, colon, port_text = str(text).strip().rpartition(":")
     if not colon or not host:
-        raise ValueError(f"expected host:port, got {text!r}")
+        raise AddressError(f"expected host:port, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ValueError(f"write an IPv6 address in brackets, like [::1]:4000, got {text!r}")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"port must be a number from 1 to 65535, got {port_text!r} in {text!r}")
+        raise AddressError(f"write an IPv6 address in brackets, like [::1]:4000, got {text!r}")
+    lowest = 0 if any_port else 1
+    if not port_text.isdigit() or not lowest <= int(port_text) < 65536:
+        allowed = "0 (any free port)" if any_port else "1"
+        raise AddressError(f"port must be a number from {allowed} to 65535, got {port_text!r} in {text!r}")
     return host, int(port_text)
 
 
@@ -969,6 +979,8 @@ class PeerDHT:
         self._address: tuple[str, int] | None = None  # (host, tcp_port) once announced
         self._topics: set[str] = set()
         self._republisher: asyncio.Task | None = None
+        self.listening = asyncio.Event()  # set once `start` listens (then `port` is known)
+        self._joined = asyncio.Event()  # set once a bootstrap seed answered
 
     @property
     def peer_id(self) -> str:
@@ -993,10 +1005,15 @@ class PeerDHT:
     async def start(
         self, host: str = "127.0.0.1", port: int = 0, bootstrap: Sequence[Address | str] = ()
     ) -> None:
-        """Listen on UDP `host:port` (0 picks a free port), then join through the `bootstrap` seeds."""
+        """Listen on UDP `host:port` (0 picks a free port), then join through the `bootstrap` seeds;
+        ListenError if it cannot listen there."""
         if self._server.protocol is not None:
             raise DHTError("a PeerDHT starts once; make a new one to start again")
-        await self._server.listen(port, interface=host)
+        try:
+            await self._server.listen(port, interface=host)
+        except OSError as err:  # the datagram endpoint's own error does not say where
+            raise ListenError("UDP", host, port, err) from err
+        self.listening.set()
         self._listen_host = host
         self._republisher = asyncio.create_task(self._republish_forever())
         if bootstrap:
@@ -1020,10 +1037,22 @@ class PeerDHT:
                 "no bootstrap seed answered (%s)", ", ".join(f"{h}:{p}" for h, p in addresses) or "none"
             )
             return 0
+        self._joined.set()
         protocol = self._protocol()
         await NodeCrawl(protocol, self._server.node, reached, self._server.ksize, self._server.alpha).find()
         await protocol.settle()  # the nodes met on the way are in the table once they confirmed their ids
         return len(reached)
+
+    async def wait_joined(self, seeds: Sequence[Address], within: float) -> None:
+        """Return once a `bootstrap` call reached one of `seeds`; BootstrapError naming them if none did
+        within `within` seconds. A joiner retries its seeds while they start; this bounds the retrying."""
+        try:
+            await asyncio.wait_for(self._joined.wait(), within)
+        except TimeoutError:
+            names = ", ".join(format_address(host, port) for host, port in seeds)
+            raise BootstrapError(
+                f"no bootstrap peer answered within {within:g} s: {names} (is a peer running there?)"
+            ) from None
 
     async def stop(self) -> None:
         """Stop republishing and close the socket; this peer's records then expire within ttl."""

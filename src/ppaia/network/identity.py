@@ -15,6 +15,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from ppaia.network.errors import NetworkError
+
 __all__ = ["KEY_FILE", "Identity", "IdentityError", "peer_id_of", "verify_signature"]
 
 KEY_FILE = "identity.key"
@@ -22,7 +24,7 @@ PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 
 
-class IdentityError(ValueError):
+class IdentityError(NetworkError):
     """A key file that is unreadable, malformed or readable by other users."""
 
 

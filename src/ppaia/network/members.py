@@ -20,10 +20,12 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
+from ppaia.network.errors import NetworkError
+
 __all__ = ["MembersError", "initial_pins", "read_members", "write_members"]
 
 
-class MembersError(ValueError):
+class MembersError(NetworkError):
     """A members file that is unreadable, malformed, or does not list exactly the swarm's indices."""
 
 

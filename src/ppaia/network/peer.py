@@ -2,7 +2,14 @@
 
 One asyncio process per peer. It serves its models over TCP (:class:`ModelServer`), announces itself and
 the swarm index it plays (topic ``<swarm>/peer/<i>``) in the Kademlia DHT, and runs the rounds of the
-config it was given — the same rule code as the simulator (:class:`PeerLearner`).
+config it was given — the same rule code as the simulator (:class:`PeerLearner`). This module holds the
+round loop and the wiring; the policies it applies live beside it:
+
+- :mod:`~ppaia.network.addressbook` — where the other peers serve, and which key plays each index;
+- :mod:`~ppaia.network.agreement` — the shared config every partner must run, checked at first contact;
+- :mod:`~ppaia.network.timing` — how long to wait for a sender: pace-derived deadlines, absent senders;
+- :mod:`~ppaia.network.strikes` — what to do with a bad reply: count, strike, ban;
+- :mod:`~ppaia.network.status` and :mod:`~ppaia.network.progress` — its status and its round records.
 
 **Versions.** In round r the model entering mixing step s is version (r, s); (r, S) is the round's
 result for a rule with S steps. A peer publishes each version as soon as it has it and fetches exactly
@@ -11,115 +18,74 @@ FedAvg's server average) is computed by the smallest peer id the result goes to 
 the others fetch its version (r, s + 1). A peer keeps serving its newest versions within a memory budget
 (at least 4, at most 256).
 
-**Timing policy.** No global barrier: every peer proceeds as soon as it has what it needs. (A peer only
-waits, at start, until it can find every other peer in the DHT, at most `wait`: in either mode a peer
-not yet started would otherwise be taken for an absent one, and the first peer would run alone.)
-
-- ``synchronous`` (default): a peer waits for each sender's exact version. With every model received the
-  numbers are the simulator's. It gives up on a sender (left out of the step, :meth:`Mixing.restricted`:
-  its weight goes to the peer's own model) that
-  - has not answered at all for a *deadline* derived from the swarm's pace: ``WAIT_ROUNDS`` times the
-    median of this peer's recent round times, at least `min_wait`, at most `wait` (`wait` itself until a
-    round has been timed) — a crashed or unreachable sender costs about that, not a fixed minute; or
-  - answers, but its newest version has not moved for `wait` seconds (hung). A sender that answers is
-    alive and usually only waiting for its own senders, which the deadline bounds: cutting it off
-    sooner would leave out a live peer and break the guarantee above.
-- asynchronous: each step waits at most `deadline` seconds; a sender that has not reached the version by
-  then contributes its newest model if it is at most `max_staleness` rounds old — with its ordinary
-  weight — and is left out otherwise. A broadcast result is never replaced by a stale model.
-- Either way, a sender already past the version asked for will never serve it: it is left out at once.
-- **Absent senders.** A sender whose wait ran out is *absent*: it is not waited for again until it shows
-  progress. Meanwhile it is left out of each step at once (asynchronous: its stale model is used if
-  recent enough) while its status is asked in the background, one request at a time. Once the status
-  reports a newest version other than the one it had when it went absent — it restarted and
-  published, or was only slow — it is back from the next step on and waited for as before. So a dead
-  peer costs its neighbours one deadline, once, and nobody a wait after that: the wait no longer
-  cascades through the swarm round after round.
+**Start.** A peer waits, at most `wait`, until it has found every other peer in the DHT and seen from its
+status that it runs the same shared config; in either timing mode a peer not yet started would otherwise
+be taken for an absent one, and the first peer would run alone. A partner that runs another config is
+refused (never used, named with the differing fields in the log, listed in the status as ``refused``),
+and its status is asked again in the background in case it comes back with this config. A peer that
+runs another config than every other peer stops with an :class:`AgreementError` naming the fields, once
+they have seen it (each lists it as refused; at most `NOTICE_SECONDS`), so that they leave it out at
+once instead of waiting for it as for a dead peer.
 
 **Bad input.** Every received model is checked (signature, sender, nonce, version, size, CID, tensor
-names/shapes/dtypes, NaN/Inf) before use. A failure that is the sender's doing is logged, counted by
-reason and strikes the sender, which is banned for a while after repeated strikes (its models are not
-used, its requests refused). That includes a sender that starts a reply and then trickles it (slow
-drip, ``slow_sender``): within a download, each slice of the reply must arrive within half the
-download's time (at most the transport's pace window). A sender that is unreachable, never starts a
-reply in time, or whose address now answers with another key is only looked up again: that happens to
-honest peers that crashed or moved.
-
-**Identity of indices.** With a members list (``--members``, written by ``ppaia launch``) index j is
-played by the key the list names and nobody else. Without one, the peer pins index j to the first
-claimant the DHT's storing nodes agree on (a strict majority of them received its claim first), and
-while they disagree it pins nobody; a claim's issue time never decides. Once pinned, index j is found
-through its peer's own ``peer:`` record, so later claimants of j are never followed. A restarted peer
-keeps its id (its key is in its data directory), so it is recognised again.
+names/shapes/dtypes, NaN/Inf) before use, and every status against :class:`PeerStatus`; a failure is
+handled by :class:`Strikes`. Within a download, each slice of the reply must arrive within half the
+download's time (at most the transport's pace window), or the sender is cut off as ``slow_sender``.
 
 **Checkpoints** after every round (:class:`Checkpoint`); a restarted peer resumes after the last one,
 or catches up with the others' newest completed round if they have all moved on (:meth:`_catch_up`).
-Learned rule state (the trust matrix) restarts from its initial value after a restart.
+With each round it saves what it learned besides its model (:class:`LearnerState`): its rule's state keyed
+by partner peer id (learned trust: its trust in each partner) and its DP accountant's, so a restarted
+peer resumes with the trust it had and the ε it had spent. Catching up combines the others' models
+with the peer's own rule (learned trust weighs them by its trust), not by a plain mean.
+
+**Linger.** After its last round a peer keeps serving (phase ``finished``, still answering ``ppaia
+status``) until every other peer reports finished or fails to answer 3 times in a row, at most `linger`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import logging
-import statistics
+import math
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ppaia import codec
 from ppaia.config import ExperimentConfig
+from ppaia.experiment import OwnData
+from ppaia.network.addressbook import AddressBook, index_topic
+from ppaia.network.agreement import Agreement, Difference, describe
 from ppaia.network.checkpoint import Checkpoint
-from ppaia.network.dht import Address, PeerDHT
-from ppaia.network.errors import ProtocolError
+from ppaia.network.dht import Address, BootstrapError, PeerDHT
+from ppaia.network.errors import AgreementError, ProtocolError, format_address
 from ppaia.network.identity import Identity
 from ppaia.network.learner import PeerLearner, StepRole
 from ppaia.network.members import initial_pins
+from ppaia.network.progress import Progress, RoundRecord, record_round
+from ppaia.network.status import MAX_LISTED, Latest, PeerStatus, Phase
+from ppaia.network.strikes import Strikes
+from ppaia.network.timing import Timing, Version
 from ppaia.network.transfer import (
     DEFAULT_PACE,
-    BanList,
     ModelServer,
     ModelVersion,
     NotReady,
     Pace,
-    Reason,
     fetch_model,
     fetch_status,
 )
 
-__all__ = ["Peer", "PeerOptions", "index_topic"]
+__all__ = ["Peer", "PeerOptions"]
 
 log = logging.getLogger(__name__)
 
-# The sender may be gone (or moved): look it up again, no strike. Every other reason is a strike, among
-# them Reason.SLOW_SENDER: a reply that started, then trickled.
-UNREACHABLE = frozenset({Reason.UNREACHABLE, Reason.TIMEOUT, "closed"})
-WAIT_ROUNDS = 4.0  # synchronous deadline for a silent sender: this many median round times
-ROUND_HISTORY = 16  # recent round times the deadline is derived from
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
 SERVED_BYTES = 256 << 20  # memory for the model versions a peer keeps serving
-
-Version = tuple[int, int]  # (round, step)
-
-
-def index_topic(swarm: str, index: int) -> str:
-    """The DHT topic a peer provides to say "I play index `index` in swarm `swarm`"."""
-    return f"{swarm}/peer/{index}"
-
-
-def _version(value: object) -> Version | None:
-    """A (round, step) a remote peer reported — a pair of non-negative integers, or a status's
-    {"round", "step", ...} — or None for anything else."""
-    if isinstance(value, dict):
-        value = (value.get("round"), value.get("step"))
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        round_, step = value
-        if all(type(x) is int and x >= 0 for x in (round_, step)):
-            return round_, step
-    return None
+NOTICE_SECONDS = 10.0  # a refused peer's wait for its partners to see it runs another config (they poll)
 
 
 @dataclass(frozen=True)
@@ -142,81 +108,101 @@ class PeerOptions:
     members: tuple[str, ...] = ()  # the peer id of each index (a closed swarm); () pins first holders
 
 
-@dataclass
-class _Progress:
-    round: int = 0
-    phase: str = "starting"
-    accuracy: float | None = None
-    missing: int = 0
-    stale: int = 0
-    rejections: Counter = field(default_factory=Counter)
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 class Peer:
     """One peer process's state and main loop (see the module docstring)."""
 
     def __init__(
-        self, config: ExperimentConfig, options: PeerOptions, identity: Identity | None = None
+        self,
+        config: ExperimentConfig,
+        options: PeerOptions,
+        identity: Identity | None = None,
+        own: OwnData | None = None,
     ) -> None:
         self.config = config
         self.options = options
         self.identity = identity or Identity.load_or_create(options.data_dir)
-        self.learner = PeerLearner(config, options.index)
+        self.learner = PeerLearner(config, options.index, own)
         self.expected = self.learner.layout.expected()
         encoded = len(codec.encode(self.learner.tensors()))  # every honest model has exactly this size
         self.max_bytes = min(encoded + 4096, options.max_model_bytes)
         self.checkpoint = Checkpoint(Path(options.data_dir), config, options.index)
-        self.bans = BanList()
-        self.progress = _Progress()
+        self.agreement = Agreement.of(config, own_data=own is not None)
+        self.progress = Progress()
+        self.strikes = Strikes(options.index)
         self.server = ModelServer(
             self.identity,
             options.listen[0],
             options.listen[1],
             keep=max(4, min(256, SERVED_BYTES // encoded)),  # versions kept for slower neighbours
             status=self.status,
-            bans=self.bans,
+            bans=self.strikes.bans,
             shared_addresses=LOOPBACK,  # in a local swarm every peer has the same address
         )
         self.dht = PeerDHT(self.identity, ttl=options.dht_ttl, rpc_timeout=2.0)
-        # swarm index -> peer id: the members list, or each index's agreed first holder once seen
-        self._pinned = initial_pins(options.members, config.peers, options.index, self.identity.peer_id)
-        self._disputed: dict[int, frozenset[str]] = {}  # unpinned index -> its claimants, last logged
-        self._addresses: dict[int, Address] = {}
-        self._lookups: dict[int, asyncio.Future] = {}  # DHT lookups still running, by swarm index
-        self._round_times: deque[float] = deque(maxlen=ROUND_HISTORY)  # seconds, this peer's latest rounds
-        self._absent: dict[int, Version | None] = {}  # sender -> its newest version when it went absent
-        self._probes: dict[int, asyncio.Task[Version | None]] = {}  # status requests to absent senders
+        pins = initial_pins(options.members, config.peers, options.index, self.identity.peer_id)
+        self.book = AddressBook(self.dht, options.swarm, options.index, pins)
+        self.timing = Timing(
+            options.index,
+            synchronous=options.synchronous,
+            wait=options.wait,
+            min_wait=options.min_wait,
+            deadline=options.deadline,
+            max_staleness=options.max_staleness,
+        )
+        self.agreed: dict[int, Address] = {}  # partner -> the address its agreeing status came from
+        self.refused: dict[int, list[Difference]] = {}  # partner -> how the config it runs differs
+        self._rechecks: dict[int, asyncio.Task[PeerStatus | None]] = {}  # status requests to refused ones
 
-    def status(self) -> dict:
-        """What ``ppaia status`` and the launcher see."""
+    def status(self) -> PeerStatus:
+        """What ``ppaia status``, the launcher and the other peers see."""
         p = self.progress
-        return {
-            "peer": self.options.index,
-            "peer_id": self.identity.peer_id,
-            "round": p.round,
-            "rounds": self.config.rounds,
-            "phase": p.phase,
-            "accuracy": p.accuracy,
-            "missing": p.missing,
-            "stale": p.stale,
-            "rejections": dict(p.rejections + self.server.rejections),
-            "banned": sorted(self.bans.banned()),
-        }
+        banned = sorted(self.strikes.bans.banned())
+        return PeerStatus(
+            peer_id=self.identity.peer_id,
+            index=self.options.index,
+            round=p.round,
+            rounds=self.config.rounds,
+            step=p.step,
+            phase=p.phase,
+            accuracy=_finite(p.accuracy),
+            loss=_finite(p.loss),
+            epsilon=_finite(p.epsilon),
+            missing=p.missing,
+            stale=p.stale,
+            rejections=dict(self.strikes.rejections + self.server.rejections),
+            banned=banned[:MAX_LISTED],
+            banned_total=len(banned),
+            refused=sorted(self.refused)[:MAX_LISTED],
+            latest=Latest.of(self.server.latest),
+            agreement=self.agreement,
+        )
 
     async def run(self) -> None:
         """Join the swarm, run every remaining round, then linger until the others are done."""
         await self.server.start()
         host = self.options.listen[0]
         await self.dht.start(host, self.options.listen[1] or 0)
+        log.info(
+            "peer %d (id %s) serves models on TCP %s and the DHT on UDP %s; swarm %r of %d peers, "
+            "%d rounds, shared config %s",
+            self.options.index, self.identity.peer_id, format_address(host, self.server.port),
+            format_address(host, self.dht.port), self.options.swarm, self.config.peers, self.config.rounds,
+            self.agreement.digest[:16],
+        )  # fmt: skip
         try:
             await self._join(host)
             await self._rendezvous()
             await self._rounds()
-            self.progress.phase = "done"
+            self.progress.phase = Phase.FINISHED
             await self._linger()
         finally:
-            for probe in self._probes.values():
-                probe.cancel()
+            self.timing.stop()
+            for asking in self._rechecks.values():
+                asking.cancel()
             await self.dht.stop()
             await self.server.stop()
 
@@ -227,76 +213,112 @@ class Peer:
                 break
             await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
         else:
-            raise ConnectionError(f"no bootstrap peer answered: {self.options.bootstrap}")
+            raise BootstrapError(f"no bootstrap peer answered: {self.options.bootstrap}")
         await self.dht.announce(self.server.port, host)
         await self.dht.provide(index_topic(self.options.swarm, self.options.index))
 
     async def _rendezvous(self) -> None:
-        """Look every other peer up in the DHT (up to `wait` seconds in all), so that peers started a
-        little later are not mistaken for absent ones in the first round."""
+        """Find every other peer and check that it runs this config (up to `wait` seconds in all), so
+        that peers started a little later are not mistaken for absent ones in the first round; stop
+        with AgreementError if every other peer was found and runs another config."""
+        self.progress.phase = Phase.WAITING
         loop = asyncio.get_running_loop()
         until = loop.time() + self.options.wait
         missing = set(range(self.config.peers)) - {self.options.index}
         while missing and loop.time() < until:
             for index in sorted(missing):
-                if await self._address(index, max(until - loop.time(), 0.05)) is not None:
+                found = await self._address(index, max(until - loop.time(), 0.05))
+                if found is not None or index in self.refused:
                     missing.discard(index)
             if missing:
                 await asyncio.sleep(0.1)
         if missing:
             log.warning(
-                "peer %d: peers %s are not in the DHT yet; starting anyway",
+                "peer %d: peers %s are not in the DHT yet, or do not answer; starting anyway",
                 self.options.index,
                 sorted(missing),
             )
+        if self.refused and not self.agreed and not missing:
+            await self._until_refused()
+            others = "; ".join(f"peer {i}: {describe(diff)}" for i, diff in sorted(self.refused.items()))
+            raise AgreementError(
+                f"peer {self.options.index} runs another config than every peer it found, so it cannot "
+                f"train with any of them ({others}); start it with the swarm's config"
+            )
+
+    async def _until_refused(self) -> None:
+        """Before this peer stops because every other peer runs another config: wait (at most
+        `NOTICE_SECONDS`, or `wait`) until each of them lists it as refused in its status, so that they
+        leave it out at once, naming the fields, instead of waiting for it as for a dead peer."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + min(self.options.wait, NOTICE_SECONDS)
+        waiting = set(self.refused)
+        while waiting and loop.time() < until:
+            for index in sorted(waiting):
+                status = await self._status(index, 1.0)
+                if status is not None and self.options.index in status.refused:
+                    waiting.discard(index)
+            await asyncio.sleep(0.1)
 
     async def _rounds(self) -> None:
-        learner = self.learner
+        learner, progress = self.learner, self.progress
         resumed = self.checkpoint.latest(self.expected)
         first = 1
         if resumed is not None:
-            first = resumed[0] + 1
-            learner.params = learner.layout.join(resumed[1])
-            log.info("peer %d resumes after round %d", self.options.index, resumed[0])
+            first = resumed.round + 1
+            learner.params = learner.layout.join(resumed.model)
+            ids = self._partner_ids()
+            if resumed.learner is not None:
+                learner.load_state(resumed.learner, ids)
+            progress.epsilon = learner.epsilon()
+            restored = learner.describe_state(ids)
+            log.info("peer %d resumes after round %d%s", self.options.index, resumed.round, restored)
             first = await self._catch_up(first)
         else:
             self.checkpoint.save(0, learner.tensors())
         for round_ in range(first, self.config.rounds + 1):
-            self.progress.round = round_
+            progress.round, progress.step = round_, 0
             started = time.perf_counter()
             ctx = learner.context(round_)
             trains, roles = learner.roles(ctx)
-            self.progress.phase = "train"
+            progress.phase = Phase.TRAINING
             if trains:
                 await asyncio.to_thread(learner.train, round_)
+            progress.epsilon = learner.epsilon()
             trained = time.perf_counter()
-            self.progress.phase = "mix"
+            progress.phase = Phase.MIXING
             received = missing = stale = 0
             for step, role in enumerate(roles):
+                progress.step = step
                 await self._publish(round_, step)
                 got, lost, old = await self._step(round_, step, role, ctx)
                 received, missing, stale = received + got, missing + lost, stale + old
             final = await self._publish(round_, len(roles))
             mixed = time.perf_counter()
-            await asyncio.to_thread(self.checkpoint.save, round_, final.data)  # the bytes just served
-            if self.config.evaluates(round_):
-                self.progress.accuracy = (await asyncio.to_thread(learner.evaluate))[0]
-            self.progress.missing += missing
-            self.progress.stale += stale
-            self._log_round(round_, trained - started, mixed - trained, received, missing, stale)
-            self._round_times.append(time.perf_counter() - started)
+            state = learner.state(self._partner_ids())
+            await asyncio.to_thread(self.checkpoint.save, round_, final.data, state)  # the bytes just served
+            evaluated = self.config.evaluates(round_)
+            if evaluated:
+                progress.accuracy, progress.loss = await asyncio.to_thread(learner.evaluate)
+            progress.missing += missing
+            progress.stale += stale
+            record = RoundRecord(
+                round_, trained - started, mixed - trained, received, missing, stale, evaluated
+            )
+            record_round(self.options.data_dir, self.options.index, self.config.rounds, record, progress)
+            self.timing.record(time.perf_counter() - started)
 
     async def _catch_up(self, first: int) -> int:
         """The round a resumed peer continues from. If every peer that answers has completed round
         R ≥ `first` meanwhile, none will serve it the versions of those rounds again: it adopts the mean
         of their round-R results (each fetched and verified) and continues with round R + 1. Peers that
-        do not answer (dead, or not started) are not waited for."""
+        do not answer (dead, or not started) or run another config are not waited for."""
         others = [i for i in range(self.config.peers) if i != self.options.index]
         statuses = await asyncio.gather(*(self._status(i) for i in others))
         alive = {
-            i: info["latest"]["round"]
-            for i, info in zip(others, statuses, strict=True)
-            if info and info.get("latest")
+            i: status.latest.round
+            for i, status in zip(others, statuses, strict=True)
+            if status is not None and status.latest is not None and i not in self.refused
         }
         if not alive:
             return first
@@ -304,13 +326,14 @@ class Peer:
         if target < first:
             return first
         steps = len(self.learner.roles(self.learner.context(target))[1])
-        models = []
+        models: dict[int, torch.Tensor] = {}
         for index in alive:
             address = await self._address(index, 2.0)
             if address is None:
                 continue
             try:
-                models.append(await self._download(address, self._pinned.get(index), target, steps, 5.0))
+                pinned = self.book.pinned.get(index)
+                models[index] = await self._download(address, pinned, target, steps, 5.0)
             except (NotReady, ProtocolError) as err:
                 log.info(
                     "peer %d: no round-%d model from peer %d to catch up: %s",
@@ -321,28 +344,82 @@ class Peer:
                 )
         if not models:
             return first
-        self.learner.params = torch.stack(models).mean(0)
-        await asyncio.to_thread(self.checkpoint.save, target, self.learner.tensors())
+        self.learner.params = await asyncio.to_thread(self.learner.catch_up, models, target)
+        state = self.learner.state(self._partner_ids())
+        await asyncio.to_thread(self.checkpoint.save, target, self.learner.tensors(), state)
         log.info(
-            "peer %d catches up: skips rounds %d..%d, adopting the mean of %d peers' round-%d models",
+            "peer %d catches up: skips rounds %d..%d, combining %d peers' round-%d models by its rule",
             self.options.index, first, target, len(models), target,
         )  # fmt: skip
         return target + 1
 
-    async def _status(self, index: int, timeout: float = 2.0) -> dict | None:
-        """Peer `index`'s status (signed by its pinned id), or None if it cannot be found or does not
-        answer within `timeout` seconds (each, for the lookup and the request)."""
-        address = await self._address(index, timeout)
+    def _partner_ids(self) -> list[str | None]:
+        """The peer id playing each index (None where none is pinned yet), this peer's own included."""
+        ids: list[str | None] = [self.book.pinned.get(index) for index in range(self.config.peers)]
+        ids[self.options.index] = self.identity.peer_id
+        return ids
+
+    async def _status(self, index: int, timeout: float = 2.0) -> PeerStatus | None:
+        """Peer `index`'s status (signed by its pinned id, valid, and checked against this peer's shared
+        config: see :meth:`_agree`), or None if it cannot be found or does not answer within `timeout`
+        seconds (each, for the lookup and the request), or its status is refused (a strike)."""
+        address = await self.book.address(index, timeout)
         if address is None:
             return None
+        peer_id = self.book.pinned.get(index)
         try:
-            return await fetch_status(
-                *address, identity=self.identity, timeout=timeout, expect_sender=self._pinned.get(index)
+            status = await fetch_status(
+                *address, identity=self.identity, timeout=timeout, expect_sender=peer_id
             )
         except ProtocolError as err:
-            if err.reason in UNREACHABLE or err.reason == "wrong_sender":
-                self._addresses.pop(index, None)  # gone or moved: look it up again next time
+            if self.strikes.reject(index, peer_id, err, "status"):
+                self.book.forget(index)
             return None
+        self._agree(index, address, status)
+        return status
+
+    def _agree(self, index: int, address: Address, status: PeerStatus) -> bool:
+        """Whether peer `index` (at `address`) runs this peer's shared config, as `status` says; a peer
+        that does not is refused (left out of every step) until a later status says it does."""
+        differences = self.agreement.differences(status.agreement)
+        if not differences:
+            self.agreed[index] = address
+            if self.refused.pop(index, None) is not None:
+                log.info("peer %d: peer %d now runs this swarm's config", self.options.index, index)
+            return True
+        self.agreed.pop(index, None)
+        if self.refused.get(index) != differences:  # logged once per difference
+            log.warning(
+                "peer %d: refusing peer %d (%s): it runs another config (%s); not training with it",
+                self.options.index, index, status.peer_id, describe(differences),
+            )  # fmt: skip
+        self.refused[index] = differences
+        return False
+
+    async def _address(self, index: int, timeout: float = 5.0) -> Address | None:
+        """Where partner `index` serves, once its status has shown that it runs this config (asked at
+        first contact, and whenever it is found at another address); None if it is not found or does
+        not answer within `timeout` seconds, or is refused."""
+        address = await self.book.address(index, timeout)
+        if address is None or self.agreed.get(index) == address:
+            return address
+        await self._status(index, timeout)
+        return address if self.agreed.get(index) == address else None
+
+    def _excluded(self, index: int) -> bool:
+        """Whether peer `index` is left out at once: it runs another config, or is banned."""
+        return self._refused(index) or self.strikes.is_banned(self.book.pinned.get(index))
+
+    def _refused(self, index: int) -> bool:
+        """Whether peer `index` runs another config. Its status is then asked again in the background
+        (one request at a time), so a partner restarted with this swarm's config is taken back from the
+        next step on."""
+        if index not in self.refused:
+            return False
+        asking = self._rechecks.get(index)
+        if asking is None or asking.done():
+            self._rechecks[index] = asyncio.create_task(self._status(index, self.timing.deadline()))
+        return True
 
     async def _publish(self, round_: int, step: int) -> ModelVersion:
         """Serve this peer's current model as version (round, step) (encoded off the event loop)."""
@@ -371,37 +448,21 @@ class Peer:
     ) -> tuple[torch.Tensor | None, bool]:
         """Peer `index`'s version (round, step) per the timing policy: (model or None, whether stale).
 
-        An absent sender is not waited for until it has shown progress (:meth:`_returned`). Otherwise
-        wait (:meth:`_wait`); a wait that runs out makes the sender absent. Asynchronous (and
-        `substitute`): a sender's recent newest version stands in for the one it does not have.
+        A refused or banned sender is left out at once, an absent one is not waited for until it has
+        shown progress (:meth:`Timing.skips`). Otherwise wait (:meth:`_wait`); a wait that runs out
+        makes the sender absent. Asynchronous (and `substitute`): a sender's recent newest version
+        stands in for the one it does not have.
         """
-        if index in self._absent and not self._returned(index):
-            latest = self._absent[index]
-            log.info(
-                "peer %d: peer %d is absent (newest version %s); left out without waiting",
-                self.options.index, index, latest,
-            )  # fmt: skip
-            return await self._substitute(index, round_, latest, substitute)
+        if self._excluded(index):
+            return None, False
+        if self.timing.skips(index, lambda: self._probe(index)):
+            return await self._substitute(index, round_, self.timing.absent[index], substitute)
         model, latest, ran_out = await self._wait(index, round_, step)
         if model is not None:
             return model, False
         if ran_out:
-            self._absent[index] = latest
-            log.warning(
-                "peer %d: no version %s from peer %d in time; left out until it progresses",
-                self.options.index, (round_, step), index,
-            )  # fmt: skip
+            self.timing.went_absent(index, (round_, step), latest)
         return await self._substitute(index, round_, latest, substitute)
-
-    def _deadline(self) -> float:
-        """Seconds to wait for a sender that does not answer (the whole step's wait, asynchronous)."""
-        options = self.options
-        if not options.synchronous:
-            return options.deadline
-        if not self._round_times:  # the first round: no pace known yet, and peers start unevenly
-            return options.wait
-        pace = WAIT_ROUNDS * statistics.median(self._round_times)
-        return min(options.wait, max(options.min_wait, pace))
 
     async def _wait(
         self, index: int, round_: int, step: int
@@ -409,69 +470,46 @@ class Peer:
         """Poll peer `index` for version (round, step), with back-off: (the model or None, the sender's
         newest version as last reported, whether the wait ran out).
 
-        Synchronous: give up once the sender has not answered for :meth:`_deadline` seconds, or its
-        newest version has not moved for `wait` seconds. Asynchronous: give up after `deadline`. A
-        sender already past the version, or banned, is given up on at once.
+        Synchronous: give up once the sender has not answered for :meth:`Timing.deadline` seconds, or
+        its newest version has not moved for `wait` seconds. Asynchronous: give up after `deadline`. A
+        sender already past the version, banned or refused, is given up on at once.
         """
-        options = self.options
+        timing = self.timing
         loop = asyncio.get_running_loop()
-        deadline = self._deadline()
-        stuck = options.wait if options.synchronous else deadline
+        deadline, stuck = timing.deadline(), timing.stuck()
         heard = moved = loop.time()  # the sender's last answer, and its last progress (synchronous)
         latest: Version | None = None
         pause = 0.01
         while (until := min(heard + deadline, moved + stuck)) > loop.time():
             address = await self._address(index, until - loop.time())
-            peer_id = self._pinned.get(index)
-            if peer_id is not None and self.bans.is_banned(peer_id):
+            if self._excluded(index):
                 return None, latest, False
+            peer_id = self.book.pinned.get(index)
             if address is not None:
                 try:
                     model = await self._download(address, peer_id, round_, step, 2 * deadline)
                     return model, (round_, step), False
                 except NotReady as err:
-                    reported = _version(err.latest)
+                    reported = err.latest
                     if reported is not None and reported > (round_, step):
                         return None, reported, False
-                    if options.synchronous:  # alive, and maybe progressing: keep waiting
+                    if timing.synchronous:  # alive, and maybe progressing: keep waiting
                         heard = loop.time()
                         if reported != latest:
                             moved = heard
                     latest = reported
                 except ProtocolError as err:
-                    self._reject(index, peer_id, err)
+                    if self.strikes.reject(index, peer_id, err):
+                        self.book.forget(index)
             await asyncio.sleep(max(min(pause, until - loop.time()), 0))
             pause = min(pause * 1.5, 0.25)
         return None, latest, True
 
-    def _returned(self, index: int) -> bool:
-        """Whether absent peer `index` has shown progress: its status, asked in the background (one
-        request at a time, started here, so no step waits for it), reported a newest version other than
-        the one it had when it went absent. An answer counts from the step after the one that asked."""
-        probe = self._probes.pop(index, None)
-        if probe is not None and not probe.done():
-            self._probes[index] = probe  # still asking
-            return False
-        latest = None
-        if probe is not None and not probe.cancelled():
-            if probe.exception() is not None:
-                log.warning(
-                    "peer %d: asking peer %d failed: %r", self.options.index, index, probe.exception()
-                )
-            else:
-                latest = probe.result()
-        if latest is not None and latest != self._absent[index]:
-            del self._absent[index]
-            log.info("peer %d: peer %d is back (newest version %s)", self.options.index, index, latest)
-            return True
-        self._probes[index] = asyncio.create_task(self._probe(index))
-        return False
-
     async def _probe(self, index: int) -> Version | None:
         """Peer `index`'s newest version, from a status request; None if it does not answer (or has
         none)."""
-        info = await self._status(index, self._deadline())
-        return None if info is None else _version(info.get("latest"))
+        status = await self._status(index, self.timing.deadline())
+        return None if status is None or status.latest is None else (status.latest.round, status.latest.step)
 
     async def _substitute(
         self, index: int, round_: int, latest: Version | None, substitute: bool
@@ -479,18 +517,14 @@ class Peer:
         """Asynchronous, if `substitute`: the sender's newest version `latest` instead, if it is at most
         `max_staleness` rounds old: (model, True). Otherwise (None, False): the sender is left out."""
         options = self.options
-        usable = (
-            substitute
-            and not options.synchronous
-            and latest is not None
-            and latest[0] >= round_ - options.max_staleness
-        )
+        usable = substitute and self.timing.substitutable(latest, round_)
         address = await self._address(index, options.deadline) if usable else None
-        peer_id = self._pinned.get(index)
-        if address is None or latest is None or (peer_id is not None and self.bans.is_banned(peer_id)):
+        if address is None or latest is None or self._excluded(index):
             return None, False
         try:
-            model = await self._download(address, peer_id, latest[0], latest[1], max(options.deadline, 1.0))
+            model = await self._download(
+                address, self.book.pinned.get(index), latest[0], latest[1], max(options.deadline, 1.0)
+            )
         except (NotReady, ProtocolError) as err:
             log.warning("peer %d: stale substitute from peer %d failed: %s", options.index, index, err)
             return None, False
@@ -517,106 +551,21 @@ class Peer:
         )
         return self.learner.layout.join(fetched.tensors)
 
-    def _reject(self, index: int, peer_id: str | None, err: ProtocolError) -> None:
-        if err.reason in UNREACHABLE or err.reason == "wrong_sender":
-            # gone, restarted elsewhere, or someone else now answers on that address: look it up again
-            self._addresses.pop(index, None)
-            if err.reason == "wrong_sender":
-                self.progress.rejections[err.reason] += 1
-            return
-        self.progress.rejections[err.reason] += 1
-        log.warning(
-            "peer %d: rejected a model from peer %d (%s): %s", self.options.index, index, err.reason, err
-        )
-        if peer_id is not None and self.bans.strike(peer_id, err.reason):
-            log.warning("peer %d: peer %d (%s) is banned", self.options.index, index, peer_id)
-
-    async def _address(self, index: int, timeout: float = 5.0) -> Address | None:
-        """Where peer `index` serves, from the DHT (see `_locate`); None if not found within `timeout`
-        seconds. A lookup that outlasts the timeout goes on in the background and the next call for
-        the same index waits for it instead of starting another."""
-        if index in self._addresses:
-            return self._addresses[index]
-        lookup = self._lookups.get(index)
-        if lookup is None:
-            lookup = self._lookups[index] = asyncio.ensure_future(self._locate(index))
-        try:
-            address = await asyncio.wait_for(asyncio.shield(lookup), max(timeout, 0.05))
-        except TimeoutError:
-            return None
-        except Exception as err:  # a hostile or broken DHT answer must not stop the peer
-            log.warning("peer %d: DHT lookup of peer %d failed: %r", self.options.index, index, err)
-            return None
-        finally:
-            if lookup.done():  # consumed (or failed): the next call starts a fresh lookup
-                self._lookups.pop(index, None)
-        if address is not None:
-            self._addresses[index] = address
-        return address
-
-    async def _locate(self, index: int) -> Address | None:
-        """Peer `index`'s address. A pinned index (members list, or pinned before) is found through
-        its peer's own `peer:` record, which no other key can publish. Otherwise the index is pinned to
-        the provider of its topic that a strict majority of the storing nodes hold first; nobody is
-        pinned while they disagree, and no claim wins by how it is dated."""
-        pinned = self._pinned.get(index)
-        if pinned is not None:
-            record = await self.dht.find_peer(pinned)
-            return None if record is None else (record.host, record.tcp_port)
-        providers = await self.dht.lookup_providers(index_topic(self.options.swarm, index))
-        first = providers.first
-        if first is None:
-            claimants = frozenset(record.peer_id for record in providers.records)
-            if len(claimants) > 1 and self._disputed.get(index) != claimants:  # log each new dispute once
-                self._disputed[index] = claimants
-                log.warning(
-                    "peer %d: %d keys claim index %d and the DHT does not agree which came first (%s); "
-                    "not pinning it yet",
-                    self.options.index, len(providers.records), index, dict(providers.firsts),
-                )  # fmt: skip
-            return None
-        self._pinned[index] = first.peer_id
-        others = [record.peer_id for record in providers.records if record.peer_id != first.peer_id]
-        if others:
-            log.warning(
-                "peer %d: pinned index %d to %s, its first holder; ignoring later claims by %s",
-                self.options.index, index, first.peer_id, others,
-            )  # fmt: skip
-        return first.host, first.tcp_port
-
     async def _linger(self) -> None:
-        """Keep serving until every other peer reports done or fails to answer 3 times in a row, within
-        `linger` seconds."""
+        """Keep serving until every other peer reports finished, fails to answer 3 times in a row or is
+        refused, within `linger` seconds."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self.options.linger
         failures = dict.fromkeys(set(range(self.config.peers)) - {self.options.index}, 0)
         while failures and loop.time() < until:
             for index in sorted(failures):
-                address = await self._address(index, 1.0)
-                try:
-                    if address is None:
-                        raise ProtocolError("unreachable", f"peer {index} is not in the DHT")
-                    info = await fetch_status(*address, identity=self.identity, timeout=1.0)
-                except ProtocolError:
-                    self._addresses.pop(index, None)
+                status = await self._status(index, 1.0)
+                if status is None and index not in self.refused:
                     failures[index] += 1
                     if failures[index] >= 3:
                         del failures[index]  # gone: nobody left to serve there
                     continue
                 failures[index] = 0
-                if info.get("phase") == "done":
+                if index in self.refused or status.phase is Phase.FINISHED:
                     del failures[index]
             await asyncio.sleep(0.2)
-
-    def _log_round(
-        self, round_: int, train_s: float, mix_s: float, received: int, missing: int, stale: int
-    ) -> None:
-        """Append the round's timings and exchanges to the peer's metrics.csv (the benchmarks read it)."""
-        path = Path(self.options.data_dir) / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as handle:
-            writer = csv.writer(handle)
-            if new:
-                writer.writerow(["round", "accuracy", "train_s", "mix_s", "received", "missing", "stale"])
-            accuracy = "" if self.progress.accuracy is None else f"{self.progress.accuracy:.6f}"
-            writer.writerow([round_, accuracy, f"{train_s:.6f}", f"{mix_s:.6f}", received, missing, stale])

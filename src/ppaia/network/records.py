@@ -28,6 +28,7 @@ from typing import Self
 
 import umsgpack
 
+from ppaia.network.errors import NetworkError
 from ppaia.network.identity import Identity, peer_id_of, verify_signature
 
 __all__ = [
@@ -63,7 +64,7 @@ MAX_CLOCK_SKEW = 5.0
 _BODY_FIELDS = 9
 
 
-class RecordError(ValueError):
+class RecordError(NetworkError):
     """A record or record set that is malformed, forged, expired or stored under the wrong key."""
 
 

@@ -27,31 +27,39 @@ from pathlib import Path
 import torch
 
 from ppaia.config import ExperimentConfig
+from ppaia.experiment import Setup
+from ppaia.experiment.local import round_context
 from ppaia.network.checkpoint import Checkpoint
-from ppaia.network.errors import ProtocolError
+from ppaia.network.errors import ListenError, ProtocolError
 from ppaia.network.identity import Identity
 from ppaia.network.members import write_members
+from ppaia.network.status import PeerStatus
 from ppaia.network.transfer import fetch_status
-from ppaia.simulation.engine import BYTES_PER_VALUE, RunResult, Simulation
+from ppaia.simulation.engine import BYTES_PER_VALUE, RunResult, measure
 
 __all__ = ["Swarm", "free_port"]
 
 HOST = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A port that is free for both TCP and UDP on 127.0.0.1 right now (a peer uses both)."""
+def free_port(host: str = HOST) -> int:
+    """A port that is free for both TCP and UDP on `host` right now (a peer uses both); ListenError if
+    `host` cannot be listened on at all."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((HOST, 0))
+        with socket.socket(family, socket.SOCK_STREAM) as tcp:
+            try:
+                tcp.bind((host, 0))
+            except OSError as err:  # not this machine's address, ...
+                raise ListenError("TCP", host, 0, err) from err
             port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            with socket.socket(family, socket.SOCK_DGRAM) as udp:
                 try:
-                    udp.bind((HOST, port))
+                    udp.bind((host, port))
                 except OSError:
                     continue
             return port
-    raise OSError("no free TCP+UDP port on 127.0.0.1")
+    raise OSError(f"no free TCP+UDP port on {host}")
 
 
 @dataclass
@@ -62,6 +70,7 @@ class Swarm:
     root: Path
     synchronous: bool = True
     extra_args: tuple[str, ...] = ()
+    peer_args: dict[int, tuple[str, ...]] = field(default_factory=dict)  # one peer's own options (--data)
     ports: list[int] = field(default_factory=list)
     processes: dict[int, subprocess.Popen] = field(default_factory=dict)
     damaged: dict[int, list[str]] = field(default_factory=dict)  # peer -> its refused checkpoints (result)
@@ -102,6 +111,7 @@ class Swarm:
                 "--members", str(self.members_file),
                 *([] if self.synchronous else ["--async"]),
                 *self.extra_args,
+                *self.peer_args.get(i, ()),
             ]  # fmt: skip
             if i != 0:
                 command += ["--bootstrap", f"{HOST}:{self.ports[0]}"]
@@ -128,10 +138,10 @@ class Swarm:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
 
-    async def statuses(self, timeout: float = 1.0) -> dict[int, dict | None]:
-        """Each running peer's status (None if it does not answer)."""
+    async def statuses(self, timeout: float = 1.0) -> dict[int, PeerStatus | None]:
+        """Each running peer's status (None if it does not answer, or with an invalid status)."""
 
-        async def one(index: int) -> dict | None:
+        async def one(index: int) -> PeerStatus | None:
             try:
                 return await fetch_status(HOST, self.ports[index], identity=self.identity, timeout=timeout)
             except ProtocolError:
@@ -170,8 +180,8 @@ class Swarm:
     def result(self) -> RunResult:
         """The run's metrics from every peer's checkpoints, computed as ``ppaia run`` computes them.
         Checkpoints that fail their checks are left out and listed in :attr:`damaged`."""
-        simulation = Simulation(self.config)
-        expected = simulation.layout.expected()
+        setup = Setup.batch(self.config)  # every peer's initial model, test set and counts
+        expected = setup.layout.expected()
         rounds = []
         self.damaged = {}
         for i in range(self.n_peers):
@@ -179,45 +189,57 @@ class Swarm:
             rounds.append(models)
             if refused:  # paths relative to the root, which `ppaia launch` renames to its output folder
                 self.damaged[i] = [str(err).replace(f"{self.root}{os.sep}", "") for err in refused]
-        model_bytes = simulation.layout.size * BYTES_PER_VALUE
-        simulation.rule.reset(self.n_peers)
+        model_bytes = setup.layout.size * BYTES_PER_VALUE
+        setup.rule.reset(self.n_peers)
         elapsed = self._elapsed()
         history: list[dict[str, float]] = []
         total = sent = 0
         params = accuracy = loss = None
         for round_ in range(self.config.rounds + 1):
             if round_ > 0:
-                plan = simulation.rule.plan(simulation.round_context(round_))
+                plan = setup.rule.plan(round_context(setup, round_))
                 sent = plan.models_sent() * model_bytes
                 total += sent
             if not self.config.evaluates(round_):
                 continue
             params = torch.stack(
                 [
-                    simulation.params[i]
-                    if (model := _at(peer, round_)) is None
-                    else simulation.layout.join(model)
+                    setup.params[i] if (model := _at(peer, round_)) is None else setup.layout.join(model)
                     for i, peer in enumerate(rounds)
                 ]
             )
-            row, accuracy, loss = simulation.measure(round_, params, history, None)
+            row, accuracy, loss = measure(setup, round_, params, history, None)
             row |= {
                 "bytes_sent": sent,
                 "bytes_cumulative": total,
                 "wall_s": elapsed.get(round_, 0.0),
             }
             history.append(row)
+        spent = [_spent(self.data_dir(i) / "metrics.csv") for i in range(self.n_peers)]
+        snapshots = {}
+        if any(spent):  # peers with DP report the ε they spent; a peer without reports 0
+            last = torch.tensor([max(rounds.items())[1] if rounds else 0.0 for rounds in spent])
+            snapshots["epsilon"] = [(self.config.rounds, last)]
         return RunResult(
             self.config,
             history,
             accuracy,
             loss,
             params,
-            simulation.train_counts,
-            simulation.histogram,
-            ~simulation.honest,
-            simulation.setup_s,
+            setup.train_counts,
+            setup.histogram,
+            ~setup.honest,
+            setup.setup_s,
+            snapshots=snapshots,
         )
+
+
+def _spent(path: Path) -> dict[int, float]:
+    """round -> the privacy (ε) the peer had spent after it, from its metrics.csv (empty without DP)."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as handle:
+        return {int(row["round"]): float(row["epsilon"]) for row in csv.DictReader(handle) if row["epsilon"]}
 
 
 def _timings(path: Path) -> dict[int, float]:

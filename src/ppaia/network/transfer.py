@@ -41,8 +41,9 @@ import torch
 
 from ppaia import codec
 from ppaia.network.content import check_content, cid_of
-from ppaia.network.errors import ProtocolError
+from ppaia.network.errors import ListenError, ProtocolError, Reason
 from ppaia.network.identity import Identity
+from ppaia.network.status import PeerStatus
 from ppaia.network.wire import (
     LENGTH,
     MAX_CHUNK,
@@ -82,34 +83,9 @@ IPV6_SITE_PREFIX = 64  # one IPv6 host usually owns a whole /64: limits and stri
 T = TypeVar("T")
 
 
-class Reason(StrEnum):
-    """Why a transfer failed or a connection was refused: the ``reason`` of a ProtocolError (besides the
-    wire's own: "closed", "truncated", "oversized", "malformed", ...).
-
-    Server side, held against the remote address as a strike: IDLE, SLOW_REQUEST, SLOW_READER,
-    CROWDED. Not strikes (capacity, or not the client's doing): BUSY, BANNED, EVICTED, DISCONNECTED,
-    INTERNAL. Client side: TIMEOUT (the caller's deadline, or not a byte of reply within a pace
-    window: the peer may be hung or gone), SLOW_SENDER (the reply started, then came slower than the
-    pace: a deliberate or broken trickle), UNREACHABLE.
-    """
-
-    IDLE = "idle"  # no byte of a request within idle_timeout of connecting
-    SLOW_REQUEST = "slow_request"  # the request not complete within request_timeout of connecting
-    SLOW_READER = "slow_reader"  # the client took the reply slower than the pace
-    CROWDED = "crowded"  # over a per-address or per-peer connection limit
-    BUSY = "busy"  # every slot taken, and none could be freed in time
-    BANNED = "banned"
-    EVICTED = "evicted"  # an unauthenticated connection dropped to make room for a newer one
-    DISCONNECTED = "disconnected"
-    INTERNAL = "internal"
-    TIMEOUT = "timeout"
-    SLOW_SENDER = "slow_sender"
-    UNREACHABLE = "unreachable"
-
-
 # Rejections that are nobody's fault (or not the remote's): no strike against the remote address.
 BLAMELESS = frozenset(
-    {Reason.BUSY, Reason.BANNED, Reason.EVICTED, Reason.DISCONNECTED, Reason.INTERNAL, "closed"}
+    {Reason.BUSY, Reason.BANNED, Reason.EVICTED, Reason.DISCONNECTED, Reason.INTERNAL, Reason.CLOSED}
 )
 
 
@@ -296,8 +272,8 @@ def _address_key(host: str, shared: frozenset[str]) -> tuple[str, bool]:
 class ModelServer:
     """Serves this peer's last `keep` model versions and its status to other peers, over TCP.
 
-    `status` returns the JSON object answered to status requests; the server adds ``latest``:
-    {round, step, cid, size} of its newest version, or None. `bans` may be shared with the peer loop,
+    `status` returns the peer's :class:`PeerStatus`, the answer to status requests (a server without
+    one refuses them as "unexpected_kind"). `bans` may be shared with the peer loop,
     which can strike peer ids whose models fail verification; the server then refuses their requests.
 
     **Deadlines** (all counted as :class:`Reason` strikes against the client's address):
@@ -339,7 +315,7 @@ class ModelServer:
         chunk: int = DEFAULT_CHUNK,
         keep: int = 4,
         max_request_bytes: int = 4096,
-        status: Callable[[], Mapping[str, Any]] | None = None,
+        status: Callable[[], PeerStatus] | None = None,
         bans: BanList | None = None,
         max_connections: int = 64,
         max_pending_per_address: int = 4,
@@ -413,9 +389,13 @@ class ModelServer:
         return version
 
     async def start(self) -> None:
-        """Listen on host:port (port 0: a free port, then available as :attr:`port`)."""
+        """Listen on host:port (port 0: a free port, then available as :attr:`port`); ListenError if it
+        cannot."""
         self._left = asyncio.Event()  # bound to the loop it is first awaited in: this one
-        self._server = await asyncio.start_server(self._serve, self.host, self._port)
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self._port)
+        except OSError as err:  # taken, not this machine's address, ...: say where, in one line
+            raise ListenError("TCP", self.host, self._port, err) from err
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -569,12 +549,9 @@ class ModelServer:
         """Answer `request`; returns the kind of the reply."""
         latest = self.latest
         if request.want == "status":
-            info = dict(self.status()) if self.status is not None else {}
-            info["latest"] = (
-                None
-                if latest is None
-                else {"round": latest.round, "step": latest.step, "cid": latest.cid, "size": latest.size}
-            )
+            if self.status is None:
+                raise ProtocolError(Reason.UNEXPECTED_KIND, "this server answers no status requests")
+            info = self.status().to_wire()
             await self._send(conn, writer, seal(self.identity, "status", nonce=request.nonce, info=info))
             return "status"
         version = self._versions.get((request.round, request.step))
@@ -681,24 +658,24 @@ def check_header(
 ) -> ModelHeader:
     """`reply` if it is the header of the transfer asked for; NotReady, or ProtocolError with a reason."""
     if expect_sender is not None and reply.sender != expect_sender:
-        raise ProtocolError("wrong_sender", f"reply signed by {reply.sender}, not by {expect_sender}")
+        raise ProtocolError(Reason.WRONG_SENDER, f"reply signed by {reply.sender}, not by {expect_sender}")
     if reply.nonce != nonce:
-        raise ProtocolError("replay", f"reply from {reply.sender} answers another request (nonce)")
+        raise ProtocolError(Reason.REPLAY, f"reply from {reply.sender} answers another request (nonce)")
     if (reply.round, reply.step) != (round, step):
         raise ProtocolError(
-            "wrong_version",
+            Reason.WRONG_VERSION,
             f"reply from {reply.sender} is about {(reply.round, reply.step)}, not {(round, step)}",
         )
     if isinstance(reply, NotReadyReply):
         raise NotReady(reply.sender, round, step, reply.latest)
     if reply.size > max_bytes:
         raise ProtocolError(
-            "oversized", f"model of {reply.size} bytes from {reply.sender}; limit {max_bytes}"
+            Reason.OVERSIZED, f"model of {reply.size} bytes from {reply.sender}; limit {max_bytes}"
         )
     try:
         codec.check_spec(reply.tensors, expected)
     except codec.BlobError as err:
-        raise ProtocolError("bad_tensors", f"model from {reply.sender}: {err}") from None
+        raise ProtocolError(Reason.BAD_TENSORS, f"model from {reply.sender}: {err}") from None
     return reply
 
 
@@ -708,10 +685,10 @@ def verify_body(cid: str, data: bytes, expected: codec.Expected) -> dict[str, to
     try:
         return codec.decode(data, expected)
     except codec.BlobError as err:
-        raise ProtocolError("bad_tensors", str(err)) from None
+        raise ProtocolError(Reason.BAD_TENSORS, str(err)) from None
 
 
-async def _first_byte(reader: asyncio.StreamReader, deadline: float, reason: str) -> bytes:
+async def _first_byte(reader: asyncio.StreamReader, deadline: float, reason: Reason) -> bytes:
     """The stream's next byte by loop time `deadline`, else ProtocolError `reason`; "closed" at its end."""
     try:
         async with asyncio.timeout_at(deadline):
@@ -719,11 +696,11 @@ async def _first_byte(reader: asyncio.StreamReader, deadline: float, reason: str
     except TimeoutError:
         raise ProtocolError(reason, "not a byte within the deadline") from None
     if not first:
-        raise ProtocolError("closed", "the stream ended before a frame")
+        raise ProtocolError(Reason.CLOSED, "the stream ended before a frame")
     return first
 
 
-async def _receive(reader: asyncio.StreamReader, n: int, *, deadline: float, reason: str) -> bytes:
+async def _receive(reader: asyncio.StreamReader, n: int, *, deadline: float, reason: Reason) -> bytes:
     """Exactly `n` bytes by loop time `deadline`, else ProtocolError `reason`; "truncated" at the end."""
     try:
         async with asyncio.timeout_at(deadline):
@@ -731,7 +708,9 @@ async def _receive(reader: asyncio.StreamReader, n: int, *, deadline: float, rea
     except TimeoutError:
         raise ProtocolError(reason, f"{n} bytes did not come in time") from None
     except asyncio.IncompleteReadError as err:
-        raise ProtocolError("truncated", f"the stream ended {len(err.partial)} bytes short of {n}") from None
+        raise ProtocolError(
+            Reason.TRUNCATED, f"the stream ended {len(err.partial)} bytes short of {n}"
+        ) from None
 
 
 async def _read_frame(receive: Callable[[int], Awaitable[bytes]], max_bytes: int, head: bytes = b"") -> bytes:
@@ -740,7 +719,7 @@ async def _read_frame(receive: Callable[[int], Awaitable[bytes]], max_bytes: int
     their deadlines."""
     (length,) = LENGTH.unpack(head + await receive(LENGTH.size - len(head)))
     if length > max_bytes:
-        raise ProtocolError("oversized", f"a frame of {length} bytes exceeds the limit of {max_bytes}")
+        raise ProtocolError(Reason.OVERSIZED, f"a frame of {length} bytes exceeds the limit of {max_bytes}")
     return await receive(length)
 
 
@@ -781,7 +760,7 @@ class _Reply:
         while received < size:
             part = await _read_frame(self.receive, min(chunk, size - received))
             if not part:
-                raise ProtocolError("malformed", "an empty body frame")
+                raise ProtocolError(Reason.MALFORMED, "an empty body frame")
             parts.append(part)
             received += len(part)
         return b"".join(parts)
@@ -860,17 +839,20 @@ async def fetch_status(
     expect_sender: str | None = None,
     max_bytes: int = 64 << 10,
     pace: Pace = DEFAULT_PACE,
-) -> dict[str, Any]:
-    """The status object of the peer at host:port (with ``latest``; see :class:`ModelServer`)."""
+) -> PeerStatus:
+    """The status of the peer at host:port, signed (by `expect_sender` when given) and valid: ProtocolError
+    otherwise (``bad_status`` for a signed reply that is not a :class:`PeerStatus`)."""
     nonce = secrets.token_hex(16)
     request = seal(identity, "request", want="status", round=0, step=0, nonce=nonce)
 
-    async def answer(incoming: _Reply) -> dict[str, Any]:
+    async def answer(incoming: _Reply) -> PeerStatus:
         reply = cast(StatusReply, open_message(await incoming.first_frame(max_bytes), kinds=("status",)))
         if expect_sender is not None and reply.sender != expect_sender:
-            raise ProtocolError("wrong_sender", f"status signed by {reply.sender}, not by {expect_sender}")
+            raise ProtocolError(
+                Reason.WRONG_SENDER, f"status signed by {reply.sender}, not by {expect_sender}"
+            )
         if reply.nonce != nonce:
-            raise ProtocolError("replay", f"status from {reply.sender} answers another request (nonce)")
-        return reply.info
+            raise ProtocolError(Reason.REPLAY, f"status from {reply.sender} answers another request (nonce)")
+        return PeerStatus.from_wire(reply.info)
 
     return await _exchange(host, port, request, timeout, pace, answer)

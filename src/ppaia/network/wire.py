@@ -4,12 +4,19 @@
 largest frame it accepts and refuses a longer one from its length alone, before reading the body.
 
 **Messages.** A message is a JSON object in canonical form — keys sorted, no spaces, ASCII only, no
-NaN — with ``kind``, ``sender`` (peer id), ``key`` (hex Ed25519 public key), the fields of its kind, and
-``sig``: the hex signature by ``key`` of the canonical JSON of everything but ``sig``. A message is
-accepted only if it *is* canonical (so each statement has exactly one byte form), fits its kind's schema
-exactly (no extra fields, JSON integers only where integers are due, every number and list bounded),
-its ``sender`` is the peer id of its ``key`` and the signature verifies. Anything else raises
-:class:`ProtocolError`, whatever the bytes.
+NaN — with ``domain`` (:data:`DOMAIN`, the protocol and its version), ``kind``, ``sender`` (peer id),
+``key`` (hex Ed25519 public key), the fields of its kind, and ``sig``: the hex signature by ``key`` of
+:func:`signed_bytes`. A message is accepted only if its domain is :data:`DOMAIN` (else
+``wrong_domain``: another protocol, or a version this peer does not speak), it *is* canonical (so each
+statement has exactly one byte form), fits its kind's schema exactly (no extra fields, JSON integers
+only where integers are due, every number and list bounded), its ``sender`` is the peer id of its
+``key`` and the signature verifies. Anything else raises :class:`ProtocolError`, whatever the bytes.
+
+**Domain separation.** The signed bytes are ``<domain>/<kind>`` and a newline, then the canonical JSON of
+every field but ``sig`` — e.g. ``ppaia/wire/1/request\n{"domain":...}``. They start with a fixed tag,
+as a DHT record's signed body starts with ``ppaia/dht/1`` (:mod:`ppaia.network.records`), so a
+signature made by the same key for a DHT record, for another message kind or for another version of
+this protocol can never verify as this message.
 
 **Kinds.** A model version is (round, step): a round may hold several mixing steps.
 
@@ -20,7 +27,8 @@ its ``sender`` is the peer id of its ``key`` and the signature verifies. Anythin
   (the request's). The body follows as frames of at most ``chunk`` bytes, ``size`` bytes in all.
 - ``not_ready`` (reply) — ``round``, ``step`` (as requested), ``latest`` ([round, step] of the newest
   version the server holds, or null), ``nonce``.
-- ``status`` (reply) — ``nonce``, ``info`` (a JSON object of at most :data:`MAX_INFO_BYTES`).
+- ``status`` (reply) — ``nonce``, ``info`` (a JSON object of at most :data:`MAX_INFO_BYTES`: the peer's
+  status, which the receiver validates as a :class:`ppaia.network.status.PeerStatus`).
 
 **Replays.** A reply must echo the nonce of the request it answers, so a recorded reply cannot be passed
 off as a fresh one.
@@ -38,10 +46,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from ppaia import strict_json
 from ppaia.network.content import MAX_CID_CHARS, parse_cid
-from ppaia.network.errors import ProtocolError
+from ppaia.network.errors import ProtocolError, Reason
 from ppaia.network.identity import Identity, peer_id_of, verify_signature
 
 __all__ = [
+    "DOMAIN",
     "KINDS",
     "MAX_INFO_BYTES",
     "Message",
@@ -54,9 +63,11 @@ __all__ = [
     "open_message",
     "read_frame",
     "seal",
+    "signed_bytes",
     "write_frame",
 ]
 
+DOMAIN = "ppaia/wire/1"  # this protocol and its version: in every message, and heading its signed bytes
 LENGTH = struct.Struct(">I")
 MAX_FRAME = 2**32 - 1
 MAX_VERSION = 2**40  # bound for round and step
@@ -75,16 +86,18 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
         prefix = await reader.readexactly(LENGTH.size)
     except asyncio.IncompleteReadError as err:
         if not err.partial:
-            raise ProtocolError("closed", "the stream ended before a frame") from None
-        raise ProtocolError("truncated", f"the stream ended {len(err.partial)} bytes into a length") from None
+            raise ProtocolError(Reason.CLOSED, "the stream ended before a frame") from None
+        raise ProtocolError(
+            Reason.TRUNCATED, f"the stream ended {len(err.partial)} bytes into a length"
+        ) from None
     (length,) = LENGTH.unpack(prefix)
     if length > max_bytes:
-        raise ProtocolError("oversized", f"a frame of {length} bytes exceeds the limit of {max_bytes}")
+        raise ProtocolError(Reason.OVERSIZED, f"a frame of {length} bytes exceeds the limit of {max_bytes}")
     try:
         return await reader.readexactly(length)
     except asyncio.IncompleteReadError as err:
         raise ProtocolError(
-            "truncated", f"the stream ended {len(err.partial)} bytes into a frame of {length}"
+            Reason.TRUNCATED, f"the stream ended {len(err.partial)} bytes into a frame of {length}"
         ) from None
 
 
@@ -102,6 +115,12 @@ def canonical(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
+def signed_bytes(unsigned: Mapping[str, Any]) -> bytes:
+    """The bytes a message's signature covers: ``<DOMAIN>/<kind>``, a newline, then the canonical JSON of
+    `unsigned` (the message without ``sig``). See the module docstring."""
+    return f"{DOMAIN}/{unsigned.get('kind')}\n".encode() + canonical(unsigned)
+
+
 def _small_json(info: dict[str, Any]) -> dict[str, Any]:
     if len(canonical(info)) > MAX_INFO_BYTES:
         raise ValueError(f"status info exceeds {MAX_INFO_BYTES} bytes")
@@ -110,6 +129,7 @@ def _small_json(info: dict[str, Any]) -> dict[str, Any]:
 
 Version = Annotated[int, Field(ge=0, le=MAX_VERSION)]
 Nonce = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+PeerId = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
 Cid = Annotated[str, Field(min_length=1, max_length=MAX_CID_CHARS)]
 Size = Annotated[int, Field(ge=0, le=MAX_MODEL_BYTES)]
 TensorName = Annotated[str, Field(min_length=1, max_length=256)]
@@ -123,8 +143,9 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    domain: Literal["ppaia/wire/1"]  # = DOMAIN
     kind: str
-    sender: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+    sender: PeerId
     key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     sig: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
 
@@ -189,46 +210,55 @@ def _parse(data: bytes, kinds: Collection[str]) -> tuple[Message, dict[str, Any]
         text = bytes(data).decode("utf-8")
         obj = strict_json.loads(text, MAX_NESTING)
     except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ProtocolError("malformed", f"not a JSON message: {str(err)[:200]}") from None
+        raise ProtocolError(Reason.MALFORMED, f"not a JSON message: {str(err)[:200]}") from None
     if not isinstance(obj, dict):
-        raise ProtocolError("malformed", f"a message is a JSON object, not {type(obj).__name__}")
+        raise ProtocolError(Reason.MALFORMED, f"a message is a JSON object, not {type(obj).__name__}")
+    domain = obj.get("domain")
+    if domain != DOMAIN:
+        raise ProtocolError(
+            Reason.WRONG_DOMAIN, f"a message of domain {str(domain)[:40]!r}; this peer speaks {DOMAIN!r}"
+        )
     kind = obj.get("kind")
     if not isinstance(kind, str) or kind not in KINDS:
-        raise ProtocolError("unknown_kind", f"unknown message kind {str(kind)[:40]!r}")
+        raise ProtocolError(Reason.UNKNOWN_KIND, f"unknown message kind {str(kind)[:40]!r}")
     if kind not in kinds:
-        raise ProtocolError("unexpected_kind", f"a {kind!r} message where {sorted(kinds)} may come")
+        raise ProtocolError(Reason.UNEXPECTED_KIND, f"a {kind!r} message where {sorted(kinds)} may come")
     try:
         is_canonical = canonical(obj) == text.encode()
     except ValueError:  # a number beyond float range parses as inf, which canonical JSON cannot hold
         is_canonical = False
     if not is_canonical:
-        raise ProtocolError("malformed", f"a {kind!r} message not in canonical JSON form")
+        raise ProtocolError(Reason.MALFORMED, f"a {kind!r} message not in canonical JSON form")
     try:
         message = KINDS[kind].model_validate_json(text, strict=True)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])[:80]
         problem = f"a {kind!r} message with bad field {where}: {first['msg'][:200]}"
-        raise ProtocolError("malformed", problem) from None
+        raise ProtocolError(Reason.MALFORMED, problem) from None
     cid = getattr(message, "cid", None)
     if cid is not None and parse_cid(cid) != cid:
-        raise ProtocolError("bad_cid", f"CID {cid!r} is not in canonical base32 form")
+        raise ProtocolError(Reason.BAD_CID, f"CID {cid!r} is not in canonical base32 form")
     return message, obj
 
 
 def open_message(data: bytes, kinds: Collection[str] = tuple(KINDS)) -> Message:
     """The verified message in `data` (one of `kinds`); ProtocolError for anything else.
 
-    Reasons: "malformed" (not canonical JSON, or not the kind's schema), "unknown_kind",
-    "unexpected_kind" (a kind not in `kinds`), "bad_cid", "bad_key" (sender is not the key's peer id),
-    "bad_signature".
+    Reasons: "malformed" (not canonical JSON, or not the kind's schema), "wrong_domain" (another
+    protocol or version), "unknown_kind", "unexpected_kind" (a kind not in `kinds`), "bad_cid",
+    "bad_key" (sender is not the key's peer id), "bad_signature".
     """
     message, obj = _parse(data, kinds)
     if message.sender != peer_id_of(message.public_key):
-        raise ProtocolError("bad_key", f"sender {message.sender} is not the peer id of key {message.key}")
-    signed = canonical({name: value for name, value in obj.items() if name != "sig"})
+        raise ProtocolError(
+            Reason.BAD_KEY, f"sender {message.sender} is not the peer id of key {message.key}"
+        )
+    signed = signed_bytes({name: value for name, value in obj.items() if name != "sig"})
     if not verify_signature(message.public_key, bytes.fromhex(message.sig), signed):
-        raise ProtocolError("bad_signature", f"a {message.kind!r} message whose signature does not verify")
+        raise ProtocolError(
+            Reason.BAD_SIGNATURE, f"a {message.kind!r} message whose signature does not verify"
+        )
     return message
 
 
@@ -236,11 +266,17 @@ def seal(identity: Identity, kind: str, **fields: Any) -> bytes:
     """The canonical signed message of `kind` with `fields`, from `identity` (ValueError if invalid)."""
     if kind not in KINDS:
         raise ValueError(f"unknown message kind {kind!r}")
-    if reserved := sorted({"sender", "key", "sig"} & set(fields)):
+    if reserved := sorted({"domain", "sender", "key", "sig"} & set(fields)):
         raise ValueError(f"fields {reserved} are filled in by seal")
-    unsigned = {**fields, "kind": kind, "sender": identity.peer_id, "key": identity.public_key.hex()}
+    unsigned = {
+        **fields,
+        "domain": DOMAIN,
+        "kind": kind,
+        "sender": identity.peer_id,
+        "key": identity.public_key.hex(),
+    }
     try:
-        signature = identity.sign(canonical(unsigned))
+        signature = identity.sign(signed_bytes(unsigned))
     except TypeError as err:  # a value JSON cannot hold
         raise ValueError(f"cannot seal this {kind!r} message: {err}") from None
     data = canonical({**unsigned, "sig": signature.hex()})

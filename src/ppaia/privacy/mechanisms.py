@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 
 from ppaia.learning.local import clip_rows
 from ppaia.registry import Component, Registry
+from ppaia.seeding import peer_normal
 
 __all__ = ["DPSGD", "NOISE_RANGE", "PRIVACY", "PrivacyError", "PrivacyMechanism", "UpdateDP", "accountable"]
 
@@ -87,11 +88,17 @@ class UpdateDP(PrivacyMechanism):
     def noise_multiplier(self) -> float:
         return self.sigma / self.clip
 
-    def release(self, before: torch.Tensor, after: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The parameters each peer (row) publishes: before + clip(after − before) + N(0, σ²)."""
+    def release(
+        self, before: torch.Tensor, after: torch.Tensor, key: int, peers: torch.Tensor
+    ) -> torch.Tensor:
+        """The parameters each row publishes: before + clip(after − before) + N(0, σ²).
+
+        Row k is peer ``peers[k]``; its noise is its own counter-based stream under `key`
+        (:func:`ppaia.seeding.peer_normal`), the same whichever peers release with it.
+        """
         update = clip_rows(after - before, self.clip)
         if self.sigma:
-            update = update + self.sigma * torch.randn(update.shape, generator=generator, dtype=update.dtype)
+            update = update + self.sigma * peer_normal(key, peers, update.shape[1], update.dtype)
         return before + update
 
 

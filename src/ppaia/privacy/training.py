@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from ppaia.learning.local import PrivateSteps, poisson_rate, steps_per_epoch
-from ppaia.privacy.accountant import PeerAccountant, epsilon_spent, noise_for_target, target_tolerance
+from ppaia.privacy.accountant import (
+    PeerAccountant,
+    PrivacyState,
+    epsilon_spent,
+    noise_for_target,
+    state_problems,
+    target_tolerance,
+)
 from ppaia.privacy.mechanisms import DPSGD, NOISE_RANGE, PrivacyError, PrivacyMechanism, UpdateDP
-from ppaia.seeding import Stream, generator
+from ppaia.seeding import Stream, derive_seed
 
 __all__ = ["PrivateTraining"]
 
@@ -28,8 +38,11 @@ class PrivateTraining:
         epochs: int,
         rounds: int,
         seed: int,
+        ids: torch.Tensor | None = None,
     ) -> None:
+        """Row k of `counts` and of every peer mask is peer ``ids[k]`` (k when None), its noise's key."""
         self.mechanism, self.seed = mechanism, seed
+        self.ids = torch.arange(counts.numel()) if ids is None else ids
         self.batch_size, self.epochs = batch_size, epochs
         self.accountant = PeerAccountant(counts.numel(), mechanism.delta)
         self.stopped: dict[int, int] = {}
@@ -108,8 +121,10 @@ class PrivateTraining:
     def release(self, before: torch.Tensor, after: torch.Tensor, trainers: torch.Tensor, round_: int):
         """Update-level DP: what the trainers publish after their local phase (in place in `after`)."""
         if isinstance(self.mechanism, UpdateDP) and bool(trainers.any()):
-            randomness = generator(self.seed, Stream.PRIVACY, round_, 1)
-            after[trainers] = self.mechanism.release(before[trainers], after[trainers], randomness)
+            key = derive_seed(self.seed, Stream.PRIVACY, round_, 1)
+            after[trainers] = self.mechanism.release(
+                before[trainers], after[trainers], key, self.ids[trainers]
+            )
         return after
 
     def spend(self, trainers: torch.Tensor) -> None:
@@ -117,3 +132,25 @@ class PrivateTraining:
 
     def epsilon(self) -> torch.Tensor:
         return self.accountant.epsilon()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What every peer has spent (the accountant's history) and the round each stopped at its budget
+        (None while it trains), JSON-ready: a restarted peer loads it to report the ε it had and to stay
+        stopped (:class:`~ppaia.privacy.accountant.PrivacyState`)."""
+        stopped = [self.stopped.get(peer) for peer in range(len(self.accountant.history))]
+        return {"accountant": self.accountant.state_dict(), "stopped": stopped}
+
+    def load_state_dict(self, state: Mapping[str, Any] | PrivacyState) -> None:
+        """Continue from `state` (from :meth:`state_dict`); PrivacyError, nothing changed, for a state
+        this run could not have saved (see :meth:`PeerAccountant.load_state_dict`)."""
+        try:
+            checked = PrivacyState.model_validate(state)
+        except ValidationError as err:
+            raise PrivacyError(f"not a privacy state ({state_problems(err)})") from None
+        if len(checked.stopped) != len(checked.accountant.history):
+            raise PrivacyError(
+                f"a privacy state with {len(checked.stopped)} peers' stops and "
+                f"{len(checked.accountant.history)} peers' histories"
+            )
+        self.accountant.load_state_dict(checked.accountant)
+        self.stopped = {peer: round_ for peer, round_ in enumerate(checked.stopped) if round_ is not None}

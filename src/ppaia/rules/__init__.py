@@ -2,7 +2,15 @@
 
 # importing the rule modules registers them
 from ppaia.rules import centralized, consensus, fedavg, flobc, gossip, isolated, p2pl, robust, trust  # noqa: F401
-from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan, apply_plan, apply_step_per_peer
+from ppaia.rules.base import (
+    RULES,
+    CooperationRule,
+    RoundContext,
+    RoundPlan,
+    RuleStateError,
+    apply_plan,
+    apply_step_per_peer,
+)
 from ppaia.rules.sync import SYNC_SCHEMES
 
 __all__ = [
@@ -11,6 +19,7 @@ __all__ = [
     "CooperationRule",
     "RoundContext",
     "RoundPlan",
+    "RuleStateError",
     "apply_plan",
     "apply_step_per_peer",
 ]

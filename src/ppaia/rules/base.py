@@ -14,8 +14,9 @@ reference executor and the parity tests.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -30,9 +31,19 @@ __all__ = [
     "CooperationRule",
     "RoundContext",
     "RoundPlan",
+    "RuleStateError",
     "apply_plan",
     "apply_step_per_peer",
+    "checked_tensor",
+    "names_text",
+    "position_of",
 ]
+
+SHOWN_CHARS = 40  # characters quoted from a (possibly hostile) name in an error message
+
+
+class RuleStateError(ValueError):
+    """A rule state that cannot be loaded: another rule's or run's, damaged, or hostile."""
 
 
 @dataclass(frozen=True)
@@ -87,16 +98,15 @@ class CooperationRule(Component):
     pooled: ClassVar[bool] = False  # True: all data on one model (the centralized baseline)
     uses_topology: ClassVar[bool] = True  # False: the topology and mixing settings are ignored
     reports_local_phase: ClassVar[bool] = False  # True: also evaluate right after local training
+    broadcasts_initial: ClassVar[bool] = False  # True: every peer starts from peer 0's initial model
+    # options that only change how a peer weighs what it received: peers need not agree on them
+    local_options: ClassVar[frozenset[str]] = frozenset()
 
     def check(self, n_peers: int) -> None:
         """Raise ValueError (naming the option) if the rule cannot run with `n_peers` peers."""
 
     def reset(self, n_peers: int) -> None:
         """Forget state learned in an earlier run (called when a run starts)."""
-
-    def initialize(self, params: torch.Tensor) -> torch.Tensor:
-        """Adjust the initial parameters of all peers (e.g. a server's model broadcast to everyone)."""
-        return params
 
     def plan(self, ctx: RoundContext) -> RoundPlan:
         """Who trains and which mixing steps run this round."""
@@ -113,6 +123,31 @@ class CooperationRule(Component):
         """State worth recording at each evaluated round (e.g. a learned trust matrix), by name."""
         return {}
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything the rule has learned so far, as named tensors (copies; {} for a rule that learns
+        nothing). With :meth:`load_state_dict` a run stops and continues exactly where it was, as Opacus'
+        accountants and torch modules save and restore theirs."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Continue from `state` (a :meth:`state_dict`, taken between rounds). RuleStateError for a state
+        this rule could not have saved; the rule is then left as it was."""
+        if state:
+            raise RuleStateError(f"rule {self.name!r} learns no state; got {names_text(state)}")
+
+    def peer_state(self, peer: int, ids: Sequence[str | None]) -> dict[str, float]:
+        """Peer `peer`'s part of the learned state, keyed by the ids of the peers it concerns (`ids[j]` is
+        the id of position j, None where not known now): what a networked peer, which plays one row,
+        keeps in its checkpoint. Ids rather than positions, so that it loads after a restart in which
+        positions changed. {} for a rule that learns nothing."""
+        return {}
+
+    def load_peer_state(self, peer: int, ids: Sequence[str | None], state: Mapping[str, float]) -> None:
+        """Make `state` (a :meth:`peer_state`) peer `peer`'s part again, with today's positions `ids`.
+        RuleStateError for a state this rule could not have saved; the rule is then left as it was."""
+        if state:
+            raise RuleStateError(f"rule {self.name!r} learns no state; got {names_text(state)}")
+
     def combine(self, params: torch.Tensor, step: Mixing, ctx: RoundContext) -> torch.Tensor:
         """The step's result rows from stacked parameters; linear averaging by default.
 
@@ -124,6 +159,36 @@ class CooperationRule(Component):
 
 
 RULES: Registry[CooperationRule] = Registry("rule")
+
+
+def names_text(names: Mapping[str, Any] | Sequence[str]) -> str:
+    """A few of `names` (clipped: they may come from a hostile file) and how many there are."""
+    shown = [repr(str(name)[:SHOWN_CHARS]) for name in list(names)[:5]]
+    return f"{', '.join(shown)}{', ...' if len(names) > 5 else ''} ({len(names)} entries)"
+
+
+def checked_tensor(rule: str, name: str, value: object, dtype: torch.dtype, dim: int) -> torch.Tensor:
+    """`value` if it is a dense `dim`-dimensional tensor of `dtype` (what a saved state holds under
+    `name`); RuleStateError naming the rule and the entry otherwise."""
+    if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+        raise RuleStateError(f"rule {rule!r}: state {name!r} is {type(value).__name__}, not a dense tensor")
+    if value.dtype != dtype or value.dim() != dim:
+        raise RuleStateError(
+            f"rule {rule!r}: state {name!r} is a {value.dim()}-d {value.dtype} tensor, "
+            f"expected {dim}-d {dtype}"
+        )
+    return value.detach().cpu()
+
+
+def position_of(ids: Sequence[str | None], peer: int) -> dict[str, int]:
+    """Each known id's position in `ids`; RuleStateError if an id repeats or `peer` is not a position
+    with a known id (a peer knows its own)."""
+    if not 0 <= peer < len(ids) or ids[peer] is None:
+        raise RuleStateError(f"peer {peer} is not one of the {len(ids)} positions given, with its id")
+    positions = {peer_id: j for j, peer_id in enumerate(ids) if peer_id is not None}
+    if len(positions) < sum(peer_id is not None for peer_id in ids):
+        raise RuleStateError("the peer ids given repeat an id")
+    return positions
 
 
 def apply_plan(

@@ -24,6 +24,7 @@ class FedAvg(CooperationRule):
     """
 
     uses_topology: ClassVar[bool] = False
+    broadcasts_initial: ClassVar[bool] = True  # the server's initial model is everyone's
 
     fraction: float = Field(default=1.0, gt=0, le=1)
     aggregator: str = "mean"
@@ -55,9 +56,6 @@ class FedAvg(CooperationRule):
         if self._robust is None and self.aggregator != "mean":
             self._robust = RULES.create(self.aggregator)
         return self._robust
-
-    def initialize(self, params: torch.Tensor) -> torch.Tensor:
-        return params[:1].expand_as(params).clone()
 
     def clients(self, ctx: RoundContext) -> torch.Tensor:
         count = max(1, round(self.fraction * ctx.n_peers))

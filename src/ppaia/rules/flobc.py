@@ -29,10 +29,13 @@ attacking validator therefore corrupts it: FLoBC trusts its validator committee)
 for the T trainers; the original reset every score to 1/N whenever a peer registered. A release counts
 the scheme's uploads (BAP resubmissions included) plus N downloads of the new global model. The rule keeps
 every released global model (stale updates need their base): memory grows by one model per round.
+Its :meth:`FLoBC.state_dict` holds the scores and those models, so a run continues after a restart.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,11 +43,22 @@ import torch
 from pydantic import Field, PrivateAttr, field_validator
 
 from ppaia.registry import SpecError
-from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan
+from ppaia.rules.base import (
+    RULES,
+    CooperationRule,
+    RoundContext,
+    RoundPlan,
+    RuleStateError,
+    checked_tensor,
+    names_text,
+)
 from ppaia.rules.sync import SYNC_SCHEMES, Release, SyncScheme
 from ppaia.topology.mixing import Mixing
 
 __all__ = ["CommitteeRound", "FLoBC"]
+
+VERSION_NAME = re.compile(r"version\.(0|[1-9][0-9]{0,9})")  # a released model's name in a state
+SCORE_SUM_TOLERANCE = 1e-6  # the trainers' scores are normalised to sum 1
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,7 @@ class FLoBC(CooperationRule):
     """FLoBC: validators gate the trainers' updates; accepted ones are weighted by learned scores."""
 
     uses_topology: ClassVar[bool] = False
+    broadcasts_initial: ClassVar[bool] = True  # the server's initial model is everyone's
 
     validators: int = Field(default=3, ge=1, description="V validators: the last V peers")
     decay: float = Field(default=0.9, ge=0, le=1, description="valid iff accuracy ≥ decay · global's")
@@ -157,6 +172,68 @@ class FLoBC(CooperationRule):
         """Each trainer's score (NaN for validators)."""
         return {"score": self._scores.clone()}
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``score``: each trainer's score over peer ids (0 for validators, which have none: every value is
+        finite, as the safetensors codec requires); ``version.<r>``: every released global model, which
+        later stale updates may need as their base."""
+        versions = {f"version.{r}": model.clone() for r, model in self._versions.items()}
+        return {"score": self._scores.nan_to_num(nan=0.0), **versions}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Scores and released models back (from :meth:`state_dict`; of the size :meth:`reset` gave, if
+        called). The last release's committee record (:attr:`last_round`) starts empty again.
+
+        Refused: other names, dtypes or shapes, scores that are not those of this many trainers and
+        validators (finite, ≥ 0, summing to 1; 0 for validators), and models that are not finite."""
+        if "score" not in state:
+            raise RuleStateError(f"rule {self.name!r}: a state without 'score' ({names_text(state)})")
+        scores = checked_tensor(self.name, "score", state["score"], torch.float64, 1)
+        n = scores.numel()
+        if self._scores.numel() and n != self._scores.numel():
+            raise RuleStateError(
+                f"rule {self.name!r}: scores of {n} peers, but this run has {self._scores.numel()}"
+            )
+        try:
+            roles = self.roles(n)
+        except ValueError as err:
+            raise RuleStateError(f"rule {self.name!r}: scores of {n} peers: {err}") from None
+        trainers = scores[roles]
+        if not (
+            bool((scores[~roles] == 0).all())
+            and bool(trainers.isfinite().all())
+            and bool((trainers >= 0).all())
+            and abs(trainers.sum().item() - 1) <= SCORE_SUM_TOLERANCE
+        ):
+            raise RuleStateError(
+                f"rule {self.name!r}: scores that are not {n - self.validators} trainers' (finite, ≥ 0, "
+                f"summing to 1) followed by {self.validators} validators' (0)"
+            )
+        self._versions = self._checked_versions({name: v for name, v in state.items() if name != "score"})
+        scores = torch.where(roles, scores, float("nan"))
+        self._scores, self._start, self._round, self._last = scores, scores.clone(), None, None
+
+    def _checked_versions(self, state: Mapping[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The released models in `state`, by version: one flat float shape and dtype, finite values."""
+        unknown = [name for name in state if not (isinstance(name, str) and VERSION_NAME.fullmatch(name))]
+        if unknown:
+            raise RuleStateError(f"rule {self.name!r}: unknown state entries {names_text(unknown)}")
+        versions: dict[int, torch.Tensor] = {}
+        for name, value in state.items():
+            first = next(iter(versions.values()), None)
+            dtype = first.dtype if first is not None else getattr(value, "dtype", torch.float32)
+            model = checked_tensor(self.name, name, value, dtype, 1)
+            if not model.is_floating_point() or (first is not None and model.shape != first.shape):
+                raise RuleStateError(f"rule {self.name!r}: {name!r} is not a model like the others")
+            if not bool(model.isfinite().all()):
+                raise RuleStateError(f"rule {self.name!r}: {name!r} holds values that are not finite")
+            versions[int(name.removeprefix("version."))] = model.clone()
+        return versions
+
+    def peer_state(self, peer: int, ids: Sequence[str | None]) -> dict[str, float]:
+        """Refused: FLoBC's state is the committee's (every validator holds the same scores and models),
+        not one peer's; it runs in the simulator and on the ledger, which keep it with :meth:`state_dict`."""
+        raise RuleStateError(f"rule {self.name!r} keeps the committee's state, not a peer's: use state_dict")
+
     @property
     def scores(self) -> torch.Tensor:
         """Each trainer's current score over peer ids (NaN for validators)."""
@@ -188,9 +265,6 @@ class FLoBC(CooperationRule):
         if version not in self._versions:
             raise ValueError(f"flobc: round {round_} has an update from version {version}, which is unknown")
         return self._versions[version]
-
-    def initialize(self, params: torch.Tensor) -> torch.Tensor:
-        return params[:1].expand_as(params).clone()
 
     def release(self, ctx: RoundContext) -> Release:
         """Round r's release (version r) of the sync schedule, computed ahead in blocks."""

@@ -7,15 +7,31 @@ z(x) = (1 − s)·f(x; θᵢ) + Σₚ Tᵢₚ·f(x; θₚ) with s = Σₚ Tᵢ�
 move. By default every trust row stays in {T ≥ 0, Σ T ≤ 1}, so a partner whose model hurts the peer's
 held-out loss is pushed to 0. ``faithful = true`` reproduces the original prototype: lr 1e-4, s treated
 as a constant (detached), no projection.
+
+Trust survives a restart: :meth:`LearnedTrust.state_dict` is the whole matrix (the simulator's form) and
+:meth:`LearnedTrust.peer_state` one peer's row keyed by its partners' peer ids (a networked peer's form,
+valid whatever positions the partners have after the restart).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PrivateAttr
 
-from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan
+from ppaia.rules.base import (
+    RULES,
+    CooperationRule,
+    RoundContext,
+    RoundPlan,
+    RuleStateError,
+    checked_tensor,
+    names_text,
+    position_of,
+)
 from ppaia.topology.mixing import Mixing, rank_within
 
 __all__ = ["LearnedTrust", "project_capped_simplex"]
@@ -55,15 +71,22 @@ class LearnedTrust(CooperationRule):
         default=0.0, ge=0, description="pull (λ/2)·Σ(T − 1/(k+1))² of trust towards its start"
     )
 
-    _trust: torch.Tensor = PrivateAttr(default_factory=lambda: torch.empty(0, 0))
+    # Tᵢₚ over positions, NaN where i has never met p
+    local_options: ClassVar[frozenset[str]] = frozenset({"steps", "lr", "prior"})
+
+    _trust: torch.Tensor = PrivateAttr(default_factory=lambda: torch.empty(0, 0, dtype=torch.float64))
+    # peer -> trust in partners that had no position when its row was last loaded (see load_peer_state)
+    _kept: dict[int, dict[str, float]] = PrivateAttr(default_factory=dict)
 
     @property
     def needs_holdout(self) -> bool:
-        """Trust is fitted on held-out data (the faithful prototype used its training data)."""
-        return not self.faithful
+        """Trust is fitted on held-out data (the faithful prototype used its training data); with
+        ``steps = 0`` it is not fitted at all, so no record is read outside training (a DP peer)."""
+        return not self.faithful and self.steps > 0
 
     def reset(self, n_peers: int) -> None:
         self._trust = torch.full((n_peers, n_peers), float("nan"), dtype=torch.float64)
+        self._kept = {}
 
     @property
     def learning_rate(self) -> float:
@@ -76,6 +99,96 @@ class LearnedTrust(CooperationRule):
             met.nonzero().T, self._trust[met], self._trust.shape, check_invariants=False
         )
         return {"trust": entries.coalesce()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``trust``: N × N float64, Tᵢₚ where i has met p and 0 elsewhere; ``met``: N × N bool, where.
+        (Partners that :meth:`load_peer_state` keeps aside have no position, so they are not in it.)"""
+        met = self._trust.isfinite()
+        return {"trust": torch.where(met, self._trust, 0.0), "met": met}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """The whole matrix back (from :meth:`state_dict`; of the size :meth:`reset` gave, if called).
+
+        Refused: other names, dtypes or shapes, trust in oneself, a value where peers have not met, and
+        trust that learning could not have produced (not finite; outside [0, 1] unless faithful)."""
+        if set(state) != {"trust", "met"}:
+            raise RuleStateError(
+                f"rule {self.name!r}: a state holds 'trust' and 'met', not {names_text(state)}"
+            )
+        trust = checked_tensor(self.name, "trust", state["trust"], torch.float64, 2)
+        met = checked_tensor(self.name, "met", state["met"], torch.bool, 2)
+        size = trust.shape[0]
+        if trust.shape != (size, size) or met.shape != trust.shape:
+            raise RuleStateError(
+                f"rule {self.name!r}: trust {tuple(trust.shape)} and met {tuple(met.shape)} are not one "
+                "square shape"
+            )
+        if self._trust.numel() and trust.shape != self._trust.shape:
+            raise RuleStateError(
+                f"rule {self.name!r}: a state of {size} peers, but this run has {self._trust.shape[0]}"
+            )
+        if bool(met.diagonal().any()):
+            raise RuleStateError(f"rule {self.name!r}: a state with a peer's trust in itself")
+        if bool((trust[~met] != 0).any()):
+            raise RuleStateError(f"rule {self.name!r}: a state with trust between peers that never met")
+        self._check_weights(trust[met])
+        self._trust = torch.where(met, trust, float("nan"))
+        self._kept = {}
+
+    def peer_state(self, peer: int, ids: Sequence[str | None]) -> dict[str, float]:
+        """Peer `peer`'s trust in every partner it has met, {partner's id: Tᵢₚ}, plus the partners kept
+        aside by :meth:`load_peer_state` that it has not met since. A partner met at a position whose id
+        is None (not known now) is left out: its trust cannot be keyed."""
+        position_of(ids, peer)
+        row = self._trust[peer] if peer < self._trust.shape[0] else self._trust.new_empty(0)
+        met = row.isfinite().nonzero().flatten().tolist()
+        if met and met[-1] >= len(ids):
+            raise RuleStateError(f"peer {peer} has met position {met[-1]}, beyond the {len(ids)} ids given")
+        state = dict(self._kept.get(peer, {}))
+        state.update({ids[j]: float(row[j]) for j in met if ids[j] is not None})
+        return state
+
+    def load_peer_state(self, peer: int, ids: Sequence[str | None], state: Mapping[str, float]) -> None:
+        """Make `state` ({partner's id: trust}, from :meth:`peer_state`) row `peer` again, where `ids[j]`
+        is the id of position j now; the row's other entries become "never met".
+
+        Partners with no position now are *kept aside*, not dropped: :meth:`peer_state` returns them, so
+        they stay in every later checkpoint, and a later call that places them (on a membership change,
+        ``load_peer_state(peer, new_ids, peer_state(peer, old_ids))``) brings their trust back. Dropping
+        them would let a distrusted partner that is away at the restart come back trusted as a stranger.
+
+        Refused (RuleStateError, the rule unchanged): repeated ids, trust in oneself, and values that
+        learning could not have produced (not finite; outside [0, 1] unless faithful)."""
+        positions = position_of(ids, peer)
+        if not isinstance(state, Mapping):
+            raise RuleStateError(
+                f"rule {self.name!r}: a peer state is a map of id to trust, not {type(state).__name__}"
+            )
+        bad = [key for key, value in state.items() if not isinstance(key, str) or not _is_real(value)]
+        if bad:
+            raise RuleStateError(
+                f"rule {self.name!r}: not an id and a number: {bad[0]!r:.60}: {state[bad[0]]!r:.40}"
+            )
+        if ids[peer] in state:
+            raise RuleStateError(f"rule {self.name!r}: a peer state with the peer's trust in itself")
+        self._check_weights(torch.tensor([float(value) for value in state.values()], dtype=torch.float64))
+        placed = {positions[key]: float(value) for key, value in state.items() if key in positions}
+        kept = {key: float(value) for key, value in state.items() if key not in positions}
+        self._grow(len(ids))
+        row = torch.full((self._trust.shape[1],), float("nan"), dtype=torch.float64)
+        row[list(placed)] = torch.tensor(list(placed.values()), dtype=torch.float64)
+        self._trust[peer] = row
+        self._kept[peer] = kept
+
+    def _check_weights(self, trust: torch.Tensor) -> None:
+        """RuleStateError unless every value is trust that learning could have produced."""
+        if not bool(trust.isfinite().all()):
+            raise RuleStateError(f"rule {self.name!r}: a state with trust that is not finite")
+        if not self.faithful and not bool(((trust >= 0) & (trust <= 1)).all()):
+            raise RuleStateError(
+                f"rule {self.name!r}: a state with trust outside [0, 1] (values from "
+                f"{trust.min().item():.3g} to {trust.max().item():.3g}); only faithful = true leaves it so"
+            )
 
     def plan(self, ctx: RoundContext) -> RoundPlan:
         """Each peer pulls from up to k live neighbours chosen at random."""
@@ -162,3 +275,8 @@ class LearnedTrust(CooperationRule):
                         break
                     step_size = torch.where(accepted.unsqueeze(1), step_size, step_size / 2)
         return trust * partner
+
+
+def _is_real(value: object) -> bool:
+    """A real number (not a bool, not a string): what a trust value must be."""
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -26,28 +26,29 @@ class ReferenceSimulation(Simulation):
             raise NotImplementedError(
                 "the reference executor does not implement DP-SGD (update-level DP is shared)"
             )
-        self.modules = [self.build_model() for _ in range(self.n_peers)]
+        self.modules = [self.setup.build_model() for _ in range(self.n_peers)]
 
     def train(self, params, round_, trainers, anchor=None, private=None) -> torch.Tensor:
-        cfg, counts = self.config, self.data.counts
-        orders = [epoch_order(counts, cfg.seed, round_, epoch) for epoch in range(cfg.local_epochs)]
+        cfg, data, layout = self.config, self.setup.data, self.setup.layout
+        counts = data.counts
         params = params.clone()
         for peer in trainers.nonzero().flatten().tolist():
-            module = self.layout.load(self.modules[peer], params[peer])
+            module = layout.load(self.modules[peer], params[peer])
             optimizer = cfg.optimizer.torch_optimizer(module.parameters(), cfg.lr)
-            samples = self.data.peer_samples(peer)
-            for order in orders:
-                shuffled = samples[order[peer, : counts[peer]]]
+            samples = data.peer_samples(peer)
+            for epoch in range(cfg.local_epochs):  # the peer's own order, drawn for its row alone
+                order = epoch_order(counts[[peer]], data.ids[[peer]], cfg.seed, round_, epoch)[0]
+                shuffled = samples[order[: counts[peer]]]
                 for batch in shuffled.split(cfg.batch_size):
                     optimizer.zero_grad()
-                    loss = F.cross_entropy(module(self.data.x[batch]), self.data.y[batch])
+                    loss = F.cross_entropy(module(data.x[batch]), data.y[batch])
                     if anchor is not None:  # EWC by autograd: (λ/2)·Σ F (θ − θ*)²
                         flat = torch.cat([p.reshape(-1) for p in module.parameters()])
                         gap = flat - anchor.center[peer]
                         loss = loss + 0.5 * anchor.strength * (anchor.fisher[peer] * gap * gap).sum()
                     loss.backward()
                     optimizer.step()
-            params[peer] = self.layout.flatten(module)
+            params[peer] = layout.flatten(module)
         return params
 
     def cooperate(self, plan: RoundPlan, params: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
@@ -58,13 +59,13 @@ class ReferenceSimulation(Simulation):
 
     @torch.no_grad()
     def evaluate(self, params: torch.Tensor, task: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.dataset.x_test, self.dataset.y_test
+        x, y = self.setup.dataset.x_test, self.setup.dataset.y_test
         if task is not None:
-            mask = self.schedule.test_masks(y)[task]
+            mask = self.setup.schedule.test_masks(y)[task]
             x, y = x[mask], y[mask]
         accuracy, loss = torch.zeros(self.n_peers), torch.zeros(self.n_peers)
         for peer, module in enumerate(self.modules):
-            logits = self.layout.load(module, params[peer])(x)
+            logits = self.setup.layout.load(module, params[peer])(x)
             accuracy[peer] = (logits.argmax(1) == y).float().mean()
             loss[peer] = F.cross_entropy(logits, y)
         return accuracy, loss

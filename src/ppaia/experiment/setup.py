@@ -1,0 +1,366 @@
+"""Experiment set-up, apart from every loop that runs it.
+
+:class:`Setup` builds, from a config and its seed, what an executor holds before its first round: the
+data and its split, the model and its layout, the initial parameters, the rule, the attackers, the
+privacy and EWC set-up and the evaluators. It builds either
+
+- the whole batch (:meth:`Setup.batch`), for the simulator;
+- one peer's slice of it (:meth:`Setup.peer`), for a networked peer that replays row i of the
+  simulator (``--partition i/N``) or a ledger client; or
+- a peer that brings its own data (:meth:`Setup.own`): its samples are its own file, not a share of a
+  global dataset.
+
+A slice holds that peer's samples, its model, its initial row and its evaluator only. What it builds
+about the others is a few integers per peer (the split's sample counts, the topology's links), never
+a model, so a peer's memory and set-up time do not grow with the swarm. Every per-peer random draw
+(initial model, held-out split, data order, DP noise, Fisher samples, attack noise) is keyed by the
+peer's id, so peer i's slice starts equal to row i of the batch and, with every model received, stays
+equal (the parity tests check it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from ppaia.attacks import Adversary, choose_attackers
+from ppaia.config import ConfigError, ExperimentConfig
+from ppaia.data import DataError, Dataset, PartitionError, data_source, label_histogram
+from ppaia.experiment.memory import check_fits, dataset_need, training_needs
+from ppaia.learning import BatchedEvaluator, BatchedTrainer, LocalData, ModelError, ParamLayout
+from ppaia.learning.continual import TaskSchedule
+from ppaia.learning.holdout import PeerLearning, split_holdout
+from ppaia.learning.init import Initialization
+from ppaia.learning.local import activation_size
+from ppaia.privacy import PrivateTraining
+from ppaia.registry import SpecError
+from ppaia.rules import CooperationRule
+from ppaia.seeding import Stream, derive_seed
+from ppaia.topology import PeerGraph, TopologyError, build_graph
+
+__all__ = ["OwnData", "Setup", "config_field"]
+
+
+@contextmanager
+def config_field(name: str) -> Iterator[None]:
+    """Prefix a component's own error (data, partition, topology) with the config field it comes from."""
+    try:
+        yield
+    except (DataError, PartitionError, TopologyError) as err:
+        raise type(err)(f"{name}: {err}") from None
+
+
+@dataclass(frozen=True)
+class OwnData:
+    """A peer's own data: every row of `train` is its (training and held-out) data; `test`, if given, is
+    the test set it reports accuracy on (else its held-out share)."""
+
+    train: Dataset
+    test: Dataset | None = None
+
+    @classmethod
+    def load(cls, data: str, test: str | None, seed: int) -> OwnData:
+        """A peer's own data from its ``--data`` and ``--test`` specs (a .npz or .csv path, or a dataset
+        spec): every row of each, none split off as a test set."""
+
+        def load(spec: str, option: str) -> Dataset:
+            try:
+                return data_source(spec).model_copy(update={"test_fraction": 0.0}).load(seed)
+            except (SpecError, ValidationError, DataError) as err:
+                raise DataError(f"{option} {spec!r}: {err}") from None
+
+        return cls(load(data, "--data"), None if test is None else load(test, "--test"))
+
+    def __post_init__(self) -> None:
+        train, test = self.train, self.test
+        if len(train.y_train) == 0:
+            raise DataError(f"own data {train.name!r}: no training rows")
+        if test is None:
+            return
+        if test.input_shape != train.input_shape:
+            raise DataError(
+                f"test data {test.name!r}: input shape {test.input_shape} differs from the training data "
+                f"{train.name!r}'s {train.input_shape}"
+            )
+        if test.n_classes != train.n_classes:
+            raise DataError(
+                f"test data {test.name!r}: {test.n_classes} classes, the training data {train.name!r} has "
+                f"{train.n_classes} (set `classes` on both)"
+            )
+
+
+@dataclass
+class Setup:
+    """One executor's part of an experiment: the rows of peers `ids` (all peers for the simulator).
+
+    `counts` are every peer's training-sample counts (what rules weighting by data size read); the
+    rows' own are ``data.counts``.
+    """
+
+    config: ExperimentConfig
+    rule: CooperationRule
+    dataset: Dataset
+    ids: torch.Tensor
+    counts: torch.Tensor
+    graph: PeerGraph
+    model: nn.Module
+    layout: ParamLayout
+    init: Initialization
+    params: torch.Tensor
+    adversary: Adversary | None
+    honest: torch.Tensor
+    data: LocalData
+    schedule: TaskSchedule
+    task_data: list[LocalData]
+    learner: PeerLearning
+    trainer: BatchedTrainer
+    evaluator: BatchedEvaluator
+    task_evaluators: list[BatchedEvaluator]
+    histogram: np.ndarray
+    train_counts: torch.Tensor  # the rows' training samples, whatever task they are on
+    setup_s: float
+
+    @property
+    def n_peers(self) -> int:
+        """Peers in the whole experiment (1 for a rule that pools all data on one model)."""
+        return self.graph.n
+
+    def evaluate(self, params: torch.Tensor, task: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's test accuracy and loss, on the whole test set or on one task's classes."""
+        return (self.evaluator if task is None else self.task_evaluators[task])(params)
+
+    def build_model(self) -> nn.Module:
+        return self.config.model.build(self.dataset.input_shape, self.dataset.n_classes)
+
+    def private_training(self) -> PrivateTraining | None:
+        """The rows' DP state (accountants), fresh; None without privacy."""
+        cfg = self.config
+        if cfg.privacy is None:
+            return None
+        return PrivateTraining(
+            cfg.privacy,
+            self.train_counts,
+            batch_size=cfg.batch_size,
+            epochs=cfg.local_epochs,
+            rounds=cfg.rounds,
+            seed=cfg.seed,
+            ids=self.ids,
+        )
+
+    @classmethod
+    def batch(cls, config: ExperimentConfig) -> Setup:
+        """Every peer, for the simulator."""
+        return _build(config, None, None)
+
+    @classmethod
+    def peer(cls, config: ExperimentConfig, peer: int) -> Setup:
+        """Peer `peer`'s slice of the simulator's experiment: its share of the split dataset."""
+        if config.rule.pooled:
+            raise ConfigError(f"rule {config.rule.name!r} pools all data on one model; it has no peers")
+        if not 0 <= peer < config.peers:
+            raise ConfigError(f"peer index {peer} is not in 0..{config.peers - 1}")
+        return _build(config, peer, None)
+
+    @classmethod
+    def own(cls, config: ExperimentConfig, peer: int, data: OwnData) -> Setup:
+        """Peer `peer` of `config.peers` with its own data (the config's dataset and split are unused)."""
+        if config.rule.pooled:
+            raise ConfigError(f"rule {config.rule.name!r} pools all data on one model; it has no peers")
+        if not 0 <= peer < config.peers:
+            raise ConfigError(f"peer index {peer} is not in 0..{config.peers - 1}")
+        weighted = [
+            name
+            for name, reads in (
+                (f"rule {config.rule.name!r}", config.rule.name in {"fedavg"}),
+                ("mixing 'data_size'", config.rule.uses_topology and config.mixing.name == "data_size"),
+            )
+            if reads
+        ]
+        if weighted:
+            raise ConfigError(
+                f"{' and '.join(weighted)} weigh every peer by its sample count, which a peer with its "
+                "own data does not know of the others; use a rule and mixing that do not (e.g. "
+                "consensus with metropolis, learned_trust)"
+            )
+        if data.test is None and config.holdout == 0:
+            raise ConfigError(
+                "a peer with its own data evaluates on a test set (--test) or on a held-out share of its "
+                "data: give --test, or set holdout (e.g. 0.2)"
+            )
+        return _build(config, peer, data)
+
+
+def _parts_of(
+    config: ExperimentConfig, dataset: Dataset, peer: int | None, own: OwnData | None
+) -> tuple[list[np.ndarray], torch.Tensor, list[int]]:
+    """The rows' sample indices (into the dataset's training rows), every peer's count, the row ids."""
+    cfg = config
+    if own is not None:
+        part = np.arange(len(dataset.y_train))
+        counts = torch.full((cfg.peers,), len(part), dtype=torch.long)  # the others' are unknown
+        return [part], counts, [peer]
+    labels = dataset.y_train.numpy()
+    with config_field("partition"):
+        parts = cfg.partition.split(
+            labels,
+            cfg.peers,
+            derive_seed(cfg.seed, Stream.PARTITION),
+            cfg.min_samples,
+            groups=None if dataset.groups_train is None else dataset.groups_train.numpy(),
+        )
+    if cfg.rule.pooled:
+        parts = [np.concatenate(parts)]
+    counts = torch.tensor([len(p) - _held_count(len(p), cfg.holdout) for p in parts], dtype=torch.long)
+    ids = list(range(len(parts))) if peer is None else [peer]
+    return [parts[i] for i in ids], counts, ids
+
+
+def _held_count(size: int, fraction: float) -> int:
+    """Samples a peer of `size` holds out (it keeps at least one to train on): as :func:`split_holdout`."""
+    return min(int(size * fraction), size - 1)
+
+
+def _checked_model(config: ExperimentConfig, dataset: Dataset, rows: int, largest: int) -> nn.Module:
+    """The model, once the rows' memory is known to fit and the model runs on the dataset's inputs."""
+    shape = dataset.input_shape
+
+    def build() -> nn.Module:
+        return config.model.build(shape, dataset.n_classes)
+
+    check_fits(training_needs(config, build, shape, rows, largest))
+    label = config.model.label()
+    try:
+        model = build()
+    except ModelError:
+        raise
+    except (RuntimeError, ValueError, TypeError, OverflowError) as err:
+        raise ModelError(f"model {label}: cannot be built: {err}") from None
+    if any(True for _ in model.buffers()):
+        raise ModelError(
+            f"model {label} has buffers (e.g. BatchNorm running statistics); peers are "
+            "simulated as stacked parameters only: use GroupNorm/LayerNorm instead"
+        )
+    try:
+        activation_size(model, shape)  # one forward pass of a blank input
+    except (RuntimeError, ValueError, TypeError, OverflowError) as err:
+        raise ModelError(f"model {label}: fails on inputs of shape {shape}: {err}") from None
+    return model
+
+
+def _check_tasks(config: ExperimentConfig, dataset: Dataset) -> None:
+    classes = dataset.n_classes
+    unknown = sorted({c for task in config.tasks or [] for c in task if c >= classes})
+    if unknown:
+        raise ConfigError(
+            f"tasks: no class {', '.join(map(str, unknown))} in dataset {dataset.name!r} "
+            f"(classes 0 to {classes - 1})"
+        )
+
+
+def _build(config: ExperimentConfig, peer: int | None, own: OwnData | None) -> Setup:
+    started = time.perf_counter()
+    cfg = config
+    rule = cfg.rule.model_copy(deep=True)  # its learned state belongs to this executor
+    if own is None:
+        check_fits([dataset_need(cfg)])
+        with config_field("dataset"):
+            dataset = cfg.dataset.load(cfg.seed)
+    else:
+        dataset = own.train
+    _check_tasks(cfg, dataset)
+    parts, counts, row_ids = _parts_of(cfg, dataset, peer, own)
+    ids = torch.tensor(row_ids, dtype=torch.long)
+    n = len(counts)
+    train_parts, held_parts = split_holdout(
+        parts, cfg.holdout, derive_seed(cfg.seed, Stream.HOLDOUT), row_ids
+    )
+    labels = dataset.y_train.numpy()
+    histogram = label_histogram(labels, train_parts, dataset.n_classes)
+    with config_field("topology"):
+        graph = (
+            build_graph(cfg.topology, n, derive_seed(cfg.seed, Stream.TOPOLOGY), cfg.allow_disconnected)
+            if rule.uses_topology
+            else PeerGraph(n, torch.zeros(2, 0, dtype=torch.long))
+        )
+    model = _checked_model(cfg, dataset, len(row_ids), max(len(part) for part in train_parts))
+    layout = ParamLayout.of(model)
+
+    def build() -> nn.Module:
+        return cfg.model.build(dataset.input_shape, dataset.n_classes)
+
+    # rules whose server broadcasts its model (FedAvg, FLoBC) start every peer from peer 0's draw
+    sources = torch.zeros_like(ids) if rule.broadcasts_initial else ids
+    init = cfg.init.initial_params(build, n, cfg.seed, graph, sources)
+    params = init.params
+    attackers = choose_attackers(n, cfg.attackers, cfg.seed)[ids]
+    adversary = None
+    y = dataset.y_train
+    if cfg.attack is not None and not rule.pooled and attackers.any():
+        adversary = Adversary(cfg.attack, attackers, params[attackers].clone(), cfg.seed, ids[attackers])
+        own_samples = torch.as_tensor(np.concatenate([parts[k] for k in attackers.nonzero().flatten()]))
+        y = adversary.poison(y, own_samples, dataset.n_classes)
+    honest = torch.ones(len(row_ids), dtype=torch.bool) if adversary is None else adversary.honest
+    data = LocalData.from_parts(dataset.x_train, y, train_parts, ids)
+    schedule = TaskSchedule(cfg.tasks, cfg.rounds)
+    task_data = [
+        LocalData.from_parts(dataset.x_train, y, schedule.restrict(train_parts, labels, task), ids)
+        for task in range(len(schedule.tasks))
+    ]
+    learner = PeerLearning(
+        model, data if cfg.holdout == 0 else LocalData.from_parts(dataset.x_train, y, held_parts, ids), ids
+    )
+    trainer = BatchedTrainer(
+        model,
+        data,
+        batch_size=cfg.batch_size,
+        epochs=cfg.local_epochs,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        seed=cfg.seed,
+    )
+    if own is None:
+        x_test, y_test = dataset.x_test, dataset.y_test
+    elif own.test is not None:
+        x_test, y_test = own.test.x_train, own.test.y_train
+    else:  # its held-out share
+        held = torch.as_tensor(held_parts[0], dtype=torch.long)
+        x_test, y_test = dataset.x_train[held], y[held]
+    evaluator = BatchedEvaluator(model, x_test, y_test)
+    task_evaluators = [
+        BatchedEvaluator(model, x_test[mask], y_test[mask]) for mask in schedule.test_masks(y_test)
+    ]
+    setup = Setup(
+        cfg,
+        rule,
+        dataset,
+        ids,
+        counts,
+        graph,
+        model,
+        layout,
+        init,
+        params,
+        adversary,
+        honest,
+        data,
+        schedule,
+        task_data,
+        learner,
+        trainer,
+        evaluator,
+        task_evaluators,
+        histogram,
+        data.counts,
+        0.0,
+    )
+    setup.private_training()  # privacy the accountant cannot meet fails at set-up (the search is cached)
+    trainer.warm_up(params)  # torch.func's first call costs ~1 s: count it as set-up
+    setup.setup_s = time.perf_counter() - started
+    return setup
