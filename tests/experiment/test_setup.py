@@ -77,5 +77,5 @@ def test_what_a_peer_with_its_own_data_refuses(tmp_path):
     np.savez(tmp_path / "three.npz", x=x[:5], y=np.array([0, 1, 2, 0, 1]))
     with pytest.raises(DataError, match="classes"):
         OwnData.load(str(tmp_path / "mine.npz"), str(tmp_path / "three.npz"), seed=0)
-    with pytest.raises(DataError, match="--data 'nothing.npz': .*no such file"):
+    with pytest.raises(DataError, match=r"--data 'nothing\.npz': .*no such file"):
         OwnData.load("nothing.npz", None, seed=0)

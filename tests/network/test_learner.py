@@ -107,3 +107,19 @@ def test_broadcast_steps_are_computed_by_their_smallest_target():
     assert server.server is None and server.senders == [1, 2]
     assert step_role(step, 3).row is None and step_role(step, 3).server == 1
     assert step_role(step, 2).senders == [0]
+
+
+def test_catching_up_weighs_the_others_by_the_rule_not_by_a_plain_mean():
+    """A restarted learned-trust peer that missed rounds takes the others' models weighted by the trust
+    it resumed with: a partner it distrusts (trust 0) does not move it, whatever that partner sent."""
+    config = ppaia.ExperimentConfig.model_validate(
+        {**BASE, "rule": "learned_trust(partners=4, steps=0)", "holdout": 0.2, "topology": "complete"}
+    )
+    ids = [f"{peer:040x}" for peer in range(config.peers)]
+    learner = PeerLearner(config, 0)
+    learner.rule.load_peer_state(0, ids, {ids[1]: 0.0, ids[2]: 0.5, ids[3]: 0.25, ids[4]: 0.25})
+    own = learner.params.clone()
+    models = {1: torch.full_like(own, 1e6), 2: own + 1.0, 3: own - 2.0, 4: own + 4.0}
+    expected = 0.5 * (own + 1.0) + 0.25 * (own - 2.0) + 0.25 * (own + 4.0)  # own weight 1 - Σ trust = 0
+    torch.testing.assert_close(learner.catch_up(models, 3), expected)
+    assert not torch.allclose(expected, torch.stack([own, *models.values()]).mean(0))
