@@ -237,7 +237,7 @@ def launch(
                     raise TimeoutError(f"the swarm did not finish within {timeout:.0f} s")
                 statuses = asyncio.run(swarm.statuses())
                 last |= {i: info.model_dump(mode="json") for i, info in statuses.items() if info is not None}
-                exited = {i: p.poll() for i, p in swarm.processes.items()}
+                exited = swarm.exit_codes()
                 live.update(_progress_table(last, cfg.rounds, exited))
                 time.sleep(0.5)
             codes = swarm.wait(timeout=10)
