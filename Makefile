@@ -38,6 +38,7 @@ bench: $(STAMP) $(DEVCHAIN)
 	$(PY) benchmarks/dht_hostile.py
 	$(PY) benchmarks/fuzz_long.py --cases 100000
 	$(PY) benchmarks/swarm_round.py
+	$(PY) benchmarks/peer_setup.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache devchain/node_modules

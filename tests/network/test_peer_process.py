@@ -140,8 +140,9 @@ def test_peers_started_by_hand_show_progress_refuse_another_config_by_name_and_a
     assert shown["refused"] == [2] and shown["missing"] >= rounds  # peer 2 every round, then peer 1 too
     console = started.output(0)
     assert re.search(
-        rf"peer 0 \(id {shown['peer_id']}\) serves models on TCP {HOST}:{port} and the DHT on UDP "
-        rf"{HOST}:{port}; swarm 'ppaia' of 3 peers, {rounds} rounds, shared config [0-9a-f]{{16}}",
+        rf"peer 0 \({shown['peer_id']}\) listens on TCP {HOST}:{port} \(models\) and UDP {HOST}:{port} "
+        rf"\(the DHT\): others join it with --bootstrap {HOST}:{port}; swarm 'ppaia' of 3 peers, "
+        rf"{rounds} rounds, shared config [0-9a-f]{{16}}",
         console,
     ), console
     lines = re.findall(

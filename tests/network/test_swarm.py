@@ -95,6 +95,29 @@ PARITY = [
 
 
 @pytest.mark.slow
+def test_launch_runs_privacy_and_an_attacker_as_run_does(tmp_path):
+    """`ppaia launch` takes a config with DP and an attacker: peer 2 is a sign-flip process, every peer
+    keeps its own accountant, and the outputs (ε per peer, the attacker) are those of `ppaia run`."""
+    settings = [
+        *("--set", "rule=consensus", "--set", "topology=complete"),
+        *("--set", "privacy=update_dp(epsilon=8.0)", "--set", "attack=sign_flip", "--set", "attackers=[2]"),
+        *("--set", "partition=iid", "--set", "seed=1", "--set", "rounds=3"),
+    ]
+    launched, simulated = tmp_path / "launch", tmp_path / "run"
+    result = runner.invoke(
+        app, ["launch", "--peers", "4", *settings, "--timeout", "150", "--out", str(launched)]
+    )
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}\n{log_tails(tmp_path)}"
+    result = runner.invoke(app, ["run", "--set", "peers=4", *settings, "--out", str(simulated)])
+    assert result.exit_code == 0, result.output
+    networked = json.loads((launched / "summary.json").read_text())
+    reference = json.loads((simulated / "summary.json").read_text())
+    assert networked["attackers"] == reference["attackers"] == [2]
+    assert networked["peer_epsilon"] == pytest.approx(reference["peer_epsilon"], rel=1e-5)
+    assert networked["peer_accuracy"] == pytest.approx(reference["peer_accuracy"], abs=1e-4)
+
+
+@pytest.mark.slow
 def test_launch_reproduces_run_and_eight_peers_learn(tmp_path):
     launched, simulated = tmp_path / "launch", tmp_path / "run"
     invocation = ["launch", "--peers", "8", *PARITY, "--timeout", "150", "--out", str(launched)]

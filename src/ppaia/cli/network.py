@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +21,7 @@ from ppaia.experiment import OwnData
 from ppaia.network.checkpoint import CheckpointError
 from ppaia.network.datadir import DataDirError, hold
 from ppaia.network.dht import BootstrapError, parse_address
-from ppaia.network.errors import AgreementError, ListenError, NetworkError, format_address
+from ppaia.network.errors import AgreementError, ListenError, NetworkError
 from ppaia.network.identity import Identity
 from ppaia.network.learner import check_supported
 from ppaia.network.members import read_members
@@ -134,40 +133,9 @@ def peer(
         raise fail(err) from None
     try:
         with lock:
-            asyncio.run(_serve(node))
+            asyncio.run(node.run())
     except RUN_ERRORS as err:
         raise fail(err) from None
-
-
-async def _serve(node: Peer) -> None:
-    """Run `node`, and say where it listens once it does (its port for both TCP and UDP, which others
-    bootstrap from). Given bootstrap seeds, it stops with BootstrapError unless one answers within its
-    `wait` (the peer itself retries them for minutes, to outlast seeds that are still starting)."""
-    running = asyncio.ensure_future(node.run())
-    try:
-        if await _unless_ended(running, node.dht.listening.wait()):
-            address = format_address(node.options.listen[0], node.dht.port)
-            log.info("peer %d (%s) listens on %s: others join it with --bootstrap %s",
-                     node.options.index, node.identity.peer_id, address, address)  # fmt: skip
-        if node.options.bootstrap:
-            await _unless_ended(running, node.dht.wait_joined(node.options.bootstrap, node.options.wait))
-    except BootstrapError:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        raise
-    await running
-
-
-async def _unless_ended(running: asyncio.Future, awaitable: Awaitable) -> bool:
-    """Await `awaitable` unless `running` ends first (then cancel it): whether it completed."""
-    waiting = asyncio.ensure_future(awaitable)
-    await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
-    if not waiting.done():
-        waiting.cancel()
-        return False
-    waiting.result()  # raises what it raised
-    return True
 
 
 def _progress_table(statuses: dict[int, dict | None], rounds: int, exited: dict[int, int | None]) -> Table:

@@ -979,7 +979,6 @@ class PeerDHT:
         self._address: tuple[str, int] | None = None  # (host, tcp_port) once announced
         self._topics: set[str] = set()
         self._republisher: asyncio.Task | None = None
-        self.listening = asyncio.Event()  # set once `start` listens (then `port` is known)
         self._joined = asyncio.Event()  # set once a bootstrap seed answered
 
     @property
@@ -1013,7 +1012,6 @@ class PeerDHT:
             await self._server.listen(port, interface=host)
         except OSError as err:  # the datagram endpoint's own error does not say where
             raise ListenError("UDP", host, port, err) from err
-        self.listening.set()
         self._listen_host = host
         self._republisher = asyncio.create_task(self._republish_forever())
         if bootstrap:

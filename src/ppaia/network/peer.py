@@ -46,6 +46,7 @@ status``) until every other peer reports finished or fails to answer 3 times in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -186,12 +187,12 @@ class Peer:
         await self.server.start()
         host = self.options.listen[0]
         await self.dht.start(host, self.options.listen[1] or 0)
+        dht = format_address(host, self.dht.port)
         log.info(
-            "peer %d (id %s) serves models on TCP %s and the DHT on UDP %s; swarm %r of %d peers, "
-            "%d rounds, shared config %s",
-            self.options.index, self.identity.peer_id, format_address(host, self.server.port),
-            format_address(host, self.dht.port), self.options.swarm, self.config.peers, self.config.rounds,
-            self.agreement.digest[:16],
+            "peer %d (%s) listens on TCP %s (models) and UDP %s (the DHT): others join it with "
+            "--bootstrap %s; swarm %r of %d peers, %d rounds, shared config %s",
+            self.options.index, self.identity.peer_id, format_address(host, self.server.port), dht, dht,
+            self.options.swarm, self.config.peers, self.config.rounds, self.agreement.digest[:16],
         )  # fmt: skip
         try:
             await self._join(host)
@@ -207,15 +208,28 @@ class Peer:
             await self.server.stop()
 
     async def _join(self, host: str) -> None:
-        """Bootstrap into the DHT (retrying while the seeds start) and announce this peer's index."""
-        for attempt in range(50):
-            if not self.options.bootstrap or await self.dht.bootstrap(self.options.bootstrap):
-                break
-            await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
-        else:
-            raise BootstrapError(f"no bootstrap peer answered: {self.options.bootstrap}")
+        """Bootstrap into the DHT, retrying while the seeds start, and announce this peer's index;
+        BootstrapError naming the seeds if none answered within `wait`."""
+        seeds = self.options.bootstrap
+        if seeds:
+            retrying = asyncio.ensure_future(self._bootstrap(seeds))
+            try:
+                await self.dht.wait_joined(seeds, self.options.wait)
+            except BootstrapError:
+                retrying.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retrying
+                raise
+            await retrying  # a seed answered: the crawl through it ends
         await self.dht.announce(self.server.port, host)
         await self.dht.provide(index_topic(self.options.swarm, self.options.index))
+
+    async def _bootstrap(self, seeds: tuple[Address, ...]) -> None:
+        """Ask the seeds until one answers (they may still be starting); :meth:`_join` bounds it."""
+        attempt = 0
+        while not await self.dht.bootstrap(seeds):
+            attempt += 1
+            await asyncio.sleep(min(0.1 * attempt, 1.0))
 
     async def _rendezvous(self) -> None:
         """Find every other peer and check that it runs this config (up to `wait` seconds in all), so
