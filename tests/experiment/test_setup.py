@@ -79,3 +79,33 @@ def test_what_a_peer_with_its_own_data_refuses(tmp_path):
         OwnData.load(str(tmp_path / "mine.npz"), str(tmp_path / "three.npz"), seed=0)
     with pytest.raises(DataError, match=r"--data 'nothing\.npz': .*no such file"):
         OwnData.load("nothing.npz", None, seed=0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"rule": "fedavg"}, {"mixing": "data_size"}, {"rule": "p2pl(weights='data_size')"}],
+    ids=["fedavg", "mixing-data_size", "p2pl-data_size"],
+)
+def test_rules_that_weigh_by_sample_count_are_refused_for_own_data(tmp_path, change):
+    rng = np.random.default_rng(2)
+    own = OwnData.load(
+        write(tmp_path, "mine.npz", rng.normal(size=(30, 4)).astype(np.float32), rng.integers(0, 10, 30)),
+        None,
+        0,
+    )
+    config = ppaia.ExperimentConfig.model_validate({**BASE, "holdout": 0.2, **change})
+    with pytest.raises(ppaia.ConfigError, match="sample count"):
+        Setup.own(config, 0, own)
+    robust = ppaia.ExperimentConfig.model_validate(
+        {**BASE, "holdout": 0.2, "rule": "fedavg(aggregator='median')"}
+    )
+    assert Setup.own(robust, 0, own).ids.tolist() == [0]  # a robust aggregate ignores the counts
+
+
+def test_a_test_set_named_in_the_data_spec_is_the_peers_test_set(tmp_path):
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, 4)).astype(np.float32), rng.integers(0, 10, 40)
+    np.savez(tmp_path / "both.npz", x=x, y=y, x_test=x[:7], y_test=y[:7])
+    own = OwnData.load(f"npz(path='{tmp_path / 'both.npz'}', classes=10)", None, seed=0)
+    setup = Setup.own(ppaia.ExperimentConfig.model_validate({**BASE, "holdout": 0.2}), 1, own)
+    assert setup.evaluator.y.numel() == 7

@@ -294,3 +294,12 @@ def test_a_peer_refused_by_every_other_peer_stops_with_an_error_naming_the_field
     assert peer.progress.phase is Phase.WAITING and peer.status().refused == [1]
     assert "peer 0 runs another config than every peer it found" in message
     assert "peer 1: lr: 0.05 there, 0.2 here; peers: 3 there, 2 here; seed: 0 there, 1 here" in message
+
+
+def test_peers_with_their_own_data_must_agree_on_inputs_and_classes():
+    """A peer whose labels lack a class infers a smaller output layer: refused, naming the field."""
+    config = ppaia.ExperimentConfig.model_validate({"peers": 3})
+    mine = Agreement.of(config, own_data=True, data={"inputs": [64], "classes": 10})
+    theirs = Agreement.of(config, own_data=True, data={"inputs": [64], "classes": 7})
+    assert [d.field for d in mine.differences(theirs)] == ["data.classes"]
+    assert "data.classes: 7 there, 10 here" in describe(mine.differences(theirs))

@@ -112,6 +112,10 @@ def peer(
     try:
         mine = [f"attack={attack}", f"attackers=[{index}]"] if attack is not None else []
         cfg = load_config(config, [*(overrides or []), f"peers={total}", *mine])
+        if test is not None and data is None:
+            raise typer.BadParameter(
+                "only with --data (without, a peer uses the config's test set)", param_hint="--test"
+            )
         own = None if data is None else OwnData.load(data, test, cfg.seed)
         host, port = parse_address(listen, any_port=True)
         port = port or free_port(host)  # one number free for both TCP and UDP, printed below

@@ -175,19 +175,11 @@ class Setup:
             raise ConfigError(f"rule {config.rule.name!r} pools all data on one model; it has no peers")
         if not 0 <= peer < config.peers:
             raise ConfigError(f"peer index {peer} is not in 0..{config.peers - 1}")
-        weighted = [
-            name
-            for name, reads in (
-                (f"rule {config.rule.name!r}", config.rule.name in {"fedavg"}),
-                ("mixing 'data_size'", config.rule.uses_topology and config.mixing.name == "data_size"),
-            )
-            if reads
-        ]
-        if weighted:
+        if config.rule.reads_sample_counts(config.mixing):
             raise ConfigError(
-                f"{' and '.join(weighted)} weigh every peer by its sample count, which a peer with its "
-                "own data does not know of the others; use a rule and mixing that do not (e.g. "
-                "consensus with metropolis, learned_trust)"
+                f"rule {config.rule.label()} with mixing {config.mixing.name!r} weighs every peer by its "
+                "sample count, which a peer with its own data does not know of the others; use a rule "
+                "and mixing that do not (e.g. consensus with metropolis, learned_trust)"
             )
         if data.test is None and config.holdout == 0:
             raise ConfigError(
@@ -329,6 +321,8 @@ def _build(config: ExperimentConfig, peer: int | None, own: OwnData | None) -> S
         x_test, y_test = dataset.x_test, dataset.y_test
     elif own.test is not None:
         x_test, y_test = own.test.x_train, own.test.y_train
+    elif len(dataset.y_test):  # its --data spec named a test set of its own (test_path, x_test)
+        x_test, y_test = dataset.x_test, dataset.y_test
     else:  # its held-out share
         held = torch.as_tensor(held_parts[0], dtype=torch.long)
         x_test, y_test = dataset.x_train[held], y[held]

@@ -110,9 +110,14 @@ class Agreement(BaseModel):
         return self
 
     @classmethod
-    def of(cls, config: ExperimentConfig, *, own_data: bool = False) -> Agreement:
-        """This peer's agreement for `config` (`own_data`: it trains on data of its own)."""
+    def of(
+        cls, config: ExperimentConfig, *, own_data: bool = False, data: Mapping[str, Any] | None = None
+    ) -> Agreement:
+        """This peer's agreement for `config` (`own_data`: it trains on data of its own, and `data` says
+        what its data must share with the others', e.g. the input shape and the number of classes)."""
         shared = shared_config(config, own_data=own_data)
+        if data is not None:
+            shared["data"] = dict(data)
         return cls(digest=digest_of(shared), shared=shared)
 
     def differences(self, other: Agreement) -> list[Difference]:

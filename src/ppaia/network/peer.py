@@ -131,7 +131,11 @@ class Peer:
         encoded = len(codec.encode(self.learner.tensors()))  # every honest model has exactly this size
         self.max_bytes = min(encoded + 4096, options.max_model_bytes)
         self.checkpoint = Checkpoint(Path(options.data_dir), config, options.index)
-        self.agreement = Agreement.of(config, own_data=own is not None)
+        # peers with their own data agree on what their models are built from: inputs and classes
+        facts = (
+            None if own is None else {"inputs": list(own.train.input_shape), "classes": own.train.n_classes}
+        )
+        self.agreement = Agreement.of(config, own_data=own is not None, data=facts)
         self.progress = Progress()
         self.strikes = Strikes(options.index)
         self.server = ModelServer(
@@ -324,8 +328,9 @@ class Peer:
 
     async def _catch_up(self, first: int) -> int:
         """The round a resumed peer continues from. If every peer that answers has completed round
-        R ≥ `first` meanwhile, none will serve it the versions of those rounds again: it adopts the mean
-        of their round-R results (each fetched and verified) and continues with round R + 1. Peers that
+        R ≥ `first` meanwhile, none will serve it the versions of those rounds again: it combines their
+        round-R results (each fetched and verified) by its own part of the rule's round-R plan
+        (:meth:`PeerLearner.catch_up`) and continues with round R + 1. Peers that
         do not answer (dead, or not started) or run another config are not waited for."""
         others = [i for i in range(self.config.peers) if i != self.options.index]
         statuses = await asyncio.gather(*(self._status(i) for i in others))

@@ -108,6 +108,11 @@ class CooperationRule(Component):
     def reset(self, n_peers: int) -> None:
         """Forget state learned in an earlier run (called when a run starts)."""
 
+    def reads_sample_counts(self, mixing: MixingWeights) -> bool:
+        """Whether this rule's plans weigh peers by their training-sample counts (with `mixing` as the
+        config's mixing weights): a peer with data of its own does not know the others' counts."""
+        return self.uses_topology and mixing.name == "data_size"
+
     def plan(self, ctx: RoundContext) -> RoundPlan:
         """Who trains and which mixing steps run this round."""
         return RoundPlan()

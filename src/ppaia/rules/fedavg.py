@@ -9,7 +9,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from ppaia.registry import SpecError
 from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan
-from ppaia.topology.mixing import Mixing
+from ppaia.topology.mixing import Mixing, MixingWeights
 
 
 @RULES.register("fedavg")
@@ -56,6 +56,9 @@ class FedAvg(CooperationRule):
         if self._robust is None and self.aggregator != "mean":
             self._robust = RULES.create(self.aggregator)
         return self._robust
+
+    def reads_sample_counts(self, mixing: MixingWeights) -> bool:
+        return self.aggregator == "mean"  # the sample-weighted mean; a robust aggregate ignores counts
 
     def clients(self, ctx: RoundContext) -> torch.Tensor:
         count = max(1, round(self.fraction * ctx.n_peers))

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from ppaia.rules.base import RULES, RoundContext, RoundPlan
 from ppaia.rules.consensus import Consensus
-from ppaia.topology.mixing import MIXINGS
+from ppaia.topology.mixing import MIXINGS, MixingWeights
 
 
 @RULES.register("p2pl")
@@ -21,6 +21,9 @@ class P2PL(Consensus):
     weights: Literal["uniform", "data_size"] = "uniform"
 
     reports_local_phase: ClassVar[bool] = True
+
+    def reads_sample_counts(self, mixing: MixingWeights) -> bool:
+        return self.weights == "data_size"  # its own weights, not the config's mixing
 
     def plan(self, ctx: RoundContext) -> RoundPlan:
         return super().plan(dataclasses.replace(ctx, mixing=MIXINGS.create(self.weights)))
