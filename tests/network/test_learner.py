@@ -74,6 +74,8 @@ def test_a_peer_slice_holds_only_its_own_rows():
     setup = learner.setup
     assert setup.ids.tolist() == [123] and setup.params.shape[0] == 1
     assert setup.data.table.shape[0] == 1 and setup.learner.holdout.table.shape[0] == 1
+    trusting = PeerLearner(config.model_copy(update={"rule": ppaia.RULES.create("learned_trust")}), 123)
+    assert tuple(trusting.rule._trust.shape) == (1, 400)  # its own row of trust, not 400 × 400
     batch = ppaia.Simulation(config).setup
     torch.testing.assert_close(setup.params[0], batch.params[123])
     assert torch.equal(setup.data.peer_samples(0), batch.data.peer_samples(123))

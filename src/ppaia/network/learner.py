@@ -85,7 +85,7 @@ class PeerLearner:
         self.peer = peer
         self.setup = Setup.peer(config, peer) if own is None else Setup.own(config, peer, own)
         self.rule: CooperationRule = self.setup.rule
-        self.rule.reset(self.setup.n_peers)
+        self.rule.reset(self.setup.n_peers, self.setup.ids)  # its own row of any per-receiver state
         self.layout = self.setup.layout
         self.params = self.setup.params[0].clone()
         self.phase = LocalPhase(self.setup)

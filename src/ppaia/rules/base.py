@@ -105,8 +105,10 @@ class CooperationRule(Component):
     def check(self, n_peers: int) -> None:
         """Raise ValueError (naming the option) if the rule cannot run with `n_peers` peers."""
 
-    def reset(self, n_peers: int) -> None:
-        """Forget state learned in an earlier run (called when a run starts)."""
+    def reset(self, n_peers: int, rows: torch.Tensor | None = None) -> None:
+        """Forget state learned in an earlier run (called when a run starts). `rows` are the sorted ids
+        of the peers this executor plays (None: all of them; a networked peer: itself): state kept per
+        receiver is kept for those only, so a peer's memory does not grow with the swarm."""
 
     def reads_sample_counts(self, mixing: MixingWeights) -> bool:
         """Whether this rule's plans weigh peers by their training-sample counts (with `mixing` as the

@@ -161,7 +161,7 @@ class FLoBC(CooperationRule):
             for i in range(trainers)
         ]
 
-    def reset(self, n_peers: int) -> None:
+    def reset(self, n_peers: int, rows: torch.Tensor | None = None) -> None:
         trainers = self.roles(n_peers)
         self._scores = torch.where(trainers, 1.0 / int(trainers.sum()), float("nan")).double()
         self._start = self._scores.clone()

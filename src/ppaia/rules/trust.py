@@ -74,7 +74,10 @@ class LearnedTrust(CooperationRule):
     # Tᵢₚ over positions, NaN where i has never met p
     local_options: ClassVar[frozenset[str]] = frozenset({"steps", "lr", "prior"})
 
+    # trust of each receiver this executor plays (rows: every peer in the simulator, itself on a peer)
+    # in every peer (columns); `_rows` are the receivers' ids, None while they are all peers 0..R-1
     _trust: torch.Tensor = PrivateAttr(default_factory=lambda: torch.empty(0, 0, dtype=torch.float64))
+    _rows: torch.Tensor | None = PrivateAttr(default=None)
     # peer -> trust in partners that had no position when its row was last loaded (see load_peer_state)
     _kept: dict[int, dict[str, float]] = PrivateAttr(default_factory=dict)
 
@@ -84,9 +87,30 @@ class LearnedTrust(CooperationRule):
         ``steps = 0`` it is not fitted at all, so no record is read outside training (a DP peer)."""
         return not self.faithful and self.steps > 0
 
-    def reset(self, n_peers: int) -> None:
-        self._trust = torch.full((n_peers, n_peers), float("nan"), dtype=torch.float64)
+    def reset(self, n_peers: int, rows: torch.Tensor | None = None) -> None:
+        self._rows = None if rows is None else rows.clone()
+        height = n_peers if rows is None else len(rows)
+        self._trust = torch.full((height, n_peers), float("nan"), dtype=torch.float64)
         self._kept = {}
+
+    def _row(self, receivers: torch.Tensor) -> torch.Tensor:
+        """The rows of `receivers`' trust (KeyError for a receiver this executor does not play)."""
+        if self._rows is None:
+            return receivers
+        found = torch.searchsorted(self._rows, receivers).clamp(max=max(len(self._rows) - 1, 0))
+        if not len(self._rows) or not bool((self._rows[found] == receivers).all()):
+            raise KeyError(
+                f"trust of receivers {receivers.tolist()}: this executor plays {self._rows.tolist()}"
+            )
+        return found
+
+    def _dense(self) -> torch.Tensor:
+        """Trust as an N × N matrix, rows this executor does not play never met (the simulator's own)."""
+        if self._rows is None:
+            return self._trust
+        full = torch.full((self._trust.shape[1],) * 2, float("nan"), dtype=torch.float64)
+        full[self._rows] = self._trust
+        return full
 
     @property
     def learning_rate(self) -> float:
@@ -94,17 +118,17 @@ class LearnedTrust(CooperationRule):
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """Trust between every pair that has met, as a sparse N × N matrix (memory ∝ pairs met)."""
-        met = self._trust.isfinite()
-        entries = torch.sparse_coo_tensor(
-            met.nonzero().T, self._trust[met], self._trust.shape, check_invariants=False
-        )
+        trust = self._dense()
+        met = trust.isfinite()
+        entries = torch.sparse_coo_tensor(met.nonzero().T, trust[met], trust.shape, check_invariants=False)
         return {"trust": entries.coalesce()}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``trust``: N × N float64, Tᵢₚ where i has met p and 0 elsewhere; ``met``: N × N bool, where.
         (Partners that :meth:`load_peer_state` keeps aside have no position, so they are not in it.)"""
-        met = self._trust.isfinite()
-        return {"trust": torch.where(met, self._trust, 0.0), "met": met}
+        trust = self._dense()
+        met = trust.isfinite()
+        return {"trust": torch.where(met, trust, 0.0), "met": met}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """The whole matrix back (from :meth:`state_dict`; of the size :meth:`reset` gave, if called).
@@ -123,9 +147,9 @@ class LearnedTrust(CooperationRule):
                 f"rule {self.name!r}: trust {tuple(trust.shape)} and met {tuple(met.shape)} are not one "
                 "square shape"
             )
-        if self._trust.numel() and trust.shape != self._trust.shape:
+        if self._trust.numel() and size != self._trust.shape[1]:
             raise RuleStateError(
-                f"rule {self.name!r}: a state of {size} peers, but this run has {self._trust.shape[0]}"
+                f"rule {self.name!r}: a state of {size} peers, but this run has {self._trust.shape[1]}"
             )
         if bool(met.diagonal().any()):
             raise RuleStateError(f"rule {self.name!r}: a state with a peer's trust in itself")
@@ -133,6 +157,8 @@ class LearnedTrust(CooperationRule):
             raise RuleStateError(f"rule {self.name!r}: a state with trust between peers that never met")
         self._check_weights(trust[met])
         self._trust = torch.where(met, trust, float("nan"))
+        if self._rows is not None:
+            self._trust = self._trust[self._rows]
         self._kept = {}
 
     def peer_state(self, peer: int, ids: Sequence[str | None]) -> dict[str, float]:
@@ -140,7 +166,12 @@ class LearnedTrust(CooperationRule):
         aside by :meth:`load_peer_state` that it has not met since. A partner met at a position whose id
         is None (not known now) is left out: its trust cannot be keyed."""
         position_of(ids, peer)
-        row = self._trust[peer] if peer < self._trust.shape[0] else self._trust.new_empty(0)
+        if self._rows is None:
+            row = self._trust[peer] if peer < self._trust.shape[0] else self._trust.new_empty(0)
+        elif bool((self._rows == peer).any()):
+            row = self._trust[self._row(torch.tensor([peer]))[0]]
+        else:
+            row = self._trust.new_empty(0)
         met = row.isfinite().nonzero().flatten().tolist()
         if met and met[-1] >= len(ids):
             raise RuleStateError(f"peer {peer} has met position {met[-1]}, beyond the {len(ids)} ids given")
@@ -177,7 +208,7 @@ class LearnedTrust(CooperationRule):
         self._grow(len(ids))
         row = torch.full((self._trust.shape[1],), float("nan"), dtype=torch.float64)
         row[list(placed)] = torch.tensor(list(placed.values()), dtype=torch.float64)
-        self._trust[peer] = row
+        self._trust[self._row(torch.tensor([peer]))[0]] = row
         self._kept[peer] = kept
 
     def _check_weights(self, trust: torch.Tensor) -> None:
@@ -214,18 +245,21 @@ class LearnedTrust(CooperationRule):
         partner = hood.mask & (hood.ids != receivers.unsqueeze(1)) & finite
         own = hood.mask & (hood.ids == receivers.unsqueeze(1))
         self._grow(int(max(receivers.max(), hood.ids.max())) + 1)
-        known = self._trust[receivers.unsqueeze(1), hood.ids.clamp(min=0)]
+        at = self._row(receivers)
+        known = self._trust[at.unsqueeze(1), hood.ids.clamp(min=0)]
         start = torch.where(partner & ~known.isnan(), known, 1.0 / (self.partners + 1)) * partner
         trust = self._learn(start, partner, own, values, receivers, ctx)
         met = hood.mask & (hood.ids != receivers.unsqueeze(1))
         rows, cols = met.nonzero(as_tuple=True)
-        self._trust[receivers[rows], hood.ids[rows, cols]] = trust[rows, cols]
+        self._trust[at[rows], hood.ids[rows, cols]] = trust[rows, cols]
         weights = trust + own * (1 - trust.sum(1, keepdim=True))
         return torch.einsum("rm,rmd->rd", weights.to(params.dtype), values)
 
     def _grow(self, size: int) -> None:
-        if size > self._trust.shape[0]:
-            grown = torch.full((size, size), float("nan"), dtype=torch.float64)
+        """Room for peers 0..size-1: columns, and rows too while this executor plays every peer."""
+        if size > self._trust.shape[1]:
+            height = size if self._rows is None else self._trust.shape[0]
+            grown = torch.full((height, size), float("nan"), dtype=torch.float64)
             grown[: self._trust.shape[0], : self._trust.shape[1]] = self._trust
             self._trust = grown
 
