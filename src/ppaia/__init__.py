@@ -12,7 +12,16 @@ Quick use::
 
 from ppaia.attacks import ATTACKS
 from ppaia.config import ConfigError, ExperimentConfig, apply_overrides, load_config
-from ppaia.data import DATASETS, PARTITIONERS, DataError, Dataset, PartitionError, label_histogram
+from ppaia.data import (
+    DATASETS,
+    PARTITIONERS,
+    DataError,
+    Dataset,
+    PartitionError,
+    data_source,
+    label_histogram,
+)
+from ppaia.experiment import OwnData, Setup
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError, ParamLayout
 from ppaia.privacy import PRIVACY
 from ppaia.registry import Component, Registry, SpecError
@@ -43,6 +52,7 @@ __all__ = [
     "ExperimentConfig",
     "Mixing",
     "ModelError",
+    "OwnData",
     "ParamLayout",
     "PartitionError",
     "PeerGraph",
@@ -51,6 +61,7 @@ __all__ = [
     "RoundContext",
     "RoundPlan",
     "RunResult",
+    "Setup",
     "Simulation",
     "SpecError",
     "SweepResult",
@@ -59,6 +70,7 @@ __all__ = [
     "apply_plan",
     "apply_step_per_peer",
     "build_graph",
+    "data_source",
     "label_histogram",
     "load_config",
     "mixing_step",
