@@ -269,6 +269,23 @@ class Dripper:
             writer.close()
 
 
+@contextlib.asynccontextmanager
+async def played_by(dripper, peer):
+    """`dripper` serving on 127.0.0.1 as whichever index `peer` looks up, while the block runs."""
+    server = await asyncio.start_server(dripper.handle, "127.0.0.1", 0)
+    address = ("127.0.0.1", server.sockets[0].getsockname()[1])
+
+    async def resolve(index, timeout=5.0):
+        peer.book.pinned[index] = dripper.identity.peer_id
+        return address
+
+    peer.book.address = resolve
+    try:
+        yield
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize(("behaviour", "struck"), [("drip", True), ("stall", True), ("silent", False)])
 def test_a_sender_that_starts_a_reply_and_trickles_it_is_struck_one_that_never_starts_is_not(
     tmp_path, behaviour, struck
@@ -277,19 +294,8 @@ def test_a_sender_that_starts_a_reply_and_trickles_it_is_struck_one_that_never_s
     dripper = Dripper(peer, behaviour)
 
     async def body():
-        server = await asyncio.start_server(dripper.handle, "127.0.0.1", 0)
-        address = ("127.0.0.1", server.sockets[0].getsockname()[1])
-
-        async def resolve(index, timeout=5.0):
-            peer.book.pinned[index] = dripper.identity.peer_id
-            return address
-
-        peer.book.address = resolve
-        try:
-            async with asyncio.timeout(20):
-                return await peer._fetch(1, 1, 0)
-        finally:
-            server.close()
+        async with played_by(dripper, peer), asyncio.timeout(20):
+            return await peer._fetch(1, 1, 0)
 
     fetched, _ = asyncio.run(body())
     assert fetched is None and dripper.requests >= 1
@@ -307,23 +313,12 @@ def test_a_slow_drip_sender_is_banned_after_repeated_strikes(tmp_path):
     dripper = Dripper(peer, "drip")
 
     async def body():
-        server = await asyncio.start_server(dripper.handle, "127.0.0.1", 0)
-        address = ("127.0.0.1", server.sockets[0].getsockname()[1])
-
-        async def resolve(index, timeout=5.0):
-            peer.book.pinned[index] = dripper.identity.peer_id
-            return address
-
-        peer.book.address = resolve
-        try:
-            async with asyncio.timeout(60):
-                for round_ in range(1, 20):
-                    peer.timing.absent.clear()  # ask it properly every round, as if it had progressed
-                    await peer._fetch(1, round_, 0)
-                    if peer.strikes.bans.is_banned(dripper.identity.peer_id):
-                        return round_
-        finally:
-            server.close()
+        async with played_by(dripper, peer), asyncio.timeout(60):
+            for round_ in range(1, 20):
+                peer.timing.absent.clear()  # ask it properly every round, as if it had progressed
+                await peer._fetch(1, round_, 0)
+                if peer.strikes.bans.is_banned(dripper.identity.peer_id):
+                    return round_
 
     banned_in = asyncio.run(body())
     assert banned_in is not None and dripper.requests == peer.strikes.bans.max_strikes

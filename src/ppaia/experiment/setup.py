@@ -20,8 +20,9 @@ equal (the parity tests check it).
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -137,7 +138,7 @@ class Setup:
         return (self.evaluator if task is None else self.task_evaluators[task])(params)
 
     def build_model(self) -> nn.Module:
-        return self.config.model.build(self.dataset.input_shape, self.dataset.n_classes)
+        return _model_builder(self.config, self.dataset)()
 
     def private_training(self) -> PrivateTraining | None:
         """The rows' DP state (accountants), fresh; None without privacy."""
@@ -219,13 +220,14 @@ def _held_count(size: int, fraction: float) -> int:
     return min(int(size * fraction), size - 1)
 
 
+def _model_builder(config: ExperimentConfig, dataset: Dataset) -> Callable[[], nn.Module]:
+    """Builds the config's model for the dataset's inputs and classes (every peer's, and the init's)."""
+    return functools.partial(config.model.build, dataset.input_shape, dataset.n_classes)
+
+
 def _checked_model(config: ExperimentConfig, dataset: Dataset, rows: int, largest: int) -> nn.Module:
     """The model, once the rows' memory is known to fit and the model runs on the dataset's inputs."""
-    shape = dataset.input_shape
-
-    def build() -> nn.Module:
-        return config.model.build(shape, dataset.n_classes)
-
+    shape, build = dataset.input_shape, _model_builder(config, dataset)
     check_fits(training_needs(config, build, shape, rows, largest))
     label = config.model.label()
     try:
@@ -284,9 +286,7 @@ def _build(config: ExperimentConfig, peer: int | None, own: OwnData | None) -> S
     model = _checked_model(cfg, dataset, len(row_ids), max(len(part) for part in train_parts))
     layout = ParamLayout.of(model)
 
-    def build() -> nn.Module:
-        return cfg.model.build(dataset.input_shape, dataset.n_classes)
-
+    build = _model_builder(cfg, dataset)
     # rules whose server broadcasts its model (FedAvg, FLoBC) start every peer from peer 0's draw
     sources = torch.zeros_like(ids) if rule.broadcasts_initial else ids
     init = cfg.init.initial_params(build, n, cfg.seed, graph, sources)
