@@ -1,7 +1,7 @@
 """Cooperation rules, each registered by name in :data:`RULES`."""
 
 # importing the rule modules registers them
-from ppaia.rules import centralized, consensus, fedavg, flobc, gossip, isolated, p2pl, robust, trust  # noqa: F401
+from ppaia.rules import centralized, centred, consensus, fedavg, flobc, gossip, isolated, p2pl, robust, trust  # noqa: F401
 from ppaia.rules.base import (
     RULES,
     CooperationRule,
