@@ -121,10 +121,49 @@ def test_a_run_needs_at_least_one_honest_peer():
         ppaia.ExperimentConfig(rule="centralized", attack="sign_flip", attackers=0.2)
 
 
-@pytest.mark.parametrize("attack", ["stale(age=2)", "free_rider", "gaussian", "sign_flip", "label_flip"])
+@pytest.mark.parametrize(
+    "attack", ["stale(age=2)", "free_rider", "gaussian", "sign_flip", "label_flip", "alie(z=2)"]
+)
 def test_running_a_simulation_twice_gives_the_same_numbers(attack):
     simulation = ppaia.Simulation(
         ppaia.ExperimentConfig(**BASE | {"rounds": 4, "attack": attack, "attackers": 0.3})
     )
     first, second = simulation.run(), simulation.run()
     assert torch.equal(first.params, second.params)
+
+
+@pytest.mark.parametrize("z", [0.25, 1.0, 4.0])
+def test_alie_sends_what_it_held_moved_against_its_update_by_z_update_lengths(z):
+    randomness = torch.Generator().manual_seed(17)
+    held = torch.randn(5, 300, generator=randomness)
+    update = torch.randn(5, 300, generator=randomness) * torch.logspace(-3, 1, 5)[:, None]
+    sent = ATTACKS.create(f"alie(z={z})").message(round_of(held + update, held))
+    torch.testing.assert_close((sent - held).norm(dim=1), z * update.norm(dim=1))
+    cosine = torch.nn.functional.cosine_similarity(sent - held, update, dim=1)
+    torch.testing.assert_close(cosine, torch.full((5,), -1.0))
+
+
+@pytest.mark.parametrize("spec", ATTACKS.names())
+def test_an_attacker_sends_the_same_alone_as_among_several(spec):
+    """A networked attacker knows only its own state: its message may not depend on the other rows."""
+    randomness = torch.Generator().manual_seed(5)
+    peers = torch.tensor([1, 4, 6, 9])
+    trained, held = torch.randn(2, 4, 50, generator=randomness)
+    past = tuple(torch.randn(4, 50, generator=randomness) for _ in range(5))
+    attack = ATTACKS.create(spec)
+    together = attack.message(round_of(trained, held, past, round_=7, peers=peers))
+    for k in range(4):
+        row = slice(k, k + 1)
+        alone = attack.message(round_of(trained[row], held[row], tuple(p[row] for p in past), 7, peers[row]))
+        torch.testing.assert_close(alone, together[row], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_alie_drags_consensus_down_but_not_the_median():
+    base = BASE | {"rounds": 10, "lr": 0.2, "topology": "complete"}
+    attacked = base | {"attack": "alie(z=3)", "attackers": 0.3}
+    clean = ppaia.run(base | {"rule": "consensus"}).final["honest_acc_mean"]
+    consensus = ppaia.run(attacked | {"rule": "consensus"}).final["honest_acc_mean"]
+    median = ppaia.run(attacked | {"rule": "median"}).final["honest_acc_mean"]
+    assert clean > 0.8 and consensus < 0.4
+    assert median > clean - 0.1

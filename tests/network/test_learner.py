@@ -12,7 +12,16 @@ BASE = {"peers": 5, "rounds": 3, "partition": "dirichlet(1.0)", "model": "mlp(hi
 
 @pytest.mark.parametrize(
     "rule",
-    ["consensus(steps=2)", "gossip", "fedavg(fraction=0.6)", "learned_trust(partners=2)", "median", "p2pl"],
+    [
+        "consensus(steps=2)",
+        "gossip",
+        "fedavg(fraction=0.6)",
+        "learned_trust(partners=2)",
+        "median",
+        "p2pl",
+        "clipped_gossip",
+        "balance(horizon=3)",
+    ],
 )
 def test_peers_passing_models_reproduce_the_simulator(rule):
     table = {**BASE, "rule": rule, "holdout": 0.2, "topology": "complete"}
@@ -39,6 +48,7 @@ FEATURES = {
     "sign_flip": {"attack": "sign_flip", "attackers": [3]},
     "gaussian": {"attack": "gaussian", "attackers": [1, 4]},
     "label_flip": {"attack": "label_flip", "attackers": [0]},
+    "alie": {"attack": "alie(z=2)", "attackers": [2, 3]},
 }
 
 

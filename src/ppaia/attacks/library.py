@@ -73,3 +73,29 @@ class Stale(Attack):
 
     def message(self, now: AttackRound) -> torch.Tensor:
         return now.past[0] if len(now.past) == self.age else now.initial
+
+
+@ATTACKS.register("alie")
+class LittleIsEnough(Attack):
+    """Sends the model it held moved against its own honest update: held − z·(trained − held).
+
+    After "A Little Is Enough: Circumventing Defenses For Distributed Learning" (Baruch, Baruch and
+    Goldberg, NeurIPS 2019). Their attackers collude: they pool their honest updates, estimate the
+    coordinate-wise mean μ and spread σ of what honest workers send, and all send μ − z·σ, a model
+    that order statistics (median, trimmed mean) and distance-based rules (Krum, clipping, distance
+    gates) cannot tell from an honest one, yet one that pushes every coordinate the wrong way.
+
+    Here each attacker uses only its own state, because a networked attacker must send exactly what it
+    sends in the simulator (no attacker's row may depend on which others exist). It estimates the honest
+    spread by its own update Δ = trained − held, whose length is about how far an honest peer's model
+    lies from the model it held, and sends held − z·Δ: at distance z·‖Δ‖ from its neighbourhood's last
+    consensus (inside a clipping radius or a distance gate that admits honest models, for z ≈ 1) but
+    pointing backwards. Differences from the paper: no collusion statistics, a whole-vector reversal
+    instead of a per-coordinate shift by σ, and z a free option instead of one derived from the number
+    of workers and attackers.
+    """
+
+    z: float = Field(default=1.0, gt=0, description="the shift, in lengths of the attacker's own update")
+
+    def message(self, now: AttackRound) -> torch.Tensor:
+        return now.held - self.z * (now.trained - now.held)
