@@ -11,7 +11,7 @@ from ppaia.learning.holdout import PeerLearning
 from ppaia.rules import RULES, RoundContext, apply_plan, apply_step_per_peer
 from ppaia.rules.trust import project_capped_simplex
 from ppaia.simulation.report import densify
-from ppaia.topology import MIXINGS, TOPOLOGIES, build_graph
+from ppaia.topology import MIXINGS, TOPOLOGIES, Mixing, build_graph
 
 N = 8
 
@@ -239,3 +239,59 @@ def test_a_strong_prior_keeps_trust_at_its_first_meeting_value():
     known = pulled.isfinite()
     assert (pulled[known] - 0.25).abs().max() < 1e-3
     assert (moved[known] - 0.25).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_partners_beyond_reach_are_anchored_at_zero_and_the_others_at_one_over_k_plus_one(scale, seed):
+    """The anchor is a distance gate relative to the nearest partner: whatever the scale of the
+    disagreement, a partner within `reach` (2) times the nearest one's distance is anchored at 1/(k+1),
+    one beyond it at 0; with `reach = None` every partner is anchored at 1/(k+1). A strong prior holds
+    trust at the anchor, so the trust learned is the anchor."""
+    _, size = learner()
+    g = torch.Generator().manual_seed(seed)
+    theta = stacked(seed)
+    directions = F.normalize(torch.randn(4, size, generator=g), dim=1)
+    for partner, distance in zip((1, 2, 3, 4), (1.0, 1.9, 2.1, 50.0), strict=True):
+        theta[partner] = theta[0] + scale * distance * directions[partner - 1]
+    step = Mixing(
+        torch.zeros(5, dtype=torch.long),
+        torch.arange(5),
+        torch.full((5,), float("nan")),
+        1,
+        torch.tensor([0]),
+        torch.tensor([0]),
+    )
+    expected = {"": [0.2, 0.2, 0.0, 0.0], ", reach=None": [0.2] * 4}
+    for options, anchor in expected.items():
+        rule = fresh(f"learned_trust(partners=4, prior=1e12, steps=3{options})")
+        rule.combine(theta, step, context())
+        learned = densify(rule.snapshot()["trust"])[0, 1:5]
+        torch.testing.assert_close(learned, torch.tensor(anchor, dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+SKEWED = {
+    "peers": 20,
+    "rounds": 15,
+    "topology": "random_regular(k=4)",
+    "partition": "dirichlet(0.5)",
+    "holdout": 0.2,
+    "lr": 0.1,
+    "eval_every": 15,
+    "seed": 0,
+}
+
+
+def test_anchored_trust_does_not_isolate_peers_on_skewed_data_where_the_unanchored_fit_does():
+    """On label-skewed data each peer's held-out data has few classes, so fitting trust on it alone
+    pushes honest partners to 0 (the peers end up alone); anchored trust keeps them near 1/(k+1)."""
+    outcomes = {}
+    for spec in ("learned_trust", "learned_trust(prior=0, reach=None)"):
+        sim = ppaia.Simulation(ppaia.ExperimentConfig.model_validate({**SKEWED, "rule": spec}))
+        result = sim.run()
+        trust = sim.rule.state_dict()
+        met = trust["trust"][trust["met"]]
+        outcomes[spec] = (float((met < 0.02).double().mean()), result.summary()["acc_mean"])
+    anchored, unanchored = outcomes["learned_trust"], outcomes["learned_trust(prior=0, reach=None)"]
+    assert anchored[0] < 0.4 < 0.6 < unanchored[0]  # share of met partners trusted below 0.02
+    assert anchored[1] > unanchored[1] + 0.08
