@@ -20,7 +20,16 @@ from rich.table import Table
 from ppaia.simulation.report import line_plot
 from ppaia.simulation.sweep import parse_grid_option, sweep_runs, sweep_with_progress
 
-RULES = ["consensus", "learned_trust", "median", "trimmed_mean(beta=0.3)", "krum(f=6)"]
+RULES = [
+    "consensus",
+    "learned_trust",
+    "learned_trust(prior=0, reach=None)",
+    "median",
+    "trimmed_mean(beta=0.3)",
+    "krum(f=6)",
+    "clipped_gossip",
+    "balance",
+]
 ATTACKS = ["sign_flip", "gaussian"]
 SHARES = [0.0, 0.1, 0.2, 0.3]
 

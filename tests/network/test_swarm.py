@@ -95,12 +95,17 @@ PARITY = [
 
 
 @pytest.mark.slow
-def test_launch_runs_privacy_and_an_attacker_as_run_does(tmp_path):
-    """`ppaia launch` takes a config with DP and an attacker: peer 2 is a sign-flip process, every peer
-    keeps its own accountant, and the outputs (ε per peer, the attacker) are those of `ppaia run`."""
+@pytest.mark.parametrize(
+    ("rule", "attack"),
+    [("consensus", "sign_flip"), ("clipped_gossip", "alie(z=2)"), ("balance(horizon=3)", "sign_flip")],
+)
+def test_launch_runs_privacy_and_an_attacker_as_run_does(tmp_path, rule, attack):
+    """`ppaia launch` takes a config with DP and an attacker: peer 2 is an attacker process, every peer
+    keeps its own accountant, and the outputs (ε per peer, the attacker) are those of `ppaia run`; the
+    self-centred rules too, each peer clipping or gating what it received itself."""
     settings = [
-        *("--set", "rule=consensus", "--set", "topology=complete"),
-        *("--set", "privacy=update_dp(epsilon=8.0)", "--set", "attack=sign_flip", "--set", "attackers=[2]"),
+        *("--set", f"rule={rule}", "--set", "topology=complete"),
+        *("--set", "privacy=update_dp(epsilon=8.0)", "--set", f"attack={attack}", "--set", "attackers=[2]"),
         *("--set", "partition=iid", "--set", "seed=1", "--set", "rounds=3"),
     ]
     launched, simulated = tmp_path / "launch", tmp_path / "run"
