@@ -29,8 +29,8 @@ RULES = [
     "isolated",
     "fedavg",
     "centralized",
-    "learned_trust(partners=3)",
     "learned_trust(partners=3, prior=0, reach=None)",
+    "learned_trust(partners=3, prior=0.3, reach=None)",
     "learned_trust(partners=3, faithful=true)",
 ]
 
