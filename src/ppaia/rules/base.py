@@ -37,6 +37,7 @@ __all__ = [
     "checked_tensor",
     "names_text",
     "position_of",
+    "row_chunks",
 ]
 
 SHOWN_CHARS = 40  # characters quoted from a (possibly hostile) name in an error message
@@ -196,6 +197,14 @@ def position_of(ids: Sequence[str | None], peer: int) -> dict[str, int]:
     if len(positions) < sum(peer_id is not None for peer_id in ids):
         raise RuleStateError("the peer ids given repeat an id")
     return positions
+
+
+def row_chunks(step: Mixing, width: int, elements: int) -> list[slice]:
+    """The step's result rows cut into consecutive slices so that rows × (widest row) × `width` stays
+    under `elements`: what a rule that gathers each row's senders side by side holds at once."""
+    widest = int(torch.bincount(step.rows, minlength=step.n_rows).max()) if step.rows.numel() else 1
+    chunk = max(1, elements // max(1, widest * width))
+    return [slice(start, min(start + chunk, step.n_rows)) for start in range(0, step.n_rows, chunk)]
 
 
 def apply_plan(

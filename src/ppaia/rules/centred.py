@@ -26,7 +26,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan
+from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan, row_chunks
 from ppaia.topology.mixing import Mixing, Neighbourhoods, mixing_step
 
 __all__ = ["Balance", "CentredRule", "CentredView", "ClippedGossip", "adaptive_radius", "centred_clip"]
@@ -112,11 +112,8 @@ class CentredRule(CooperationRule):
 
     def combine(self, params: torch.Tensor, step: Mixing, ctx: RoundContext) -> torch.Tensor:
         receivers = step.receiver_ids()
-        widest = int(torch.bincount(step.rows, minlength=step.n_rows).max()) if step.rows.numel() else 1
-        chunk = max(1, self.chunk_elements // max(1, widest * params.shape[1]))
         out = []
-        for start in range(0, step.n_rows, chunk):
-            rows = slice(start, min(start + chunk, step.n_rows))
+        for rows in row_chunks(step, params.shape[1], self.chunk_elements):
             out.append(self.update(CentredView.of(step.gather(params, rows), receivers[rows]), ctx))
         return torch.cat(out) if out else params.new_zeros(0, params.shape[1])
 

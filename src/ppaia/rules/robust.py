@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan
+from ppaia.rules.base import RULES, CooperationRule, RoundContext, RoundPlan, row_chunks
 from ppaia.topology.mixing import Mixing, mixing_step
 
 __all__ = ["Krum", "Median", "MultiKrum", "RobustRule", "TrimmedMean", "krum_mean", "krum_scores"]
@@ -39,11 +39,9 @@ class RobustRule(CooperationRule):
         return RoundPlan(steps=[mixing_step(ctx.mixing, ctx.live_graph(), ctx.n_samples)])
 
     def combine(self, params: torch.Tensor, step: Mixing, ctx: RoundContext) -> torch.Tensor:
-        widest = int(torch.bincount(step.rows, minlength=step.n_rows).max()) if step.rows.numel() else 1
-        chunk = max(1, self.chunk_elements // max(1, widest * params.shape[1]))
         out = []
-        for start in range(0, step.n_rows, chunk):
-            heard = step.gather(params, slice(start, min(start + chunk, step.n_rows)))
+        for rows in row_chunks(step, params.shape[1], self.chunk_elements):
+            heard = step.gather(params, rows)
             # order each row's values by sender peer id (padding last): ties resolve the same everywhere
             ids = heard.ids.masked_fill(~heard.mask, torch.iinfo(torch.long).max)
             order = ids.argsort(dim=1, stable=True)
