@@ -66,7 +66,7 @@ from ppaia.network.errors import AgreementError, ProtocolError, format_address
 from ppaia.network.identity import Identity
 from ppaia.network.learner import PeerLearner, StepRole
 from ppaia.network.members import initial_pins
-from ppaia.network.progress import Progress, RoundRecord, record_round
+from ppaia.network.progress import Progress, RoundRecord, forget_rounds_after, record_round
 from ppaia.network.status import MAX_LISTED, Latest, PeerStatus, Phase
 from ppaia.network.strikes import Strikes
 from ppaia.network.timing import Timing, Version
@@ -284,6 +284,7 @@ class Peer:
         first = 1
         if resumed is not None:
             first = resumed.round + 1
+            forget_rounds_after(self.options.data_dir, resumed.round)
             learner.params = learner.layout.join(resumed.model)
             ids = self._partner_ids()
             if resumed.learner is not None:
@@ -313,8 +314,6 @@ class Peer:
                 received, missing, stale = received + got, missing + lost, stale + old
             final = await self._publish(round_, len(roles))
             mixed = time.perf_counter()
-            state = learner.state(self._partner_ids())
-            await asyncio.to_thread(self.checkpoint.save, round_, final.data, state)  # the bytes just served
             evaluated = self.config.evaluates(round_)
             if evaluated:
                 progress.accuracy, progress.loss = await asyncio.to_thread(learner.evaluate)
@@ -324,6 +323,8 @@ class Peer:
                 round_, trained - started, mixed - trained, received, missing, stale, evaluated
             )
             record_round(self.options.data_dir, self.options.index, self.config.rounds, record, progress)
+            state = learner.state(self._partner_ids())  # after the round's row: see ppaia.network.progress
+            await asyncio.to_thread(self.checkpoint.save, round_, final.data, state)  # the bytes just served
             self.timing.record(time.perf_counter() - started)
 
     async def _catch_up(self, first: int) -> int:

@@ -1,7 +1,10 @@
 """A peer's progress: what its status reports, and the record of each round it ran.
 
 Each round is appended to ``<data-dir>/metrics.csv`` (the launcher and the benchmarks read its timings)
-and logged as one INFO line: a peer started by hand shows its progress on the console, and a launched
+before the round's checkpoint is written, and a resumed peer drops the rows past its checkpoint (it runs
+those rounds again), so the file lists exactly the rounds its checkpoints hold — a peer killed between
+the two never leaves a round trained and counted (its ε spent) but missing from the file. Each round is
+logged as one INFO line: a peer started by hand shows its progress on the console, and a launched
 peer's ``peer.log`` holds the same lines — plain, timestamped log lines, not a live display, since a
 peer's output is as often a log file as a terminal.
 """
@@ -15,7 +18,7 @@ from pathlib import Path
 
 from ppaia.network.status import Phase
 
-__all__ = ["Progress", "RoundRecord", "record_round"]
+__all__ = ["Progress", "RoundRecord", "forget_rounds_after", "record_round"]
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +80,16 @@ def record_round(data_dir: Path, me: int, rounds: int, record: RoundRecord, prog
         me, record.round, rounds, measured, record.train_s + record.mix_s, record.train_s, record.mix_s,
         record.received, record.missing, record.stale,
     )  # fmt: skip
+
+
+def forget_rounds_after(data_dir: Path, round_: int) -> None:
+    """Drop the metrics.csv rows of rounds after `round_` (a resumed peer's checkpoint): it runs them anew."""
+    path = Path(data_dir) / "metrics.csv"
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= round_]
+    if len(kept) < len(rows) - 1:
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle).writerows([rows[0], *kept])
