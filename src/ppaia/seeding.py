@@ -36,6 +36,7 @@ class Stream(enum.IntEnum):
     HOLDOUT = 8
     PRIVACY = 9
     FISHER = 10
+    DROPOUT = 11
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:

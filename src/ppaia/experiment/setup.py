@@ -21,10 +21,13 @@ equal (the parity tests check it).
 from __future__ import annotations
 
 import functools
+import sysconfig
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,7 +42,7 @@ from ppaia.learning import BatchedEvaluator, BatchedTrainer, LocalData, ModelErr
 from ppaia.learning.continual import TaskSchedule
 from ppaia.learning.holdout import PeerLearning, split_holdout
 from ppaia.learning.init import Initialization
-from ppaia.learning.local import activation_size
+from ppaia.learning.local import PrivateSteps, activation_size
 from ppaia.privacy import PrivateTraining
 from ppaia.registry import SpecError
 from ppaia.rules import CooperationRule
@@ -245,7 +248,100 @@ def _checked_model(config: ExperimentConfig, dataset: Dataset, rows: int, larges
         activation_size(model, shape)  # one forward pass of a blank input
     except (RuntimeError, ValueError, TypeError, OverflowError) as err:
         raise ModelError(f"model {label}: fails on inputs of shape {shape}: {err}") from None
+    model.eval()  # what evaluates and scores held-out data: dropout off; the trainer trains its own copy
+    _probe_batched(config, model, shape, dataset.n_classes)
     return model
+
+
+# what torch.func.vmap cannot batch in a forward pass, by a phrase of its error: what to do instead
+_UNBATCHABLE = (
+    (
+        "random operation",
+        "it draws random numbers in forward(); only torch.nn's dropout layers (Dropout, Dropout1d/2d/3d, "
+        "AlphaDropout, FeatureAlphaDropout) are supported, with masks keyed per peer: use one of those "
+        "instead of F.dropout, torch.rand/randn/bernoulli or a random layer of your own",
+    ),
+    (
+        ".item()",
+        "it reads tensor values in Python (`if x.sum() > 0`, .item(), .tolist(), float(x)), which differ "
+        "per peer: use tensor ops such as torch.where",
+    ),
+    (
+        "dynamic shape",
+        "an op's output shape depends on the values (nonzero, masked_select, unique, boolean-mask "
+        "indexing): use fixed-shape ops such as torch.where",
+    ),
+    (
+        "in-place operation",
+        "it updates in place a tensor from outside forward() (a buffer or a captured tensor): keep "
+        "forward() free of side effects",
+    ),
+    ("doesn't have storage", "it leaves torch (.numpy(), .data_ptr()): keep forward() in torch ops"),
+)
+# source outside these is the user's: where a failure is reported
+_NOT_USERS = tuple(
+    str(folder.resolve())
+    for folder in (
+        Path(torch.__file__).parent,
+        Path(__file__).parents[1],
+        Path(sysconfig.get_paths()["stdlib"]),
+    )
+)
+
+
+def _user_line(err: BaseException) -> str:
+    """' (at file:line)' of the innermost frame in the user's code that raised `err`, '' if none."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(_NOT_USERS)]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _probe_batched(config: ExperimentConfig, model: nn.Module, shape: tuple[int, ...], classes: int) -> None:
+    """Run `model` once as the engine does, on 2 blank peers of 2 samples: train (every peer's pass under
+    torch.func.vmap; DP-SGD's per-sample passes under a vmap in a vmap) and evaluate. A model it cannot
+    run fails here, named, with what to change, rather than mid-run in a traceback."""
+    label = f"model {config.model.label()}"
+    x, y = torch.zeros(2, *shape), torch.zeros(2, dtype=torch.long)
+    private = None
+    if getattr(config.privacy, "record_level", False):
+        private = PrivateSteps(1.0, torch.zeros(2), "shuffle", config.seed)
+    try:
+        with torch.no_grad():
+            for size in (1, 2):  # DP-SGD's passes are of one sample
+                _check_logits(label, model(x[:size]), size, classes)
+        trainer = BatchedTrainer(
+            model,
+            LocalData.from_parts(x, y, [np.arange(2), np.arange(2)]),
+            batch_size=2,
+            epochs=1,
+            optimizer=config.optimizer,
+            lr=config.lr,
+            seed=config.seed,
+        )
+        params = trainer.train(ParamLayout.of(model).flatten(model).repeat(2, 1), 0, private=private)
+        BatchedEvaluator(model, x, y)(params)
+    except ModelError:
+        raise
+    except (RuntimeError, ValueError, TypeError, OverflowError, IndexError) as err:
+        message = str(err).strip().split("\n")[0]
+        hint = next((hint for phrase, hint in _UNBATCHABLE if phrase in message), message)
+        raise ModelError(
+            f"{label} cannot be trained with its peers batched (torch.func.vmap){_user_line(err)}: {hint}"
+        ) from None
+    if x._version:  # something wrote to the blank inputs (the evaluator passes views of the test set)
+        raise ModelError(
+            f"{label} changes its input in place (e.g. x.sub_(mean), or ReLU(inplace=True) on it), which "
+            "would overwrite the test set: use out-of-place ops (x = x - mean)"
+        )
+
+
+def _check_logits(label: str, logits: object, size: int, classes: int) -> None:
+    """Refuse a forward pass whose output is not logits of shape (batch, classes)."""
+    if not isinstance(logits, torch.Tensor) or logits.shape != (size, classes):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ModelError(
+            f"{label} returns {got} for a batch of {size}; it must return logits of shape (batch, classes) "
+            f"= ({size}, {classes}) (e.g. a squeeze() drops a batch of 1)"
+        )
 
 
 def _check_tasks(config: ExperimentConfig, dataset: Dataset) -> None:

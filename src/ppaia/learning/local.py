@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from ppaia.learning.dropout import dropout_keys, keyed_dropout
 from ppaia.learning.layout import ParamLayout
 from ppaia.learning.optim import OptimizerSpec
 from ppaia.seeding import Stream, derive_seed, peer_normal, peer_uniform
@@ -142,6 +145,9 @@ class BatchedTrainer:
     peer's epoch ends, so every peer does exactly `epochs` passes over its own data (ceil(n/B) steps
     each). Optionally: an EWC penalty (its gradient is added to each peer's), and DP-SGD (per-sample
     gradients clipped and noised, batches drawn by Poisson sampling or by shuffling).
+
+    It trains its own copy of `model`, in training mode, whose dropout layers draw keyed masks
+    (:mod:`ppaia.learning.dropout`): each peer's, per step, is its own, whatever it is batched with.
     """
 
     def __init__(
@@ -155,7 +161,8 @@ class BatchedTrainer:
         lr: float,
         seed: int,
     ) -> None:
-        self.model, self.data, self.layout = model, data, ParamLayout.of(model)
+        self.model, self.data, self.layout = copy.deepcopy(model).train(), data, ParamLayout.of(model)
+        self._dropout = keyed_dropout(self.model)
         self.batch_size, self.epochs, self.optimizer, self.lr, self.seed = (
             batch_size,
             epochs,
@@ -165,18 +172,29 @@ class BatchedTrainer:
         )
         self.per_sample = activation_size(model, tuple(data.x.shape[1:]))
         self._grad = vmap(grad(self._loss))
-        self._sample_grads = vmap(vmap(grad(self._sample_loss), in_dims=(None, 0, 0)))
+        # per peer (flat, x, y, dropout key), then per sample (x, y, its place in the batch)
+        self._sample_grads = vmap(
+            vmap(grad(self._sample_loss), in_dims=(None, 0, 0, None, 0)), in_dims=(0, 0, 0, 0, None)
+        )
+
+    def _keyed(self, key: torch.Tensor, offset: torch.Tensor | int = 0) -> AbstractContextManager:
+        """Dropout with `key` for a forward pass run inside (nothing to do for a model without)."""
+        return nullcontext() if self._dropout is None else self._dropout(key, offset)
 
     def _loss(
-        self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
+        self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, key: torch.Tensor
     ) -> torch.Tensor:
-        logits = functional_call(self.model, self.layout.unflatten(flat), (x,))
+        with self._keyed(key):
+            logits = functional_call(self.model, self.layout.unflatten(flat), (x,))
         # cross-entropy spelled out: under vmap it is faster than F.cross_entropy's decomposition
         losses = -logits.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
         return (losses * valid).sum() / valid.sum().clamp(min=1)
 
-    def _sample_loss(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(self.model, self.layout.unflatten(flat), (x.unsqueeze(0),))[0]
+    def _sample_loss(
+        self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, key: torch.Tensor, place: torch.Tensor
+    ) -> torch.Tensor:
+        with self._keyed(key, place):  # the sample's masks are those it gets in its batch's forward pass
+            logits = functional_call(self.model, self.layout.unflatten(flat), (x.unsqueeze(0),))[0]
         return -logits.log_softmax(-1).gather(0, y.unsqueeze(0))[0]  # indexing by a tensor breaks vmap
 
     def steps_per_epoch(self, peers: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,7 +205,8 @@ class BatchedTrainer:
     def warm_up(self, params: torch.Tensor) -> None:
         """One gradient evaluation for one peer, discarded: triggers torch.func's one-time set-up."""
         samples = self.data.table[:1, : min(self.batch_size, int(self.data.counts[0]))]
-        self._grad(params[:1], self.data.x[samples], self.data.y[samples], torch.ones(samples.shape))
+        keys = dropout_keys(self.seed, 0, 0, 0, self.data.ids[:1])
+        self._grad(params[:1], self.data.x[samples], self.data.y[samples], torch.ones(samples.shape), keys)
 
     def train(
         self,
@@ -221,25 +240,28 @@ class BatchedTrainer:
         for epoch in range(self.epochs):
             order = epoch_order(counts, ids, self.seed, round_, epoch) if shuffled else None
             for step in range(int(own_steps.max())):
+                masks = dropout_keys(self.seed, round_, epoch, step, ids)
                 if private is None:
                     positions = order[:, step * self.batch_size : (step + 1) * self.batch_size]
                     valid = positions < counts.unsqueeze(1)
                     samples = table.gather(1, positions.clamp(max=table.shape[1] - 1))
-                    grads = self._grad(params, self.data.x[samples], self.data.y[samples], valid.float())
+                    x, y = self.data.x[samples], self.data.y[samples]
+                    grads = self._grad(params, x, y, valid.float(), masks)
                 else:
                     keys = (round_, epoch, step)
-                    grads = self._private_gradients(params, rows, counts, table, order, keys, private)
+                    grads = self._private_gradients(params, rows, counts, table, order, keys, masks, private)
                 if anchor is not None:
                     grads = grads + anchor.gradient(params, rows)
                 active = (step < own_steps).float()
                 self.optimizer.step(params, grads, state, active, self.lr)
         return params
 
-    def _private_gradients(self, params, rows, counts, table, order, keys, private) -> torch.Tensor:
+    def _private_gradients(self, params, rows, counts, table, order, keys, masks, private) -> torch.Tensor:
         """DP-SGD: Σ clip(per-sample gradient) + N(0, (z·C)²), divided by the (expected) batch size.
 
         `keys` are (round, epoch, step); the batch and the noise of each peer are drawn from its own
         counter-based stream (:func:`ppaia.seeding.peer_uniform`), whatever else is trained with it.
+        `masks` are the peers' dropout keys: sample k of a batch draws the masks it would in the batch.
         """
         ids, step = self.data.ids[rows], keys[-1]
         if private.sampling == "poisson":  # each sample joins with probability B/n, independently
@@ -256,7 +278,8 @@ class BatchedTrainer:
             valid = positions < counts.unsqueeze(1)
             denominator = valid.sum(1, keepdim=True).clamp(min=1)
         samples = table.gather(1, positions.clamp(max=table.shape[1] - 1))
-        per_sample = self._sample_grads(params, self.data.x[samples], self.data.y[samples])  # [M, B, D]
+        x, y, places = self.data.x[samples], self.data.y[samples], torch.arange(samples.shape[1])
+        per_sample = self._sample_grads(params, x, y, masks, places)  # [M, B, D]
         clipped = (clip_rows(per_sample, private.clip) * valid.unsqueeze(-1)).sum(1)
         noise_key = derive_seed(private.seed, Stream.PRIVACY, *keys, 1)
         noise = peer_normal(noise_key, ids, clipped.shape[1], clipped.dtype)

@@ -7,10 +7,13 @@ Same config and seed give the same numbers as :class:`Simulation` within floatin
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
 from ppaia.learning import epoch_order
+from ppaia.learning.dropout import dropout_keys, keyed_dropout
 from ppaia.rules import RoundContext, RoundPlan, apply_step_per_peer
 from ppaia.simulation.engine import Simulation
 
@@ -27,21 +30,24 @@ class ReferenceSimulation(Simulation):
                 "the reference executor does not implement DP-SGD (update-level DP is shared)"
             )
         self.modules = [self.setup.build_model() for _ in range(self.n_peers)]
+        self.dropout = [keyed_dropout(module) for module in self.modules]  # the trainer's keyed masks
 
     def train(self, params, round_, trainers, anchor=None, private=None) -> torch.Tensor:
         cfg, data, layout = self.config, self.setup.data, self.setup.layout
         counts = data.counts
         params = params.clone()
         for peer in trainers.nonzero().flatten().tolist():
-            module = layout.load(self.modules[peer], params[peer])
+            module, source = layout.load(self.modules[peer], params[peer]), self.dropout[peer]
             optimizer = cfg.optimizer.torch_optimizer(module.parameters(), cfg.lr)
             samples = data.peer_samples(peer)
             for epoch in range(cfg.local_epochs):  # the peer's own order, drawn for its row alone
                 order = epoch_order(counts[[peer]], data.ids[[peer]], cfg.seed, round_, epoch)[0]
                 shuffled = samples[order[: counts[peer]]]
-                for batch in shuffled.split(cfg.batch_size):
+                for step, batch in enumerate(shuffled.split(cfg.batch_size)):
                     optimizer.zero_grad()
-                    loss = F.cross_entropy(module(data.x[batch]), data.y[batch])
+                    key = dropout_keys(cfg.seed, round_, epoch, step, data.ids[[peer]])[0]
+                    with nullcontext() if source is None else source(key):
+                        loss = F.cross_entropy(module(data.x[batch]), data.y[batch])
                     if anchor is not None:  # EWC by autograd: (λ/2)·Σ F (θ − θ*)²
                         flat = torch.cat([p.reshape(-1) for p in module.parameters()])
                         gap = flat - anchor.center[peer]
