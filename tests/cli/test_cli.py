@@ -19,6 +19,7 @@ FILES = {
     "summary.json",
     "peers.csv",
     "accuracy.png",
+    "loss.png",
     "consensus_distance.png",
     "peer_accuracy.png",
 }

@@ -2,9 +2,9 @@
 or is refused with a message naming the field (exit 2), never a traceback.
 
 The cases are generated from the config model and the registries, so a new field or component option is
-covered without editing this file. The fuzz goes through `ppaia sweep` (one cell, one seed): it validates
-and runs a config exactly as `ppaia run` does but writes no plots, which would make the ~700 cases slow;
-`ppaia run`'s own outputs for extreme runs are tested in test_divergence.py.
+covered without editing this file. The fuzz goes through `ppaia sweep --no-plots` (one cell, one seed): it
+validates and runs a config exactly as `ppaia run` does but draws no plots, which would make the ~700 cases
+slow; `ppaia run`'s own outputs for extreme runs are tested in test_divergence.py.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_extreme_value_runs_or_is_refused_naming_the_field(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("ppaia.experiment.memory.available_memory", lambda: MEMORY)
     settings = [*BASE, *setup, f"{key}={LISTS.get(key, '{}').format(value)}"]
-    arguments = ["sweep", "--seeds", "1", "--out", "out"]
+    arguments = ["sweep", "--seeds", "1", "--no-plots", "--out", "out"]
     for setting in settings:
         arguments += ["--set", setting]
     result = CliRunner().invoke(app, arguments, terminal_width=500)

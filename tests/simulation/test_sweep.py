@@ -1,6 +1,7 @@
-"""Sweeps: grid parsing, early validation, mean ± std per cell, and the CLI command."""
+"""Sweeps: grid parsing, early validation, mean, sample std and 95% CI per cell, and the CLI command."""
 
 import csv
+import re
 import statistics
 
 import pytest
@@ -40,7 +41,9 @@ def test_cells_summarise_their_seeds():
         accuracies = [run["acc_mean"] for run in result.runs if run["rule"] == cell["rule"]]
         assert cell["seeds"] == 3
         assert cell["acc_mean_mean"] == pytest.approx(statistics.fmean(accuracies))
-        assert cell["acc_mean_std"] == pytest.approx(statistics.pstdev(accuracies))
+        assert cell["acc_mean_std"] == pytest.approx(statistics.stdev(accuracies))  # the sample std
+        t975 = 0.95 / (2 * 0.975 * 0.025) ** 0.5  # Student's t quantile, 2 degrees of freedom, in closed form
+        assert cell["acc_mean_ci95"] == pytest.approx(t975 * cell["acc_mean_std"] / 3**0.5)
     assert result.cells[0]["bytes_cumulative_mean"] == 0  # isolated sends nothing
 
 
@@ -56,6 +59,7 @@ def test_sweep_command_writes_tables(tmp_path):
         "rounds=2",
         "--set",
         "peers=4",
+        "--no-plots",  # drawn and checked in tests/cli/test_sweep_cli.py
         "--out",
         str(out),
     ]
@@ -96,8 +100,20 @@ def test_a_field_and_its_option_in_one_grid_keep_the_option():
 
 
 def test_sweep_command_shows_the_chosen_metric_and_rejects_unknown_ones(tmp_path):
-    common = ["sweep", "--grid", "lr=0.05", "--seeds", "1", "--set", "rounds=1", "--set", "peers=4"]
+    common = [
+        "sweep",
+        "--grid",
+        "lr=0.05",
+        "--seeds",
+        "1",
+        "--set",
+        "rounds=1",
+        "--set",
+        "peers=4",
+        "--no-plots",
+    ]
     shown = CliRunner().invoke(app, [*common, "--metric", "loss_mean", "--out", str(tmp_path / "a")])
-    assert shown.exit_code == 0 and "±" in shown.output
+    assert shown.exit_code == 0 and "loss_mean" in shown.output
+    assert re.search(r"│ 0\.05 │ 1 │ +\d+\.\d{4} │", shown.output)  # one seed: n=1, no interval
     unknown = CliRunner().invoke(app, [*common, "--metric", "accuracy", "--out", str(tmp_path / "b")])
     assert unknown.exit_code == 2 and "accuracy" in unknown.output

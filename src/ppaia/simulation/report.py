@@ -10,15 +10,19 @@ import csv
 import json
 import shutil
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
+from ppaia.config import ExperimentConfig
+from ppaia.provenance import provenance
 from ppaia.simulation.engine import RunResult
+from ppaia.simulation.plots import new_figure, save_figure, wrap_title
 
-__all__ = ["OutputError", "check_output_dir", "densify", "line_plot", "write_outputs"]
+__all__ = ["OutputError", "check_output_dir", "densify", "describe", "line_plot", "write_outputs"]
+
+TITLE_SIZE = 9  # titles name every option of the dataset, partition and rule
 
 
 class OutputError(ValueError):
@@ -39,8 +43,11 @@ def staging_dir(out: str | Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
 
 
-def write_outputs(result: RunResult, out: str | Path, staging: Path | None = None) -> Path:
-    """Write every output file of `result` into `out` (created; must not exist or be empty).
+def write_outputs(
+    result: RunResult, out: str | Path, staging: Path | None = None, plots: bool = True
+) -> Path:
+    """Write every output file of `result` into `out` (created; must not exist or be empty); without
+    `plots`, every file but the images (drawing costs more than a tiny run: ``ppaia sweep --no-plots``).
 
     Files are written into `staging` (default: a fresh :func:`staging_dir`, removed on failure) which is
     then renamed to `out`, so `out` never holds a half-written run.
@@ -49,7 +56,7 @@ def write_outputs(result: RunResult, out: str | Path, staging: Path | None = Non
     own = staging is None
     staging = staging_dir(out) if staging is None else staging
     try:
-        _write_all(result, staging)
+        _write_all(result, staging, plots)
         check_output_dir(out)
         if out.exists():
             out.rmdir()
@@ -61,14 +68,15 @@ def write_outputs(result: RunResult, out: str | Path, staging: Path | None = Non
     return out
 
 
-def _write_all(result: RunResult, folder: Path) -> None:
+def _write_all(result: RunResult, folder: Path, plots: bool) -> None:
     (folder / "config.toml").write_text(result.config.to_toml())
     with open(folder / "metrics.csv", "w", newline="") as handle:
         columns = dict.fromkeys(key for row in result.history for key in row)  # rules may add columns
         writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
         writer.writeheader()
         writer.writerows(result.history)
-    (folder / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+    summary = {**result.summary(), "provenance": provenance()}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     with open(folder / "peers.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         classes = [f"class_{c}" for c in range(result.label_histogram.shape[1])]
@@ -80,7 +88,8 @@ def _write_all(result: RunResult, folder: Path) -> None:
             writer.writerow([peer, int(count), f"{acc:.6f}", f"{loss:.6f}", *counts.tolist()])
     for name, series in result.snapshots.items():
         _write_series(name, series, folder)
-    _plot(result, folder)
+    if plots:
+        _plot(result, folder)
 
 
 def densify(matrix: torch.Tensor) -> torch.Tensor:
@@ -91,7 +100,7 @@ def densify(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def _write_series(name: str, series: list[tuple[int, torch.Tensor]], folder: Path) -> None:
-    """Per-round state as a long table: a value per peer, or a sparse peer × partner matrix (+ heat map)."""
+    """Per-round state as a long table: a value per peer, or a sparse peer × partner matrix."""
     with open(folder / f"{name}.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         if series[-1][1].dim() == 1:
@@ -103,67 +112,93 @@ def _write_series(name: str, series: list[tuple[int, torch.Tensor]], folder: Pat
         for round_, matrix in series:
             pairs, values = matrix.indices().T.tolist(), matrix.values().tolist()
             writer.writerows((round_, i, j, f"{v:.6g}") for (i, j), v in zip(pairs, values, strict=True))
+
+
+def _heat_map(name: str, series: list[tuple[int, torch.Tensor]], described: str, folder: Path) -> None:
+    """The last peer × partner matrix of a series (e.g. learned trust) as an image."""
     round_, matrix = series[-1]
-    figure, axis = _figure((5.5, 4.5))
+    figure, axis = new_figure((5.5, 4.8))
     image = axis.imshow(densify(matrix).float().numpy(), cmap="viridis", vmin=0, interpolation="nearest")
     figure.colorbar(image, ax=axis, label=f"{name} (blank: never met)")
-    axis.set(xlabel="partner", ylabel="peer", title=f"{name} after round {round_}")
-    _save(figure, folder / f"{name}.png")
+    axis.set(xlabel="partner", ylabel="peer")
+    axis.set_title(wrap_title(f"{name} after round {round_} · {described}", 60), fontsize=TITLE_SIZE)
+    save_figure(figure, folder / f"{name}.png")
+
+
+def describe(config: ExperimentConfig, peers: int, leave_out: Collection[str] = ()) -> str:
+    """What was run, for a plot title: dataset, partition, rule, peers and the attack if any (each as
+    configured, with its options). `leave_out`: fields that a sweep varies (its legend names them)."""
+    named = ("dataset", "partition", "rule")
+    parts = [getattr(config, name).label() for name in named if name not in leave_out]
+    if "peers" not in leave_out:
+        parts.append(f"{peers} peers")
+    if config.attack is not None and "attack" not in leave_out:
+        share = config.attackers
+        on = f"{share:.0%} of peers" if isinstance(share, float) else f"peers {share}"
+        parts.append(f"attack {config.attack.label()}" + ("" if "attackers" in leave_out else f" on {on}"))
+    return " · ".join(parts)
 
 
 def _plot(result: RunResult, folder: Path) -> None:
     rounds = [row["round"] for row in result.history]
-    title = f"{result.config.rule.label()} · {result.params.shape[0]} peers"
+    described = describe(result.config, result.params.shape[0])
+    title = wrap_title(described)
 
-    figure, axis = _figure((6, 4))
-    axis.plot(rounds, [row["acc_mean"] for row in result.history], label="mean over peers")
-    axis.fill_between(
-        rounds,
-        [row["acc_min"] for row in result.history],
-        [row["acc_max"] for row in result.history],
-        alpha=0.25,
-        label="min–max",
-    )
-    axis.set(xlabel="round", ylabel="test accuracy", title=title, ylim=(0, 1))
-    axis.legend(loc="lower right")
-    _save(figure, folder / "accuracy.png")
+    _spread_plot(result, "acc", "test accuracy", title, folder / "accuracy.png")
+    _spread_plot(result, "loss", "test loss", title, folder / "loss.png")
+    for name, series in result.snapshots.items():
+        if series[-1][1].dim() == 2:
+            _heat_map(name, series, described, folder)
 
     timed = [row for row in result.history if "sim_time" in row]
     if timed:  # a rule on a simulated clock (FLoBC's sync schemes): accuracy per simulated second
         start = result.history[0]
-        figure, axis = _figure((6, 4))
+        figure, axis = new_figure((6, 4))
         axis.plot(
             [0.0] + [row["sim_time"] for row in timed],
             [start["acc_mean"]] + [row["acc_mean"] for row in timed],
             marker="o" if len(timed) < 30 else None,
         )
-        axis.set(xlabel="simulated time (s)", ylabel="test accuracy (mean)", title=title, ylim=(0, 1))
-        _save(figure, folder / "accuracy_vs_time.png")
+        axis.set(xlabel="simulated time (s)", ylabel="test accuracy (mean)", ylim=(0, 1))
+        axis.set_title(title, fontsize=TITLE_SIZE)
+        save_figure(figure, folder / "accuracy_vs_time.png")
 
-    figure, axis = _figure((6, 4))
+    figure, axis = new_figure((6, 4))
     distance = [row["consensus_distance"] for row in result.history]
     axis.plot(rounds, distance)
     if max(distance) > 0:
         axis.set_yscale("log")  # exact zeros (identical peers) are left out of a log axis
-    axis.set(xlabel="round", ylabel="consensus distance (1/N)Σ‖θᵢ−θ̄‖²", title=title)
-    _save(figure, folder / "consensus_distance.png")
+    axis.set(xlabel="round", ylabel="consensus distance (1/N)Σ‖θᵢ−θ̄‖²")
+    axis.set_title(title, fontsize=TITLE_SIZE)
+    save_figure(figure, folder / "consensus_distance.png")
 
-    figure, axis = _figure((6, 4))
+    figure, axis = new_figure((6, 4))
     accuracy = result.peer_accuracy.tolist()
     axis.bar(range(len(accuracy)), accuracy, width=1.0 if len(accuracy) > 50 else 0.8)
-    axis.set(xlabel="peer", ylabel="final test accuracy", title=title, ylim=(0, 1))
-    _save(figure, folder / "peer_accuracy.png")
+    axis.set(xlabel="peer", ylabel="final test accuracy", ylim=(0, 1))
+    axis.set_title(title, fontsize=TITLE_SIZE)
+    save_figure(figure, folder / "peer_accuracy.png")
 
 
-def _figure(size: tuple[float, float]) -> tuple[Figure, Axes]:
-    """A figure outside pyplot: it needs no GUI backend and leaves the user's backend alone."""
-    figure = Figure(figsize=size)
-    return figure, figure.subplots()
-
-
-def _save(figure: Figure, path: Path) -> None:
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+def _spread_plot(result: RunResult, prefix: str, ylabel: str, title: str, path: Path) -> None:
+    """`prefix`_mean over peers against rounds, its min–max band, and the honest peers' mean if some
+    peers attack (their own accuracy and loss would otherwise be averaged in)."""
+    history = result.history
+    rounds = [row["round"] for row in history]
+    figure, axis = new_figure((6, 4))
+    axis.plot(rounds, [row[f"{prefix}_mean"] for row in history], label="mean over peers")
+    low, high = [row[f"{prefix}_min"] for row in history], [row[f"{prefix}_max"] for row in history]
+    axis.fill_between(rounds, low, high, alpha=0.25, label="min–max")
+    if bool(result.attackers.any()):
+        axis.plot(rounds, [row[f"honest_{prefix}_mean"] for row in history], label="mean over honest peers")
+    if prefix == "acc":
+        axis.set_ylim(0, 1)
+    elif min(low) > 0 and max(high) > 100 * min(low):
+        axis.set_yscale("log")  # a loss spanning orders of magnitude (a high learning rate, attackers)
+    axis.set(xlabel="round", ylabel=ylabel)
+    axis.set_title(title, fontsize=TITLE_SIZE)
+    axis.legend(loc="lower right" if prefix == "acc" else "upper right")
+    save_figure(figure, path)
 
 
 def line_plot(
@@ -176,11 +211,11 @@ def line_plot(
     ylim: tuple[float, float] | None = None,
 ) -> None:
     """One line per label, e.g. accuracy against rounds or against the share of attackers."""
-    figure, axis = _figure((6.5, 4.2))
+    figure, axis = new_figure((6.5, 4.2))
     for label, (x, y) in lines.items():
         axis.plot(x, y, marker="o" if len(x) < 12 else None, label=label)
     axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if ylim:
         axis.set_ylim(*ylim)
     axis.legend(fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)
