@@ -1,5 +1,8 @@
 """Component specs: parsing ``name(arg, key=value)``, building components from a registry, round trips."""
 
+import random
+import re
+
 import pytest
 from pydantic import Field, ValidationError
 
@@ -162,3 +165,98 @@ def test_label() -> None:
     assert DEMOS.create("demo(2, mode='x')").label() == "demo(alpha=2.0, hidden=[4], mode=x)"
     assert DEMOS.create("bare").label() == "bare"
     assert PARTITIONERS.create("dirichlet(0.5)").label() == "dirichlet(alpha=0.5)"
+
+
+# Bare (unquoted) paths: taken as text where no literal reading exists, an error that says to quote
+# them where one might.
+
+
+def _bare_paths(count: int, seed: int = 0) -> list[str]:
+    """Path-like texts as users type them: folders, dots, dashes, ~, leading ../ and /, a module:attr."""
+    rng = random.Random(seed)
+    words = ["lab", "data", "train-images", "x_1", "v2", "mnist", "edges", "2024", "a.b", "my_set"]
+    paths = []
+    for _ in range(count):
+        parts = rng.sample(words, rng.randint(1, 3))
+        path = rng.choice(["", "../", "./", "/", "~/", "../../"]) + "/".join(parts)
+        path += rng.choice(["", ".csv", ".edges", ".npz", "/"])
+        if path.isidentifier() or not any(c.isalpha() or c == "_" for c in path):
+            path += ".txt"  # a bare word or a number is not a bare path
+        paths.append(path)
+    return [*paths, "lab.edges", "data/train-images", "../x.csv", "mydata:load", "~/d", "1.csv"]
+
+
+@pytest.mark.parametrize("path", _bare_paths(40))
+def test_a_bare_path_is_taken_as_its_text_like_the_quoted_one(path: str) -> None:
+    quoted = parse_spec(f"edgelist(path='{path}')")
+    assert parse_spec(f"edgelist(path={path})") == quoted == {"name": "edgelist", "path": path}
+    assert parse_spec(f"x({path}, 3, flag=true)") == {"name": "x", 0: path, 1: 3, "flag": True}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "edges",
+        "y",
+        "inf",
+        "nan",
+        "yes",
+        "my edges.txt",
+        "1/2",
+        "[a/b]",
+        "{'k': v}",
+        "a=b",
+        "...",
+        "f(1)",
+    ],
+)
+def test_a_bare_value_that_is_not_clearly_a_path_says_to_quote_it(value: str) -> None:
+    with pytest.raises(SpecError, match=rf"quote it: path={re.escape(repr(value))}"):
+        parse_spec(f"x(path={value})")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x(1, , 2)", "empty"),
+        ("x(,)", "empty"),
+        ("x(a=1, 2)", "positional argument follows"),
+        ("x(a=1, a=2)", "given twice"),
+        ("x(name=1)", "component's name"),
+        ("x('a)", "unbalanced"),
+        ("x([1)", "unbalanced"),
+        ("x(1))", "not of the form|unbalanced"),
+        ("x(*a)", r"\* and \*\*"),
+        ("if(1)", "not of the form"),
+        ("x y", "not of the form"),
+    ],
+)
+def test_malformed_argument_lists_are_spec_errors_naming_the_problem(text: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        parse_spec(text)
+
+
+def test_quoted_arguments_keep_commas_brackets_and_escaped_quotes() -> None:
+    text = """x("a,b", 'c)d', "e\\"f,", [1, (2, 3)], {"k": [4]}, t=1,)"""
+    assert parse_spec(text) == {
+        "name": "x",
+        0: "a,b",
+        1: "c)d",
+        2: 'e"f,',
+        3: [1, [2, 3]],
+        4: {"k": [4]},
+        "t": 1,
+    }
+
+
+def test_any_text_parses_or_is_a_spec_error() -> None:
+    """Hostile or mistyped specs (seeded random texts of spec characters) end in SpecError, nothing else."""
+    rng = random.Random(7)
+    alphabet = "xy1._/-=,()[]{}'\"\\ :*~"
+    for _ in range(3000):
+        text = "x(" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) + rng.choice([")", ""])
+        try:
+            table = parse_spec(text)
+        except SpecError:
+            continue
+        assert table["name"] == "x" and all(isinstance(key, int | str) for key in table)

@@ -27,6 +27,8 @@ from ppaia.attacks import ATTACKS, Attack, attacker_count
 from ppaia.data import DATASETS, PARTITIONERS, DatasetSource, Partitioner
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, InitPolicy, ModelSpec, OptimizerSpec
 from ppaia.learning.continual import EWCSettings
+from ppaia.paths import path_options, resolve_path_options
+from ppaia.plugins import load_plugins, recorded, resolve_entry, search_next_to
 from ppaia.privacy import PRIVACY, PrivacyMechanism
 from ppaia.registry import Component, Registry, SpecError, fits_int64
 from ppaia.rules import RULES, CooperationRule
@@ -39,7 +41,9 @@ __all__ = [
     "format_validation_error",
     "load_config",
     "parse_value",
+    "resolve_file_paths",
     "set_field",
+    "with_plugins",
 ]
 
 
@@ -66,7 +70,15 @@ def _model_spec(value: Any) -> Any:
     return value
 
 
-_as_table = PlainSerializer(lambda component: component.spec(), return_type=dict)
+def _plugins(value: Any) -> Any:
+    """Import the plugins (a module name or a .py file each) before any other field is validated."""
+    entries = [value] if isinstance(value, str) else value
+    if isinstance(entries, list | tuple) and all(isinstance(entry, str) for entry in entries):
+        return load_plugins(entries)
+    return value  # pydantic says what is wrong with it
+
+
+_as_table = PlainSerializer(lambda component, info: component.spec(info.context), return_type=dict)
 
 DatasetField = Annotated[DatasetSource, _component(DATASETS), _as_table]
 PartitionField = Annotated[Partitioner, _component(PARTITIONERS), _as_table]
@@ -100,6 +112,10 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
+    # first: validated (imported) before the fields that name what the plugins register
+    plugins: Annotated[list[str], BeforeValidator(_plugins)] = Field(
+        default=[], description="your modules to import first (names or .py files): they register components"
+    )
     peers: int = Field(default=16, ge=1, description="number of peers")
     rounds: int = Field(default=40, ge=1, description="rounds of local training + cooperation")
     seed: int = Field(
@@ -192,12 +208,34 @@ class ExperimentConfig(BaseModel):
         """Whether round `round_` is evaluated: every `eval_every` rounds, and the last one."""
         return round_ % self.eval_every == 0 or round_ == self.rounds
 
-    def to_table(self) -> dict[str, Any]:
-        """The fully resolved config as TOML-ready data (None options are left out)."""
-        return _drop_none(self.model_dump(mode="json"))
+    def to_table(self, *, portable: bool = False) -> dict[str, Any]:
+        """The fully resolved config as TOML-ready data (None options are left out). Its ``plugins``
+        also name the modules of the components registered outside ppaia and of the factories it uses
+        (:func:`ppaia.plugins.recorded`), so that it re-runs where nobody imported them first. Path
+        options are absolute; `portable`: by their file name only, as peers on different machines
+        compare them."""
+        table = _drop_none(self.model_dump(mode="json", context={"portable": portable}))
+        plugins = recorded([*self.plugins, *_modules(self)])
+        if plugins:
+            table["plugins"] = plugins
+        else:
+            del table["plugins"]
+        return table
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_table())
+
+
+def _modules(value: Any) -> list[str]:
+    """The modules of every component in `value` (a config, a component, a list), nested ones too."""
+    found = value.modules() if isinstance(value, Component) else []
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            found += _modules(getattr(value, name))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            found += _modules(item)
+    return found
 
 
 def _drop_none(value: Any) -> Any:
@@ -265,8 +303,42 @@ def apply_overrides(table: Mapping[str, Any], overrides: list[str]) -> dict[str,
     return result
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read and validate a TOML experiment (the built-in default when `path` is None)."""
+def with_plugins(table: Mapping[str, Any], entries: list[str], base: Path | None = None) -> dict[str, Any]:
+    """A copy of `table` with `entries` added to its ``plugins``, a .py file's path made absolute
+    against `base` (default: the working directory, as for ``--plugin``)."""
+    result = dict(table)
+    if not entries and "plugins" not in result:
+        return result
+    given = result.get("plugins", [])
+    given = [given] if isinstance(given, str) else given
+    if isinstance(given, list) and all(isinstance(entry, str) for entry in [*given, *entries]):
+        result["plugins"] = [resolve_entry(entry, base) for entry in [*given, *entries]]
+    return result
+
+
+def resolve_file_paths(table: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of a config file's `table` with its components' path options (:data:`ppaia.paths.UserPath`)
+    made absolute against the file's folder `base`: a config means the files next to it, from wherever
+    it is run (the command line's overrides, applied after, are relative to the working directory). A
+    component that does not parse, or that no registry knows yet, is left for validation to report."""
+    result = dict(table)
+    for field, registry in COMPONENT_FIELDS.items():
+        value = result.get(field)
+        try:
+            spec = registry.normalize(_model_spec(value) if field == "model" else value)
+            cls = registry.get(str(spec["name"]))
+        except SpecError:
+            continue
+        if path_options(cls):
+            result[field] = resolve_path_options(spec, cls, base)
+    return result
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, plugins: list[str] | None = None
+) -> ExperimentConfig:
+    """Read and validate a TOML experiment (the built-in default when `path` is None); `plugins`: more
+    plugin entries (``--plugin``). The config's folder is searched for its user modules too."""
     table: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -276,4 +348,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: no such config file") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
+        search_next_to(path)
+        table = with_plugins(table, [], path.parent)
+    table = with_plugins(table, plugins or [])
+    if path is not None:
+        _plugins(table.get("plugins", []))  # registered before the path options of what they register
+        table = resolve_file_paths(table, path.absolute().parent)
     return ExperimentConfig.model_validate(apply_overrides(table, overrides or []))

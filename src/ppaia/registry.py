@@ -9,10 +9,14 @@ pydantic validates the options, so a bad value is reported with the option's nam
 from __future__ import annotations
 
 import ast
+import keyword
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
+
+from ppaia.plugins import load_installed
 
 __all__ = ["INT64_MAX", "Component", "Registry", "SpecError", "fits_int64", "parse_spec", "spec_to_table"]
 
@@ -50,9 +54,15 @@ class Component(BaseModel):
     def _fits_int64(cls, value: Any) -> Any:
         return fits_int64(value)
 
-    def spec(self) -> dict[str, Any]:
-        """The TOML-table form of this component (name plus every option), for resolved configs."""
-        return {"name": self.name, **self.model_dump(mode="json")}
+    def spec(self, context: Any = None) -> dict[str, Any]:
+        """The TOML-table form of this component (name plus every option), for resolved configs;
+        `context` is pydantic's serialization context (e.g. ``{"portable": True}``: paths by file name)."""
+        return {"name": self.name, **self.model_dump(mode="json", context=context)}
+
+    def modules(self) -> list[str]:
+        """The modules a config must import to build this component again: its class's (a plugin's, for
+        a component registered outside ppaia); one that names user code (a factory) adds that code's."""
+        return [type(self).__module__]
 
     def label(self) -> str:
         """Short ``name(option=value, ...)`` form for tables and plot titles."""
@@ -64,11 +74,17 @@ T = TypeVar("T", bound=Component)
 
 
 WORDS = {"true": True, "false": False, "True": True, "False": False, "None": None}
+_NAME = r"[^\W\d]\w*"
+_CALL = re.compile(rf"\s*({_NAME})\s*(?:\((.*)\))?\s*", re.DOTALL)
+_KEYWORD = re.compile(rf"\s*({_NAME})\s*=(?!=)(.*)", re.DOTALL)
+# A bare path: path characters only (no space, quote, bracket, comma or '='), at least one letter, and
+# more than a bare word: ``lab.edges``, ``data/train-images``, ``../x.csv``, ``~/data``, ``mydata:load``.
+_BARE = re.compile(r"[\w.\-/~+@%:]*[^\W\d][\w.\-/~+@%:]*")
 
 
 def _literal(node: ast.expr, text: str) -> Any:
     """The value of a literal argument: number, string, boolean (TOML or Python spelling), list, table."""
-    if isinstance(node, ast.Constant):
+    if isinstance(node, ast.Constant) and isinstance(node.value, str | int | float | bool | None):
         return node.value
     if isinstance(node, ast.Name) and node.id in WORDS:
         return WORDS[node.id]
@@ -83,26 +99,83 @@ def _literal(node: ast.expr, text: str) -> Any:
     raise SpecError(f"{text!r}: arguments must be literals (numbers, strings, booleans, lists, tables)")
 
 
+def _value(source: str, text: str, key: str = "") -> Any:
+    """One argument's value: a literal, or else a bare path taken as its text (see :func:`parse_spec`)."""
+    try:
+        return _literal(ast.parse(source, mode="eval").body, text)
+    except (SyntaxError, SpecError):
+        pass
+    if _BARE.fullmatch(source) and not source.isidentifier():
+        return source
+    bare = " (a bare word is not taken as text)" if source.isidentifier() else ""
+    raise SpecError(
+        f"{text!r}: {source!r} is not a literal (number, string, boolean, list, table){bare}; "
+        f"if it is text or a path, quote it: {key}{source!r}"
+    )
+
+
+def _arguments(inner: str, text: str) -> list[str]:
+    """`inner` (what is between a spec's parentheses) cut at its top-level commas."""
+    parts, depth, quote, start, escaped = [], 0, "", 0, False
+    for i, char in enumerate(inner):
+        if quote:
+            escaped, quote = (not escaped and char == "\\"), ("" if char == quote and not escaped else quote)
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+            if depth < 0:
+                break
+        elif char == "," and depth == 0:
+            parts.append(inner[start:i])
+            start = i + 1
+    if quote or depth:
+        raise SpecError(f"{text!r}: unbalanced brackets or quotes")
+    parts = [part.strip() for part in [*parts, inner[start:]]]
+    if parts == [""]:
+        return []
+    if len(parts) > 1 and not parts[-1]:
+        parts.pop()  # a trailing comma
+    if "" in parts:
+        raise SpecError(f"{text!r}: an argument is empty")
+    return parts
+
+
 def parse_spec(text: str) -> dict[str, Any]:
     """Parse ``"name"`` or ``"name(1, key=[2, 3])"`` into ``{"name": ..., 0: 1, "key": [2, 3]}``.
 
     Positional arguments are returned under integer keys; :meth:`Registry.create` maps them to the
-    component's options in declaration order.
+    component's options in declaration order. An argument is a literal — number, string, ``true``/``false``
+    (or Python's spelling), ``None``, list, table — or a *bare path*: path characters only, at least one
+    letter, and not a bare word (``lab.edges``, ``data/train-images``, ``../x.csv``, ``mydata:load``),
+    taken as its text. A bare word (``path=edges``) stays an error that says to quote it: it may as well
+    be a misspelt ``true`` or number; so does anything with a space, a quote, a bracket, a comma or ``=``.
     """
     text = text.strip()
-    try:
-        tree = ast.parse(text, mode="eval").body
-    except SyntaxError as err:
-        raise SpecError(f"{text!r} is not of the form name or name(arg, key=value)") from err
-    if isinstance(tree, ast.Name):
-        return {"name": tree.id}
-    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)):
-        raise SpecError(f"{text!r} is not of the form name or name(arg, key=value)")
-    if any(kw.arg is None for kw in tree.keywords) or any(isinstance(a, ast.Starred) for a in tree.args):
-        raise SpecError(f"{text!r}: * and ** arguments are not supported; write each option out")
-    table: dict[Any, Any] = {"name": tree.func.id}
-    table.update({i: _literal(arg, text) for i, arg in enumerate(tree.args)})
-    table.update({kw.arg: _literal(kw.value, text) for kw in tree.keywords})
+    form = f"{text!r} is not of the form name or name(arg, key=value)"
+    call = _CALL.fullmatch(text)
+    if call is None or keyword.iskeyword(call[1]):
+        raise SpecError(form)
+    name, inner = call[1], call[2]
+    table: dict[Any, Any] = {"name": name}
+    if inner is None:
+        return table
+    for index, argument in enumerate(_arguments(inner, text)):
+        if argument.startswith("*"):
+            raise SpecError(f"{text!r}: * and ** arguments are not supported; write each option out")
+        named = _KEYWORD.fullmatch(argument)
+        if named is None:
+            if any(isinstance(key, str) and key != "name" for key in table):
+                raise SpecError(f"{text!r}: a positional argument follows a keyword argument")
+            table[index] = _value(argument, text)
+        elif named[1] == "name":
+            raise SpecError(f"{text!r}: 'name' is the component's name, not an option")
+        elif named[1] in table:
+            raise SpecError(f"{text!r}: {named[1]!r} is given twice")
+        else:
+            table[named[1]] = _value(named[2].strip(), text, f"{named[1]}=")
     return table
 
 
@@ -136,12 +209,21 @@ class Registry(Generic[T]):
 
         return add
 
+    @property
+    def _loaded(self) -> dict[str, type[T]]:
+        """The components, installed packages' plugins included (imported at the first lookup)."""
+        load_installed()
+        return self._items
+
     def get(self, name: str) -> type[T]:
         try:
-            return self._items[name]
+            return self._loaded[name]
         except KeyError:
             known = ", ".join(sorted(self._items))
-            raise SpecError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise SpecError(
+                f"unknown {self.kind} {name!r}; known: {known} (your own? load the module that registers it: "
+                '--plugin MODULE, or plugins = ["MODULE"] in the config)'
+            ) from None
 
     def normalize(self, spec: str | Mapping[str, Any]) -> dict[str, Any]:
         """The spec as a table of named options: positional arguments mapped in declaration order."""
@@ -165,10 +247,10 @@ class Registry(Generic[T]):
         return self.get(table.pop("name"))(**table)
 
     def __iter__(self) -> Iterator[tuple[str, type[T]]]:
-        return iter(sorted(self._items.items()))
+        return iter(sorted(self._loaded.items()))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._loaded
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self._loaded)

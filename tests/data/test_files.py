@@ -65,13 +65,16 @@ def same(a: Dataset, b: Dataset) -> bool:
 
 def test_sources_are_registered_with_path_or_factory_first() -> None:
     assert {"npz", "csv", "python"} <= set(DATASETS.names())
-    assert DATASETS.create("npz('a.npz')").path == "a.npz"
-    assert DATASETS.create("csv('a.csv', 'b.csv')").test_path == "b.csv"
+    assert DATASETS.create("npz('a.npz')").path == str(Path.cwd() / "a.npz")  # absolute (ppaia.paths)
+    assert DATASETS.create("csv('a.csv', 'b.csv')").test_path == str(Path.cwd() / "b.csv")
     assert DATASETS.create("python('m:f')").factory == "m:f"
     for name in ("npz", "csv", "python"):
         assert issubclass(DATASETS.get(name), UserData)
     source = DATASETS.create("csv(path='a.csv', label_column='diagnosis', shape=[1, 2])")
-    assert source.label().startswith("csv(path=a.csv") and source.spec()["label_column"] == "diagnosis"
+    assert (
+        source.label().startswith(f"csv(path={Path.cwd() / 'a.csv'}")
+        and source.spec()["label_column"] == "diagnosis"
+    )
 
 
 @pytest.mark.parametrize(
@@ -208,15 +211,18 @@ def test_labels_may_be_stored_as_whole_floats_or_booleans(tmp_path) -> None:
         assert data.y_train.tolist() == labels.astype(int).tolist()
 
 
-def test_relative_paths_are_resolved_against_the_working_directory_at_load(tmp_path, monkeypatch) -> None:
+def test_relative_paths_are_resolved_against_the_working_directory_when_given(tmp_path, monkeypatch) -> None:
+    """A path is made absolute when the source is made (ppaia.paths), so it loads from any folder later."""
     (tmp_path / "site").mkdir()
     np.savez(tmp_path / "site" / "h0.npz", x=np.ones((5, 2)), y=np.arange(5) % 2)
-    source = data_source("h0.npz")
     monkeypatch.chdir(tmp_path / "site")
-    assert len(source.load(0).y_train) == 4
+    source = data_source("h0.npz")
+    assert source.path == str(tmp_path / "site" / "h0.npz")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataError, match=f"path='h0.npz': {tmp_path / 'h0.npz'}: no such file"):
-        source.load(0)
+    assert len(source.load(0).y_train) == 4
+    missing = data_source("h0.npz")
+    with pytest.raises(DataError, match=f"{tmp_path / 'h0.npz'}: no such file"):
+        missing.load(0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,8 +232,12 @@ def test_relative_paths_are_resolved_against_the_working_directory_at_load(tmp_p
 @pytest.mark.parametrize(
     ("text", "name", "options"),
     [
-        ("h0.npz", "npz", {"path": "h0.npz"}),
-        (" data/site 1/h0.CSV ", "csv", {"path": "data/site 1/h0.CSV", "label_column": "label"}),
+        ("h0.npz", "npz", {"path": f"{Path.cwd()}/h0.npz"}),
+        (
+            " data/site 1/h0.CSV ",
+            "csv",
+            {"path": f"{Path.cwd()}/data/site 1/h0.CSV", "label_column": "label"},
+        ),
         ("csv(path='h0.csv', label_column='diagnosis')", "csv", {"label_column": "diagnosis"}),
         ("npz('h0.npz', group_array='writer', test_fraction=0)", "npz", {"test_fraction": 0}),
         ("python(factory='mydata:load')", "python", {"factory": "mydata:load"}),

@@ -50,6 +50,7 @@ PER_PEER_CHANGES = {
     "ewc": {"ewc": {"strength": 1.0}},
     "eval_every": {"eval_every": 2},
     "eval_local_phase": {"eval_local_phase": True},
+    "plugins": {"plugins": ["colorsys"]},  # any importable module: where a peer's code lives is its own
 }
 
 

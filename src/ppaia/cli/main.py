@@ -9,13 +9,15 @@ round and the message names the round and the peers.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from pathlib import Path
-from typing import Annotated, get_origin
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,19 +27,37 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from ppaia.attacks import ATTACKS
-from ppaia.config import ConfigError, ExperimentConfig, apply_overrides, format_validation_error, load_config
+from ppaia.cli.listing import options_text
+from ppaia.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    format_validation_error,
+    load_config,
+    with_plugins,
+)
 from ppaia.data import DATASETS, PARTITIONERS, DataError, PartitionError
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError
+from ppaia.plugins import PluginError, load_plugins
 from ppaia.privacy import PRIVACY, PrivacyError
 from ppaia.registry import Registry, SpecError
 from ppaia.rules import RULES, SYNC_SCHEMES
 from ppaia.simulation import RunResult, Simulation
 from ppaia.simulation.metrics import LOCAL_PHASE_COLUMNS, METRIC_COLUMNS
 from ppaia.simulation.report import OutputError, check_output_dir, write_outputs
-from ppaia.simulation.sweep import DEFAULT_METRICS, parse_grid_option, sweep_runs, sweep_with_progress
+from ppaia.simulation.sweep import (
+    CURVES,
+    DEFAULT_METRICS,
+    SPEC_FILE,
+    SweepSpec,
+    parse_grid_option,
+    sweep_with_progress,
+)
 from ppaia.topology import MIXINGS, TOPOLOGIES, TopologyError
+from ppaia.tracking import LOGGERS, TrackingError, open_loggers, record_run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="PPAIA: serverless federated learning.")
 console = Console()
@@ -53,7 +73,27 @@ USER_ERRORS = (
     ModelError,
     OutputError,
     PrivacyError,
+    PluginError,
+    TrackingError,
 )
+PluginOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--plugin",
+        metavar="MODULE",
+        help="import this module first (a name, or a .py file): it registers your own rules, datasets, "
+        "models, ...; repeatable; recorded in the run's config.toml",
+    ),
+]
+LogOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--log",
+        metavar="LOGGER",
+        help="also record the run in tensorboard, mlflow or wandb (offline; each an extra: pip install "
+        "'ppaia[mlflow]'); options as in a config, e.g. \"mlflow(experiment='dp')\"; repeatable",
+    ),
+]
 DIVERGED = 3  # exit code of a run whose honest peers' parameters or loss stopped being finite
 REGISTRIES: tuple[tuple[str, Registry], ...] = (
     ("datasets", DATASETS),
@@ -67,13 +107,15 @@ REGISTRIES: tuple[tuple[str, Registry], ...] = (
     ("sync schemes (flobc's `sync`)", SYNC_SCHEMES),
     ("attacks", ATTACKS),
     ("privacy mechanisms", PRIVACY),
+    ("experiment loggers (--log)", LOGGERS),
 )
 
 
 def fail(err: Exception) -> typer.Exit:
     """Report a user error (bad config, data, output folder) and exit with code 2."""
     message = format_validation_error(err) if isinstance(err, ValidationError) else str(err)
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, unbroken
+    # one line, unbroken; escaped: a message's own brackets (pip install 'ppaia[mlflow]') are not markup
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -125,6 +167,8 @@ def run(
     out: Annotated[
         Path | None, typer.Option(help="output folder (new or empty); default runs/<rule>-<N>p-<time>")
     ] = None,
+    plugin: PluginOption = None,
+    log: LogOption = None,
 ) -> None:
     """Simulate an experiment and write config.toml, metrics.csv, summary.json, peers.csv and plots.
 
@@ -133,7 +177,8 @@ def run(
     records the round and peers where it started under `diverged` in summary.json.
     """
     try:
-        cfg = load_config(config, overrides or [])
+        cfg = load_config(config, overrides or [], plugin)
+        loggers = open_loggers(log or [])
         out = out or default_out(cfg)
         check_output_dir(out)
         simulation = Simulation(cfg)
@@ -158,6 +203,11 @@ def run(
         result = simulation.run(on_round)
     write_outputs(result, out)
     console.print(summary_table(result, out))
+    try:
+        for where in record_run(loggers, out):
+            console.print(where, highlight=False, soft_wrap=True)
+    except TrackingError as err:
+        raise fail(err) from None
     if result.divergence is not None:
         errors.print(f"[bold red]error:[/] {result.divergence.message()}; outputs in {out}", highlight=False)
         raise typer.Exit(code=DIVERGED)
@@ -172,66 +222,136 @@ def sweep_command(
         list[str] | None,
         typer.Option("--grid", "-g", help="key=v1,v2,... (or a TOML list); repeat for a grid"),
     ] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="seeds per grid cell (0, 1, ...)")] = 3,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="seeds per grid cell (0, 1, ...); default 3")
+    ] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a base field")] = None,
-    metric: Annotated[str, typer.Option(help="metric shown in the printed table")] = "acc_mean",
+    metric: Annotated[
+        str | None,
+        typer.Option(help="metric shown in the printed table, tabulated and plotted; default acc_mean"),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="output folder (new or empty); default runs/sweep-<time>")
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="finish the interrupted sweep in this folder: run only the runs it lacks"),
+    ] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option("--from", help="run the sweep of this folder (or its sweep.toml) again, into --out"),
+    ] = None,
+    plots: Annotated[
+        bool, typer.Option(help="draw each run's plots and the comparison plots (tables are always written)")
+    ] = True,
+    plugin: PluginOption = None,
 ) -> None:
-    """Run a grid of config values × seeds; write sweep.csv (mean ± std per cell) and runs.csv.
+    """Run a grid of config values × seeds, keeping every run; summarise each cell over its seeds.
+
+    The output folder gets: sweep.toml (the sweep's spec: base config, grid, seeds, metrics); runs/<cell>/
+    seed-<k>/, each run's folder as `ppaia run` writes it, written as soon as that run ends; runs.csv (every
+    run's final metrics); sweep.csv (per cell: mean, sample std and 95% CI half-width of each metric);
+    results.md and results.tex (mean ± 95% CI and n per cell); honest_acc_mean, honest_loss_mean and the
+    --metric as .png and .pdf (one curve per cell against rounds: mean over seeds, 95% confidence band).
+
+    `--resume DIR` finishes an interrupted sweep from DIR/sweep.toml: complete runs are read back, missing
+    or partial ones run. `--from DIR --out NEW` runs DIR's sweep again into NEW. Both take the whole spec
+    from the folder, so neither accepts CONFIG, --grid, --set, --seeds or --metric. `--no-plots` leaves
+    out every image, for sweeps whose runs take less time than drawing them.
 
     A run that diverges does not stop the sweep: runs.csv marks it `diverged` (with its round), and its
-    cell's `diverged` column counts it; the cell's mean ± std are over the seeds that completed.
+    cell's `diverged` column counts it; the cell's statistics are over the seeds that completed.
     """
+    running = False  # whether a failure comes from a run (not from the options), after others completed
     try:
-        base = apply_overrides(load_config(config).to_table() if config else {}, overrides or [])
-        axes = dict(parse_grid_option(option) for option in grid or [])
-        out = out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-        check_output_dir(out)
-        if metric not in METRIC_COLUMNS + LOCAL_PHASE_COLUMNS:
-            raise ConfigError(
-                f"--metric {metric!r}: not a metric; choose from {', '.join(METRIC_COLUMNS[1:])}"
+        load_plugins(plugin or [])  # before the configs that name what they register
+        if resume or source:
+            spec, out = _stored_sweep(resume, source, out, given=[config, grid, overrides, seeds, metric])
+        else:
+            metric = metric or "acc_mean"
+            if metric not in METRIC_COLUMNS + LOCAL_PHASE_COLUMNS:
+                raise ConfigError(
+                    f"--metric {metric!r}: not a metric; choose from {', '.join(METRIC_COLUMNS[1:])}"
+                )
+            spec = SweepSpec(
+                base=with_plugins(
+                    apply_overrides(load_config(config).to_table() if config else {}, overrides or []),
+                    plugin or [],
+                ),
+                grid=dict(parse_grid_option(option) for option in grid or []),
+                seeds=list(range(seeds or 3)),
+                metrics=list(dict.fromkeys((*DEFAULT_METRICS, metric))),
+                metric=metric,
             )
-        metrics = tuple(dict.fromkeys((*DEFAULT_METRICS, metric)))
-        result = sweep_with_progress(sweep_runs(base, axes, list(range(seeds))), metrics, console=console)
+            out = out or _default_sweep_out()
+            check_output_dir(out)
+        runs = spec.runs()  # every config validated before anything runs or is written
+        fresh, running = (None if resume else spec), True  # a fresh spec is saved with its first run
+        result = sweep_with_progress(
+            runs, tuple(spec.metrics), console=console, out=out, spec=fresh, plots=plots
+        )
     except USER_ERRORS as err:
-        raise fail(err) from None
-    result.write(out)
-    table = Table(title=f"{metric}: mean ± std over {seeds} seeds · {out}")
+        stop = fail(err)
+        if running and out is not None and (out / SPEC_FILE).is_file():
+            note = f"the runs that completed are kept: `ppaia sweep --resume {out}` runs the rest"
+            errors.print(note, highlight=False, soft_wrap=True)
+        raise stop from None
+    result.write(out, curves=(*CURVES, spec.metric) if plots else ())
+    table = Table(title=f"{spec.metric}: mean ± 95% CI over the n seeds that completed · {out}")
     for key in result.keys:
         table.add_column(key)
-    table.add_column(metric, justify="right")
+    table.add_column("n", justify="right")
+    table.add_column(spec.metric, justify="right")
     for cell in result.cells:
-        value = (
-            f"{cell[f'{metric}_mean']:.4f} ± {cell[f'{metric}_std']:.4f}" if f"{metric}_mean" in cell else "-"
-        )
+        mean, half = cell.get(f"{spec.metric}_mean"), cell.get(f"{spec.metric}_ci95")
+        value = "-" if mean is None else f"{mean:.4f}" + ("" if math.isnan(half) else f" ± {half:.4f}")
         if cell["diverged"]:
             value += f" ({cell['diverged']} of {cell['seeds']} seeds diverged)"
-        table.add_row(*(str(cell[key]) for key in result.keys), value)
+        table.add_row(*(str(cell[key]) for key in result.keys), str(cell["seeds"] - cell["diverged"]), value)
     console.print(table)
 
 
-def _options(cls: type) -> str:
-    parts = []
-    for name, field in cls.model_fields.items():
-        plain = isinstance(field.annotation, type) and get_origin(field.annotation) is None
-        kind = field.annotation.__name__ if plain else str(field.annotation).replace("typing.", "")
-        default = "required" if field.is_required() else repr(field.default)
-        parts.append(f"{name}: {kind} = {default}")
-    return ", ".join(parts)
+def _stored_sweep(
+    resume: Path | None, source: Path | None, out: Path | None, given: list[object]
+) -> tuple[SweepSpec, Path]:
+    """The spec and output folder of `--resume DIR` (DIR itself) or `--from DIR` (`out`, new)."""
+    if resume and source:
+        raise ConfigError("--resume and --from: choose one")
+    if any(given):
+        option = "--resume" if resume else "--from"
+        raise ConfigError(
+            f"{option} takes the whole sweep from the folder's sweep.toml; leave out CONFIG, --grid, --set, "
+            "--seeds and --metric"
+        )
+    if resume:
+        if out:
+            raise ConfigError("--resume DIR writes into DIR; leave out --out")
+        return SweepSpec.load(resume), resume
+    spec = SweepSpec.load(source)
+    out = out or _default_sweep_out()
+    check_output_dir(out)
+    return spec, out
+
+
+def _default_sweep_out() -> Path:
+    return Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @app.command("list")
-def list_components() -> None:
-    """Print every registered dataset, partitioner, model, topology, mixing rule and cooperation rule."""
+def list_components(plugin: PluginOption = None) -> None:
+    """Print every registered dataset, partitioner, model, topology, mixing rule and cooperation rule
+    (with --plugin, those the modules register too)."""
+    try:
+        load_plugins(plugin or [])
+    except USER_ERRORS as err:
+        raise fail(err) from None
     for title, registry in REGISTRIES:
         table = Table(title=title, title_justify="left", expand=True)
         table.add_column("name", style="bold", no_wrap=True)
         table.add_column("options")
         table.add_column("what it does")
         for name, cls in registry:
-            table.add_row(name, _options(cls), (inspect.getdoc(cls) or "").splitlines()[0])
+            table.add_row(name, Text(options_text(cls)), (inspect.getdoc(cls) or "").splitlines()[0])
         console.print(table)
 
 

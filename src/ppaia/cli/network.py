@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from ppaia.cli.main import USER_ERRORS, app, console, default_out, fail, summary_table
+from ppaia.cli.main import USER_ERRORS, PluginOption, app, console, default_out, fail, summary_table
 from ppaia.config import load_config
 from ppaia.experiment import OwnData
 from ppaia.network.checkpoint import CheckpointError
@@ -97,6 +97,7 @@ def peer(
         str | None,
         typer.Option(help="misbehave: send what this attack sends (e.g. sign_flip), to test defences"),
     ] = None,
+    plugin: PluginOption = None,
 ) -> None:
     """Run one peer: train on partition i of N (or on its own --data), exchange models, checkpoint."""
     # force: an imported library (opacus) already called basicConfig at WARNING, which would make this a
@@ -111,7 +112,7 @@ def peer(
     lock = contextlib.ExitStack()  # holds the data directory until this process ends
     try:
         mine = [f"attack={attack}", f"attackers=[{index}]"] if attack is not None else []
-        cfg = load_config(config, [*(overrides or []), f"peers={total}", *mine])
+        cfg = load_config(config, [*(overrides or []), f"peers={total}", *mine], plugin)
         if test is not None and data is None:
             raise typer.BadParameter(
                 "only with --data (without, a peer uses the config's test set)", param_hint="--test"
@@ -189,10 +190,12 @@ def launch(
     out: Annotated[Path | None, typer.Option(help="output folder (new or empty)")] = None,
     asynchronous: Annotated[bool, typer.Option("--async", help="peers wait at most --deadline")] = False,
     timeout: Annotated[float, typer.Option(help="seconds before the whole swarm is stopped")] = 1800.0,
+    plugin: PluginOption = None,
 ) -> None:
     """Start a local swarm of peer processes on 127.0.0.1, show live progress, write the run's outputs."""
     try:
-        cfg = load_config(config, [*(overrides or []), *([f"peers={peers}"] if peers else [])])
+        # the peers import the plugins from the config the swarm writes for them (its `plugins`)
+        cfg = load_config(config, [*(overrides or []), *([f"peers={peers}"] if peers else [])], plugin)
         check_supported(cfg)
         out = out or default_out(cfg)
         staging = staging_dir(out)

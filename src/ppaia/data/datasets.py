@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from ppaia.paths import UserPath
 from ppaia.registry import Component, Registry
 
 __all__ = ["DATASETS", "DataError", "Dataset", "DatasetSource"]
@@ -267,7 +268,7 @@ class _IdxSource(DatasetSource):
     mean: ClassVar[float]
     std: ClassVar[float]
 
-    path: str = Field(min_length=1)
+    path: UserPath
     train_samples: TrainSamples = None
 
     def load(self, seed: int) -> Dataset:
@@ -338,7 +339,7 @@ class Cifar10(DatasetSource):
 
     files: ClassVar[tuple[str, ...]] = (*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin")
 
-    path: str = Field(min_length=1)
+    path: UserPath
     train_samples: TrainSamples = None
 
     def load(self, seed: int) -> Dataset:

@@ -28,16 +28,13 @@ Relative paths are resolved against the current working directory when the data 
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import math
-import os
-import sys
 import zipfile
 import zlib
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -47,6 +44,8 @@ import torch
 from pydantic import Field
 
 from ppaia.data.datasets import DATASETS, DataError, Dataset, DatasetSource
+from ppaia.paths import UserPath
+from ppaia.plugins import import_target
 from ppaia.registry import Component
 
 __all__ = ["Csv", "Npz", "PythonFactory", "UserData", "data_source"]
@@ -261,8 +260,8 @@ class _PathOptions(Component):
     pydantic orders fields by the reversed MRO, and this mixin is the last base of :class:`_FileData`.
     """
 
-    path: str = Field(min_length=1)
-    test_path: str | None = Field(default=None, min_length=1)
+    path: UserPath
+    test_path: UserPath | None = None
 
 
 class _FileData(UserData, _PathOptions):
@@ -465,36 +464,15 @@ class _FactoryOptions(Component):
     factory: str = Field(pattern=FACTORY)
     test_factory: str | None = Field(default=None, pattern=FACTORY)
 
+    def modules(self) -> list[str]:
+        factories = [self.factory, *([self.test_factory] if self.test_factory else [])]
+        return [*super().modules(), *(target.split(":")[0] for target in factories)]
+
 
 def _imported(target: str, field: str) -> Any:
-    """The attribute ``target`` (``"package.module:attribute"``) names; the working directory is searched
-    first, so a ``mydata.py`` next to the config is found without installing it."""
-    module_name, attribute = target.split(":")
-    where = f"{field}={target!r}"
-    cwd = os.getcwd()
-    importlib.invalidate_caches()  # a module written since the last import must be seen
-    sys.path.insert(0, cwd)
-    try:
-        obj = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name is None or not (module_name == err.name or module_name.startswith(f"{err.name}.")):
-            raise DataError(f"{where}: importing {module_name!r} failed: {err}") from err
-        raise DataError(
-            f"{where}: no module {module_name!r}; put {module_name.replace('.', '/')}.py in the working "
-            f"directory ({cwd}) or install the package that provides it"
-        ) from None
-    except Exception as err:  # the user's module failed while it ran: that is their error, named
-        raise DataError(f"{where}: importing {module_name!r} failed: {type(err).__name__}: {err}") from err
-    finally:
-        with suppress(ValueError):  # unless the module took it off itself
-            sys.path.remove(cwd)
-    for part in attribute.split("."):
-        if not hasattr(obj, part):
-            raise DataError(f"{where}: module {module_name!r} has no attribute {attribute!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise DataError(f"{where}: {attribute!r} is a {type(obj).__name__}, not a callable factory")
-    return obj
+    """The factory ``target`` (``"package.module:attribute"``) names, imported as every user module is
+    (:func:`ppaia.plugins.import_module`: also from the working directory and the config's folder)."""
+    return import_target(target, f"{field}={target!r}", DataError)
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import itertools
 import math
@@ -11,6 +10,7 @@ from collections.abc import Callable
 from pydantic import Field
 from torch import nn
 
+from ppaia.plugins import import_target
 from ppaia.registry import Component, Registry
 
 __all__ = ["MODELS", "ImportedModel", "ModelError", "ModelSpec"]
@@ -87,16 +87,10 @@ class ImportedModel(ModelSpec):
     target: str = Field(pattern=r"^[\w.]+:[\w.]+$")
 
     def factory(self) -> Callable[..., nn.Module]:
-        module_name, attribute = self.target.split(":")
-        try:
-            obj = importlib.import_module(module_name)
-            for part in attribute.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as err:
-            raise ModelError(f"model {self.target!r}: cannot import it ({err})") from err
-        if not callable(obj):
-            raise ModelError(f"model {self.target!r} is not callable")
-        return obj
+        return import_target(self.target, f"model {self.target!r}", ModelError)
+
+    def modules(self) -> list[str]:
+        return [*super().modules(), self.target.split(":")[0]]
 
     def build(self, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
         factory = self.factory()

@@ -13,7 +13,8 @@ the fields, and a status whose digest is not that of its own shared config is re
 **Per-peer fields** (not compared; :data:`PER_PEER`): ``privacy`` (each peer's own mechanism and
 budget), ``attack`` and ``attackers`` (what a misbehaving process does is its own business), ``ewc`` (a
 regulariser of its own local training), ``eval_every`` and ``eval_local_phase`` (when it measures
-itself). A peer that brings its own data also keeps ``dataset``, ``partition`` and ``min_samples`` to
+itself), ``plugins`` (where its own code is found; the rule or model it registers is compared by name
+and options). A peer that brings its own data also keeps ``dataset``, ``partition`` and ``min_samples`` to
 itself (:data:`OWN_DATA`): the model's tensor check still refuses a partner whose model differs. A
 rule's *local options* (:attr:`CooperationRule.local_options`: for learned trust its fitting steps,
 learning rate and prior) only change how a peer weighs what it received, so they are per-peer too: a DP
@@ -36,7 +37,8 @@ from ppaia.config import ExperimentConfig
 
 __all__ = ["OWN_DATA", "PER_PEER", "Agreement", "Difference", "describe", "digest_of", "shared_config"]
 
-PER_PEER = frozenset({"privacy", "attack", "attackers", "ewc", "eval_every", "eval_local_phase"})
+# `plugins`: where a peer's code lives (paths differ between machines); what it registers is compared
+PER_PEER = frozenset({"privacy", "attack", "attackers", "ewc", "eval_every", "eval_local_phase", "plugins"})
 OWN_DATA = frozenset({"dataset", "partition", "min_samples"})
 
 
@@ -48,7 +50,8 @@ def _json(value: Any) -> str:
 def shared_config(config: ExperimentConfig, *, own_data: bool = False) -> dict[str, Any]:
     """The fields of `config` the swarm must agree on (see the module docstring), as JSON data."""
     private = PER_PEER | (OWN_DATA if own_data else frozenset())
-    shared = {name: value for name, value in config.to_table().items() if name not in private}
+    # path options by file name: each peer's files lie in folders of its own (ppaia.paths)
+    shared = {name: value for name, value in config.to_table(portable=True).items() if name not in private}
     local = config.rule.local_options
     shared["rule"] = {name: value for name, value in shared["rule"].items() if name not in local}
     return shared

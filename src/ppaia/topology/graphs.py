@@ -10,6 +10,7 @@ import networkx as nx
 import torch
 from pydantic import Field
 
+from ppaia.paths import UserPath
 from ppaia.registry import Component, Registry
 
 __all__ = ["TOPOLOGIES", "PeerGraph", "Topology", "TopologyError", "build_graph"]
@@ -140,7 +141,7 @@ class Geometric(Topology):
 class EdgeList(Topology):
     """Links read from a text file: one `u v` pair of peer ids (0-based) per line, `#` comments."""
 
-    path: str
+    path: UserPath
 
     def graph(self, n: int, seed: int) -> nx.Graph:
         path = Path(self.path)
@@ -210,9 +211,38 @@ def build_graph(topology: Topology, n: int, seed: int, allow_disconnected: bool 
     if graph.number_of_nodes() != n:
         raise TopologyError(f"{topology.name}: built {graph.number_of_nodes()} peers, expected {n}")
     if n > 1 and not allow_disconnected and not nx.is_connected(graph):
-        parts = nx.number_connected_components(graph)
         raise TopologyError(
-            f"{topology.label()} on {n} peers is disconnected ({parts} components); "
+            f"{topology.label()} on {n} peers is {disconnection(graph)}; "
             "change its options or set allow_disconnected = true"
         )
     return PeerGraph.from_networkx(graph)
+
+
+def peer_list(peers: list[int], limit: int = 12) -> str:
+    """Sorted peer ids as runs (``0–7, 9, 12–15``), cut after `limit` runs with how many peers are left."""
+    runs: list[list[int]] = []
+    for peer in sorted(peers):
+        if runs and peer == runs[-1][1] + 1:
+            runs[-1][1] = peer
+        else:
+            runs.append([peer, peer])
+    shown = [f"{a}" if a == b else f"{a}, {b}" if b == a + 1 else f"{a}–{b}" for a, b in runs[:limit]]
+    left = sum(b - a + 1 for a, b in runs[limit:])
+    return ", ".join(shown) + (f", … and {left} more" if left else "")
+
+
+def disconnection(graph: nx.Graph, limit: int = 6) -> str:
+    """What splits `graph`, naming the culprits: ``disconnected (3 components: 0–7 | 8 | 9): peers 8, 9
+    have no links``. Components largest first, at most `limit` of them spelt out."""
+    parts = sorted((sorted(part) for part in nx.connected_components(graph)), key=lambda p: (-len(p), p[0]))
+    shown = " | ".join(peer_list(part, 8) for part in parts[:limit])
+    more = f" | … and {len(parts) - limit} more" if len(parts) > limit else ""
+    isolated = [peer for peer, degree in graph.degree() if degree == 0]
+    alone = ""
+    if isolated:
+        alone = (
+            f": peer {isolated[0]} has no links"
+            if len(isolated) == 1
+            else f": peers {peer_list(isolated)} have no links"
+        )
+    return f"disconnected ({len(parts)} components: {shown}{more}){alone}"
