@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 import ppaia
+from ppaia.simulation.stats import estimate
 
 RULES = ["isolated", "gossip", "consensus", "consensus(steps=4)", "fedavg", "centralized"]
 
@@ -52,7 +53,7 @@ def main() -> None:
         accuracy = [f["acc_mean"] for f in finals]
         table.add_row(
             rule,
-            f"{statistics.mean(accuracy):.4f} ± {statistics.pstdev(accuracy):.4f}",
+            f"{estimate(accuracy).mean:.4f} ± {estimate(accuracy).sd:.4f}",  # sample sd (NaN for one seed)
             f"{statistics.mean(f['acc_min'] for f in finals):.4f}",
             f"{statistics.mean(f['bytes_cumulative'] for f in finals) / 1e6:.1f}",
         )
