@@ -50,6 +50,7 @@ PER_PEER_CHANGES = {
     "ewc": {"ewc": {"strength": 1.0}},
     "eval_every": {"eval_every": 2},
     "eval_local_phase": {"eval_local_phase": True},
+    "eval_peers": {"eval_peers": 2},
     "plugins": {"plugins": ["colorsys"]},  # any importable module: where a peer's code lives is its own
 }
 
@@ -123,6 +124,33 @@ INVALID = {
     "banned_total": [-1, None],
     "refused": [[-1], ["0"], [0] * (MAX_LISTED + 1), 0, None],
     "latest": [{"round": 1}, {"round": 1, "step": 0, "cid": "", "size": 0}, 5, {"round": 1, "x": 2}],
+    "completed": [{"round": 1, "step": 0, "cid": "x", "size": 0}, {"round": 1}, 5],  # GOOD serves none
+    "traffic": [
+        None,
+        [],
+        {"sent": -1},
+        {"received": 2**63},
+        {"sent": 1.5},
+        {"sent": "1"},
+        {"received": 5, "received_from": {"b" * 40: 6}},  # more from one sender than in all
+        {"received": 5, "received_from": {"B" * 40: 1}},
+        {"received": 10**6, "received_from": {f"{k:040x}": 1 for k in range(MAX_LISTED + 1)}},
+        {"received": 5, "extra": 1},
+    ],
+    "trust": [
+        None,
+        [],
+        {"b" * 40: 1.5},
+        {"b" * 40: -0.01},
+        {"b" * 40: float("nan")},
+        {"b" * 40: float("inf")},
+        {"b" * 40: None},
+        {"b" * 40: "0.5"},
+        {"b" * 40: True},
+        {"<b>": 0.5},
+        {f"{k:040x}": 0.5 for k in range(MAX_LISTED + 1)},
+        {GOOD["peer_id"]: 0.5},  # trust in itself
+    ],
     "agreement": [
         None,
         {},

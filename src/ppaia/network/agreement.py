@@ -12,9 +12,9 @@ the fields, and a status whose digest is not that of its own shared config is re
 
 **Per-peer fields** (not compared; :data:`PER_PEER`): ``privacy`` (each peer's own mechanism and
 budget), ``attack`` and ``attackers`` (what a misbehaving process does is its own business), ``ewc`` (a
-regulariser of its own local training), ``eval_every`` and ``eval_local_phase`` (when it measures
-itself), ``plugins`` (where its own code is found; the rule or model it registers is compared by name
-and options). A peer that brings its own data also keeps ``dataset``, ``partition`` and ``min_samples`` to
+regulariser of its own local training), the ``eval_*`` fields (when and how it measures itself),
+``plugins`` (where its own code is found; the rule or model it registers is compared by name and
+options). A peer that brings its own data also keeps ``dataset``, ``partition`` and ``min_samples`` to
 itself (:data:`OWN_DATA`): the model's tensor check still refuses a partner whose model differs. A
 rule's *local options* (:attr:`CooperationRule.local_options`: for learned trust its fitting steps,
 learning rate and prior) only change how a peer weighs what it received, so they are per-peer too: a DP
@@ -38,7 +38,9 @@ from ppaia.config import ExperimentConfig
 __all__ = ["OWN_DATA", "PER_PEER", "Agreement", "Difference", "describe", "digest_of", "shared_config"]
 
 # `plugins`: where a peer's code lives (paths differ between machines); what it registers is compared
-PER_PEER = frozenset({"privacy", "attack", "attackers", "ewc", "eval_every", "eval_local_phase", "plugins"})
+PER_PEER = frozenset(
+    {"privacy", "attack", "attackers", "ewc", "eval_every", "eval_local_phase", "eval_peers", "plugins"}
+)
 OWN_DATA = frozenset({"dataset", "partition", "min_samples"})
 
 

@@ -50,6 +50,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ from ppaia.network.identity import Identity
 from ppaia.network.learner import PeerLearner, StepRole
 from ppaia.network.members import initial_pins
 from ppaia.network.progress import Progress, RoundRecord, forget_rounds_after, record_round
-from ppaia.network.status import MAX_LISTED, Latest, PeerStatus, Phase
+from ppaia.network.status import MAX_LISTED, Latest, PeerStatus, Phase, Traffic, heaviest, trust_row
 from ppaia.network.strikes import Strikes
 from ppaia.network.timing import Timing, Version
 from ppaia.network.transfer import (
@@ -161,6 +162,12 @@ class Peer:
         self.agreed: dict[int, Address] = {}  # partner -> the address its agreeing status came from
         self.refused: dict[int, list[Difference]] = {}  # partner -> how the config it runs differs
         self._rechecks: dict[int, asyncio.Task[PeerStatus | None]] = {}  # status requests to refused ones
+        # what the status reports besides progress: model bytes fetched per sender id, the version that
+        # ended the last completed round, and the trust row as of the last checkpoint (read here, not
+        # from the rule, which a worker thread may be updating)
+        self.received: Counter[str] = Counter()
+        self.completed: ModelVersion | None = None
+        self.trust: dict[str, float] = {}
 
     def status(self) -> PeerStatus:
         """What ``ppaia status``, the launcher and the other peers see."""
@@ -183,6 +190,13 @@ class Peer:
             banned_total=len(banned),
             refused=sorted(self.refused)[:MAX_LISTED],
             latest=Latest.of(self.server.latest),
+            completed=Latest.of(self.completed),
+            traffic=Traffic(
+                sent=self.server.served_bytes,
+                received=self.received.total(),
+                received_from=heaviest(self.received),
+            ),
+            trust=trust_row(self.trust),
             agreement=self.agreement,
         )
 
@@ -289,6 +303,7 @@ class Peer:
             ids = self._partner_ids()
             if resumed.learner is not None:
                 learner.load_state(resumed.learner, ids)
+                self.trust = resumed.learner.rule
             progress.epsilon = learner.epsilon()
             restored = learner.describe_state(ids)
             log.info("peer %d resumes after round %d%s", self.options.index, resumed.round, restored)
@@ -312,7 +327,7 @@ class Peer:
                 await self._publish(round_, step)
                 got, lost, old = await self._step(round_, step, role, ctx)
                 received, missing, stale = received + got, missing + lost, stale + old
-            final = await self._publish(round_, len(roles))
+            final = self.completed = await self._publish(round_, len(roles))
             mixed = time.perf_counter()
             evaluated = self.config.evaluates(round_)
             if evaluated:
@@ -325,6 +340,7 @@ class Peer:
             record_round(self.options.data_dir, self.options.index, self.config.rounds, record, progress)
             state = learner.state(self._partner_ids())  # after the round's row: see ppaia.network.progress
             await asyncio.to_thread(self.checkpoint.save, round_, final.data, state)  # the bytes just served
+            self.trust = state.rule
             self.timing.record(time.perf_counter() - started)
 
     async def _catch_up(self, first: int) -> int:
@@ -367,6 +383,7 @@ class Peer:
         self.learner.params = await asyncio.to_thread(self.learner.catch_up, models, target)
         state = self.learner.state(self._partner_ids())
         await asyncio.to_thread(self.checkpoint.save, target, self.learner.tensors(), state)
+        self.trust = state.rule
         log.info(
             "peer %d catches up: skips rounds %d..%d, combining %d peers' round-%d models by its rule",
             self.options.index, first, target, len(models), target,
@@ -569,6 +586,7 @@ class Peer:
             expect_sender=peer_id,
             pace=Pace(DEFAULT_PACE.min_rate, min(timeout / 2, DEFAULT_PACE.window)),
         )
+        self.received[fetched.sender] += fetched.size
         return self.learner.layout.join(fetched.tensors)
 
     async def _linger(self) -> None:

@@ -3,6 +3,13 @@
 The wire carries it as the JSON object of a signed ``status`` reply (:func:`PeerStatus.to_wire`); a
 status received from anyone is validated against :class:`PeerStatus` (:func:`PeerStatus.from_wire`), and
 anything else is a :class:`ProtocolError` ``bad_status``, which strikes the sender like any bad input.
+
+Besides its progress, a status says what a dashboard needs to draw a swarm as it draws a simulation: the
+model bytes the peer moved (:class:`Traffic`, with the bytes it fetched from each partner: links by
+traffic), the trust it learned in each partner (learned trust's row, keyed by partner peer id: the trust
+heat-map), and the version that ended its last completed round (which a dashboard fetches from every peer
+to compute the consensus distance). Every list and map in it is capped at :data:`MAX_LISTED` entries, so
+that a status stays small whatever the size of the swarm.
 """
 
 from __future__ import annotations
@@ -10,9 +17,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ppaia.network.agreement import Agreement
 from ppaia.network.errors import ProtocolError, Reason
@@ -21,11 +28,27 @@ from ppaia.network.wire import MAX_MODEL_BYTES, MAX_VERSION, Cid, PeerId
 if TYPE_CHECKING:
     from ppaia.network.transfer import ModelVersion
 
-__all__ = ["MAX_LISTED", "Latest", "PeerStatus", "Phase"]
+__all__ = ["MAX_LISTED", "Latest", "PeerStatus", "Phase", "Traffic", "heaviest", "trust_row"]
 
-MAX_LISTED = 64  # banned keys, or refused partners, a status lists at most: a status must stay small
+MAX_LISTED = 64  # banned keys, refused partners, partners by traffic or trust a status lists at most
+MAX_BYTES = 2**62  # bound for a byte count
 Count = Annotated[int, Field(ge=0, le=MAX_VERSION)]
+Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
 BanKey = Annotated[str, Field(min_length=1, max_length=64)]  # a peer id, an address or an IPv6 /64
+Weight = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]  # a trust weight
+V = TypeVar("V", int, float)
+
+
+def heaviest(values: Mapping[str, V]) -> dict[str, V]:
+    """The :data:`MAX_LISTED` entries of `values` with the largest values (ties: the smaller key)."""
+    return dict(sorted(values.items(), key=lambda item: (-item[1], item[0]))[:MAX_LISTED])
+
+
+def trust_row(state: Mapping[str, float]) -> dict[str, float]:
+    """A learner's per-partner state (:meth:`CooperationRule.peer_state`: learned trust's row, partner
+    peer id -> Tᵢₚ) as a status lists it: the most trusted :data:`MAX_LISTED` partners, each weight
+    clipped to [0, 1] (only the faithful prototype's unprojected trust ever leaves it)."""
+    return heaviest({partner: min(max(float(value), 0.0), 1.0) for partner, value in state.items()})
 
 
 class Phase(StrEnum):
@@ -56,6 +79,26 @@ class Latest(BaseModel):
         return cls(round=version.round, step=version.step, cid=version.cid, size=version.size)
 
 
+class Traffic(BaseModel):
+    """The model bytes a peer moved since it started, counted as model bodies (the safetensors bytes of
+    a version: frames, headers, statuses and DHT messages are not counted): `sent`, the bodies its
+    server handed over in full (to partners, and to anyone else who asked, e.g. a dashboard);
+    `received`, those it fetched and verified; `received_from`, the latter by sender peer id (the
+    :data:`MAX_LISTED` senders it fetched most from)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    sent: Bytes = 0
+    received: Bytes = 0
+    received_from: Annotated[dict[PeerId, Bytes], Field(max_length=MAX_LISTED)] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _parts_within_the_whole(self) -> Self:
+        if sum(self.received_from.values()) > self.received:
+            raise ValueError("more bytes received from the senders listed than received in all")
+        return self
+
+
 class PeerStatus(BaseModel):
     """One peer's status. `index` is the swarm index it plays (None for a peer without one);
     `accuracy` and `loss` are those of its last evaluation (None before the first, or if not finite);
@@ -64,7 +107,10 @@ class PeerStatus(BaseModel):
     refusals by reason (its own and its server's); `banned` the first :data:`MAX_LISTED` of the peer
     ids and addresses it bans now, `banned_total` how many it bans; `refused` the (first
     :data:`MAX_LISTED`) indices of the partners it refuses because they run another config; `latest`
-    its newest served version; `agreement` its shared config (:mod:`ppaia.network.agreement`)."""
+    its newest served version; `completed` the version that ended its last completed round (None before
+    the first); `traffic` the model bytes it moved; `trust` its rule's learned weight per partner peer
+    id (learned trust: its trust row, at most :data:`MAX_LISTED` partners, the most trusted; empty for
+    rules that learn none); `agreement` its shared config (:mod:`ppaia.network.agreement`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -84,7 +130,19 @@ class PeerStatus(BaseModel):
     banned_total: Count = 0
     refused: Annotated[list[Count], Field(max_length=MAX_LISTED)] = Field(default_factory=list)
     latest: Latest | None = None
+    completed: Latest | None = None
+    traffic: Traffic = Traffic()
+    trust: Annotated[dict[PeerId, Weight], Field(max_length=MAX_LISTED)] = Field(default_factory=dict)
     agreement: Agreement
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.peer_id in self.trust:
+            raise ValueError("a peer's trust in itself (learned trust has none)")
+        done, latest = self.completed, self.latest
+        if done is not None and (latest is None or (done.round, done.step) > (latest.round, latest.step)):
+            raise ValueError("a completed round's version newer than the newest version served")
+        return self
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object a ``status`` reply carries (a value that is not finite travels as null)."""

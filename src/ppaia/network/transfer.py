@@ -300,7 +300,8 @@ class ModelServer:
     those, not a range. They get no per-address limits and no strikes; everything else still applies.
     IPv6 addresses outside them count per /64.
 
-    ``served`` counts replies by kind ("model", "not_ready", "status"); ``rejections`` counts failed
+    ``served`` counts replies by kind ("model", "not_ready", "status"), ``served_bytes`` the model bodies
+    handed over in full (bytes of the safetensors blobs, not of frames); ``rejections`` counts failed
     connections by reason: a wire ProtocolError reason or a :class:`Reason`. Every rejection is
     logged: "internal" (a bug) with its traceback, the refusals of a banned address (cheap, and as
     many as it cares to send) at debug level only, since its ban was logged.
@@ -354,6 +355,7 @@ class ModelServer:
         self.pace = pace
         self.rejections: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
+        self.served_bytes = 0
         self._port = port
         self._versions: OrderedDict[tuple[int, int], ModelVersion] = OrderedDict()
         self._server: asyncio.Server | None = None
@@ -581,6 +583,7 @@ class ModelServer:
         body = memoryview(version.data)
         for offset in range(0, version.size, self.chunk):
             await self._send(conn, writer, body[offset : offset + self.chunk])
+        self.served_bytes += version.size
         return "model"
 
     async def _send(
@@ -622,13 +625,15 @@ class ModelServer:
 
 @dataclass(frozen=True)
 class Fetched:
-    """A model fetched from a peer and verified: signed header, CID, names, shapes, dtypes, finiteness."""
+    """A model fetched from a peer and verified: signed header, CID, names, shapes, dtypes, finiteness;
+    `size` is its body's length in bytes (what moved, less the frames)."""
 
     sender: str
     public_key: bytes
     round: int
     step: int
     cid: str
+    size: int
     tensors: dict[str, torch.Tensor] = field(repr=False)
 
 
@@ -825,7 +830,9 @@ async def fetch_model(
         )
         body = await incoming.body(header.size, header.chunk)
         tensors = await asyncio.to_thread(verify_body, header.cid, body, expected)
-        return Fetched(header.sender, header.public_key, header.round, header.step, header.cid, tensors)
+        return Fetched(
+            header.sender, header.public_key, header.round, header.step, header.cid, header.size, tensors
+        )
 
     return await _exchange(host, port, request, timeout, pace, answer)
 
@@ -853,6 +860,11 @@ async def fetch_status(
             )
         if reply.nonce != nonce:
             raise ProtocolError(Reason.REPLAY, f"status from {reply.sender} answers another request (nonce)")
-        return PeerStatus.from_wire(reply.info)
+        status = PeerStatus.from_wire(reply.info)
+        if status.peer_id != reply.sender:  # a peer speaks for itself: it cannot pass for another
+            raise ProtocolError(
+                Reason.WRONG_SENDER, f"status signed by {reply.sender} claims peer id {status.peer_id}"
+            )
+        return status
 
     return await _exchange(host, port, request, timeout, pace, answer)
