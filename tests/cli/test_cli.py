@@ -22,6 +22,7 @@ FILES = {
     "loss.png",
     "consensus_distance.png",
     "peer_accuracy.png",
+    "report.html",
 }
 
 

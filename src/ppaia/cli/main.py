@@ -44,15 +44,19 @@ from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError
 from ppaia.plugins import PluginError, load_plugins
 from ppaia.privacy import PRIVACY, PrivacyError
 from ppaia.registry import Registry, SpecError
+from ppaia.report import write_report
 from ppaia.rules import RULES, SYNC_SCHEMES
 from ppaia.simulation import RunResult, Simulation
+from ppaia.simulation.executors import Backend, BackendError, executor_for
 from ppaia.simulation.metrics import LOCAL_PHASE_COLUMNS, METRIC_COLUMNS
 from ppaia.simulation.report import OutputError, check_output_dir, write_outputs
 from ppaia.simulation.sweep import (
     CURVES,
     DEFAULT_METRICS,
     SPEC_FILE,
+    SweepFailed,
     SweepSpec,
+    cell_label,
     parse_grid_option,
     sweep_with_progress,
 )
@@ -75,6 +79,7 @@ USER_ERRORS = (
     PrivacyError,
     PluginError,
     TrackingError,
+    BackendError,
 )
 PluginOption = Annotated[
     list[str] | None,
@@ -92,6 +97,28 @@ LogOption = Annotated[
         metavar="LOGGER",
         help="also record the run in tensorboard, mlflow or wandb (offline; each an extra: pip install "
         "'ppaia[mlflow]'); options as in a config, e.g. \"mlflow(experiment='dp')\"; repeatable",
+    ),
+]
+DashboardOption = Annotated[
+    bool,
+    typer.Option(
+        "--dashboard",
+        help="serve a live web page of the run while it runs (127.0.0.1; the URL is printed); see also "
+        "`ppaia dashboard`",
+    ),
+]
+DashboardPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--dashboard-port", min=0, max=65535, help="the dashboard's port (default 8350, else a free one)"
+    ),
+]
+DashboardLingerOption = Annotated[
+    float | None,
+    typer.Option(
+        "--dashboard-linger",
+        min=0,
+        help="after the run, keep the dashboard serving this many seconds (default: until Ctrl-C)",
     ),
 ]
 DIVERGED = 3  # exit code of a run whose honest peers' parameters or loss stopped being finite
@@ -150,6 +177,9 @@ def summary_table(result: RunResult, out: Path, timing: list[tuple[str, str]] | 
             ]
         ),
     ]
+    sampled = result.config.eval_peers
+    if sampled is not None and sampled < result.params.shape[0]:
+        rows.insert(1, ("peers evaluated per round", f"{sampled:,} drawn (the last round: all)"))
     for name, value in rows:
         table.add_row(name, value)
     return table
@@ -169,8 +199,15 @@ def run(
     ] = None,
     plugin: PluginOption = None,
     log: LogOption = None,
+    dashboard: DashboardOption = False,
+    dashboard_port: DashboardPortOption = None,
+    dashboard_linger: DashboardLingerOption = None,
 ) -> None:
-    """Simulate an experiment and write config.toml, metrics.csv, summary.json, peers.csv and plots.
+    """Simulate an experiment and write config.toml, metrics.csv, summary.json, peers.csv, plots and
+    report.html (everything in one file that opens offline; see `ppaia report`).
+
+    With --dashboard it also serves a live web page of the run and writes rounds.jsonl (each round's
+    per-peer values, which the page and `ppaia dashboard RUN_DIR` replay).
 
     Exits with 2 on a bad config (naming the field), and with 3 if the run diverges (NaN or inf in an
     honest peer's parameters or loss): it then stops, writes its outputs up to the last finite round and
@@ -184,6 +221,9 @@ def run(
         simulation = Simulation(cfg)
     except USER_ERRORS as err:
         raise fail(err) from None
+    from ppaia.cli.dashboard import LiveRun, linger  # registered below, after `app`
+
+    live = LiveRun(simulation, out, dashboard_port) if dashboard else None
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -200,14 +240,24 @@ def run(
             fields = {"acc": f"{row['acc_mean']:.3f}"} if row else {}
             progress.update(task, advance=1, **fields)
 
-        result = simulation.run(on_round)
-    write_outputs(result, out)
+        try:
+            result = simulation.run(on_round, observe=None if live is None else live.recorder.record)
+        except BaseException:
+            if live is not None:
+                live.abandon()
+            raise
+    if live is not None:
+        live.finish(result)
+    write_outputs(result, out, None if live is None else live.staging)
     console.print(summary_table(result, out))
+    console.print(f"report: {write_report([out])}", highlight=False, soft_wrap=True)
     try:
         for where in record_run(loggers, out):
             console.print(where, highlight=False, soft_wrap=True)
     except TrackingError as err:
         raise fail(err) from None
+    if live is not None:
+        linger(live.board, dashboard_linger)
     if result.divergence is not None:
         errors.print(f"[bold red]error:[/] {result.divergence.message()}; outputs in {out}", highlight=False)
         raise typer.Exit(code=DIVERGED)
@@ -245,6 +295,19 @@ def sweep_command(
         bool, typer.Option(help="draw each run's plots and the comparison plots (tables are always written)")
     ] = True,
     plugin: PluginOption = None,
+    backend: Annotated[
+        Backend, typer.Option(help="where the runs run: here one after another, or as Ray tasks")
+    ] = Backend.LOCAL,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDR",
+            help="Ray: the cluster's head (HOST:PORT, ray://HOST:PORT or auto); default: start a local one",
+        ),
+    ] = None,
+    cpus_per_run: Annotated[
+        int | None, typer.Option(min=1, help="Ray: CPUs (and torch threads) each run gets; default 1")
+    ] = None,
 ) -> None:
     """Run a grid of config values × seeds, keeping every run; summarise each cell over its seeds.
 
@@ -252,7 +315,8 @@ def sweep_command(
     seed-<k>/, each run's folder as `ppaia run` writes it, written as soon as that run ends; runs.csv (every
     run's final metrics); sweep.csv (per cell: mean, sample std and 95% CI half-width of each metric);
     results.md and results.tex (mean ± 95% CI and n per cell); honest_acc_mean, honest_loss_mean and the
-    --metric as .png and .pdf (one curve per cell against rounds: mean over seeds, 95% confidence band).
+    --metric as .png and .pdf (one curve per cell against rounds: mean over seeds, 95% confidence band);
+    report.html (all of it and every run, interactive, in one file that opens offline: `ppaia report`).
 
     `--resume DIR` finishes an interrupted sweep from DIR/sweep.toml: complete runs are read back, missing
     or partial ones run. `--from DIR --out NEW` runs DIR's sweep again into NEW. Both take the whole spec
@@ -261,6 +325,11 @@ def sweep_command(
 
     A run that diverges does not stop the sweep: runs.csv marks it `diverged` (with its round), and its
     cell's `diverged` column counts it; the cell's statistics are over the seeds that completed.
+
+    `--backend ray` runs each run as a task on the Ray cluster at `--address` (a local one, started and
+    stopped with the sweep, without it); the folder and its numbers are the local sweep's. A run that
+    raises does not stop the others: each failed run is named (cell, seed, error), the sweep exits with 2
+    without its tables, and `--resume DIR` runs only the failed and missing runs.
     """
     running = False  # whether a failure comes from a run (not from the options), after others completed
     try:
@@ -286,12 +355,13 @@ def sweep_command(
             out = out or _default_sweep_out()
             check_output_dir(out)
         runs = spec.runs()  # every config validated before anything runs or is written
+        executor = executor_for(backend, address, cpus_per_run)  # Ray installed, its address answering
         fresh, running = (None if resume else spec), True  # a fresh spec is saved with its first run
         result = sweep_with_progress(
-            runs, tuple(spec.metrics), console=console, out=out, spec=fresh, plots=plots
+            runs, tuple(spec.metrics), console=console, out=out, spec=fresh, plots=plots, executor=executor
         )
-    except USER_ERRORS as err:
-        stop = fail(err)
+    except (*USER_ERRORS, SweepFailed) as err:
+        stop = _failed_runs(err) if isinstance(err, SweepFailed) else fail(err)
         if running and out is not None and (out / SPEC_FILE).is_file():
             note = f"the runs that completed are kept: `ppaia sweep --resume {out}` runs the rest"
             errors.print(note, highlight=False, soft_wrap=True)
@@ -309,6 +379,21 @@ def sweep_command(
             value += f" ({cell['diverged']} of {cell['seeds']} seeds diverged)"
         table.add_row(*(str(cell[key]) for key in result.keys), str(cell["seeds"] - cell["diverged"]), value)
     console.print(table)
+    console.print(f"report: {write_report([out])}", highlight=False, soft_wrap=True)
+
+
+def _failed_runs(failed: SweepFailed) -> typer.Exit:
+    """Name each failed run of a sweep in one line (with its traceback, unless it is a user error) and
+    exit with 2."""
+    for run, failure in failed.failures:
+        user = isinstance(failure.error, USER_ERRORS)
+        if not user:
+            errors.print(escape(failure.trace.rstrip()), highlight=False, soft_wrap=True)
+        cause = str(failure.error) if user else failure.line()
+        where = escape(f"{cell_label(list(run.cell), run.cell)}, seed {run.seed}: {cause}")
+        errors.print(f"[bold red]error:[/] run {where}", highlight=False, soft_wrap=True)
+    errors.print(f"{failed}; the others completed", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
 
 
 def _stored_sweep(
@@ -355,7 +440,9 @@ def list_components(plugin: PluginOption = None) -> None:
         console.print(table)
 
 
+from ppaia.cli import dashboard as _dashboard  # noqa: E402, F401  (registers dashboard on `app`)
 from ppaia.cli import network  # noqa: E402, F401  (registers peer, launch and status on `app`)
+from ppaia.cli import report as _report  # noqa: E402, F401  (registers report on `app`)
 
 
 def main() -> None:

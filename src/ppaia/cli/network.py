@@ -15,8 +15,20 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from ppaia.cli.main import USER_ERRORS, PluginOption, app, console, default_out, fail, summary_table
+from ppaia.cli.main import (
+    USER_ERRORS,
+    DashboardLingerOption,
+    DashboardOption,
+    DashboardPortOption,
+    PluginOption,
+    app,
+    console,
+    default_out,
+    fail,
+    summary_table,
+)
 from ppaia.config import load_config
+from ppaia.dashboard import SwarmSource
 from ppaia.experiment import OwnData
 from ppaia.network.checkpoint import CheckpointError
 from ppaia.network.datadir import DataDirError, hold
@@ -27,8 +39,9 @@ from ppaia.network.learner import check_supported
 from ppaia.network.members import read_members
 from ppaia.network.peer import Peer, PeerOptions
 from ppaia.network.status import Phase
-from ppaia.network.swarm import Swarm, free_port
+from ppaia.network.swarm import HOST, Swarm, free_port
 from ppaia.network.transfer import fetch_status
+from ppaia.report import write_report
 from ppaia.simulation import RunResult
 from ppaia.simulation.report import staging_dir, write_outputs
 
@@ -191,8 +204,12 @@ def launch(
     asynchronous: Annotated[bool, typer.Option("--async", help="peers wait at most --deadline")] = False,
     timeout: Annotated[float, typer.Option(help="seconds before the whole swarm is stopped")] = 1800.0,
     plugin: PluginOption = None,
+    dashboard: DashboardOption = False,
+    dashboard_port: DashboardPortOption = None,
+    dashboard_linger: DashboardLingerOption = None,
 ) -> None:
-    """Start a local swarm of peer processes on 127.0.0.1, show live progress, write the run's outputs."""
+    """Start a local swarm of peer processes on 127.0.0.1, show live progress, write the run's outputs.
+    With --dashboard, also serve a live web page of the peers (followed through their statuses)."""
     try:
         # the peers import the plugins from the config the swarm writes for them (its `plugins`)
         cfg = load_config(config, [*(overrides or []), *([f"peers={peers}"] if peers else [])], plugin)
@@ -201,7 +218,11 @@ def launch(
         staging = staging_dir(out)
     except NETWORK_ERRORS as err:
         raise fail(err) from None
+    from ppaia.cli.dashboard import linger, serve  # here: cli.dashboard imports cli.main, which imports this
+
     swarm = Swarm(cfg, staging, synchronous=not asynchronous)
+    addresses = [(HOST, port) for port in swarm.ports]
+    board = serve(SwarmSource(addresses, cfg), dashboard_port) if dashboard else None
     started = time.monotonic()
     swarm.start()
     try:
@@ -223,6 +244,8 @@ def launch(
             console.line()
     except BaseException:
         swarm.stop()
+        if board is not None:
+            board.stop()
         console.print(f"peer logs kept in {staging}/peers")
         raise
     failed = {i: code for i, code in codes.items() if code != 0}
@@ -232,11 +255,14 @@ def launch(
         ("seconds in rounds (slowest peer: train + mix)", f"{result.final['wall_s']:.2f}"),
     ]
     console.print(summary_table(result, out, timing))
+    console.print(f"report: {write_report([out])}", highlight=False, soft_wrap=True)
     for index, problems in sorted(swarm.damaged.items()):  # counted with its last model that verifies
         for problem in problems:
             console.print(f"[bold yellow]peer {index}: checkpoint refused:[/] {escape(f'{out}/{problem}')}")
     if failed:
         console.print(f"[bold red]peers that failed:[/] {failed} (logs in {out}/peers/<i>/peer.log)")
+    if board is not None:
+        linger(board, dashboard_linger)
     if failed or swarm.damaged:
         raise typer.Exit(code=1)
 

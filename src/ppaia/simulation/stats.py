@@ -8,6 +8,7 @@ tables print ``n=1`` instead of a misleading ``± 0``.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -43,5 +44,10 @@ def estimate(values: Sequence[float]) -> Estimate:
     if len(values) == 1:
         return Estimate(1, mean, math.nan, math.nan)
     sd = statistics.stdev(values)
-    quantile = float(student_t.ppf((1 + CONFIDENCE) / 2, len(values) - 1))
-    return Estimate(len(values), mean, sd, quantile * sd / math.sqrt(len(values)))
+    return Estimate(len(values), mean, sd, _quantile(len(values) - 1) * sd / math.sqrt(len(values)))
+
+
+@functools.cache
+def _quantile(df: int) -> float:
+    """Student's t quantile of the 95% interval (cached: a sweep's curves ask it at every round)."""
+    return float(student_t.ppf((1 + CONFIDENCE) / 2, df))

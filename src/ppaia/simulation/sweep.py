@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import functools
 import itertools
 import json
 import re
@@ -42,7 +43,8 @@ from rich.progress import (
 )
 
 from ppaia.config import ConfigError, ExperimentConfig, format_validation_error, parse_value, set_field
-from ppaia.simulation.engine import RunResult, Simulation
+from ppaia.simulation.engine import RunResult
+from ppaia.simulation.executors import Executor, LocalExecutor, RunFailure
 from ppaia.simulation.plots import Band, band_plot
 from ppaia.simulation.report import describe, write_outputs
 from ppaia.simulation.stats import estimate
@@ -52,11 +54,15 @@ __all__ = [
     "CURVES",
     "SPEC_FILE",
     "Status",
+    "SweepFailed",
     "SweepResult",
     "SweepRun",
     "SweepSpec",
+    "cell_label",
+    "outcome",
     "parse_grid_option",
     "pending",
+    "read_run",
     "run_folders",
     "summarise",
     "sweep",
@@ -212,7 +218,7 @@ class SweepResult:
         groups: dict[str, list[list[dict[str, float]]]] = defaultdict(list)
         for run, history in zip(self.runs, self.histories, strict=True):
             if run["status"] is Status.COMPLETED and all(metric in row for row in history):
-                groups[", ".join(f"{key}={run[key]}" for key in self.keys if key in run)].append(history)
+                groups[cell_label(self.keys, run)].append(history)
         curves = {}
         for label, histories in groups.items():
             by_round: dict[float, list[float]] = defaultdict(list)
@@ -221,8 +227,13 @@ class SweepResult:
                     by_round[row["round"]].append(row[metric])
             rounds = [round_ for round_, values in by_round.items() if len(values) == len(histories)]
             estimates = [estimate(by_round[round_]) for round_ in rounds]
-            curves[label or "base"] = Band(rounds, [e.mean for e in estimates], [e.ci95 for e in estimates])
+            curves[label] = Band(rounds, [e.mean for e in estimates], [e.ci95 for e in estimates])
         return curves
+
+
+def cell_label(keys: Sequence[str], run: Mapping[str, Any]) -> str:
+    """A run's grid cell as a legend names it: ``key=value, ...`` (``base`` for a sweep without a grid)."""
+    return ", ".join(f"{key}={run[key]}" for key in keys if key in run) or "base"
 
 
 @dataclass(frozen=True)
@@ -268,7 +279,15 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9.,=+-]+")
 
 def pending(runs: list[SweepRun], out: Path | None) -> list[bool]:
     """Which runs still have to run: all without `out`, else those whose folder is not complete."""
-    return [out is None or _read_run(out / folder) is None for folder in run_folders(runs)]
+    return [out is None or read_run(out / folder) is None for folder in run_folders(runs)]
+
+
+class SweepFailed(Exception):
+    """Runs of a sweep that raised; the sweep ran all its others (and, given a folder, kept them)."""
+
+    def __init__(self, failures: list[tuple[SweepRun, RunFailure]], total: int) -> None:
+        self.failures = failures
+        super().__init__(f"{len(failures)} of {total} runs failed")
 
 
 def sweep(
@@ -279,35 +298,53 @@ def sweep(
     out: Path | None = None,
     spec: SweepSpec | None = None,
     plots: bool = True,
+    executor: Executor | None = None,
 ) -> SweepResult:
     """Run every sweep run; summarise each metric's mean, sample std and 95% CI over each cell's seeds.
 
     With `out`, each run's outputs are written to its :func:`run_folders` folder inside `out` as soon as
     it ends, exactly as ``ppaia run`` writes them; a run whose folder is already complete (an earlier,
     interrupted sweep) is read back instead of run again, and a partial one is run again. `spec` (the
-    spec of `runs`) is saved into `out` just before the first run's folder is written: a sweep whose first
-    run fails (a config error only its set-up finds) leaves nothing behind, and one that has kept a run can
-    always be resumed. Without `plots`, run folders hold every file but the images.
+    spec of `runs`) is saved into `out` just before the first run's folder is written: a sweep whose runs
+    all fail (a config error only their set-up finds) leaves nothing behind, and one that has kept a run
+    can always be resumed. Without `plots`, run folders hold every file but the images.
+
+    The runs still to run go to `executor` (default: one after another in this process; see
+    :mod:`ppaia.simulation.executors`), which may end them in any order; the tables keep the order of
+    `runs`. A run that raises does not stop the others: once they have ended, :class:`SweepFailed` names
+    every failed run (no folder is written for it, so resuming runs it again).
     """
     keys = list(dict.fromkeys(key for run in runs for key in run.cell))
-    finals, histories = [], []
-    for run, folder in zip(runs, run_folders(runs), strict=True):
-        path = None if out is None else out / folder
-        done = None if path is None else _read_run(path)
-        if done is None:
-            result = Simulation(run.config).run(None if on_round is None else lambda _r, _row: on_round())
-            if path is not None:
+    folders = run_folders(runs)
+    done = {}
+    for index, folder in enumerate(folders if out is not None else ()):
+        kept = read_run(out / folder)
+        if kept is not None:
+            done[index] = kept
+    todo = [index for index in range(len(runs)) if index not in done]
+    failures = []
+    with executor or LocalExecutor() as running:
+        for position, ended in running.execute([runs[index] for index in todo], on_round):
+            index = todo[position]
+            if isinstance(ended, RunFailure):
+                failures.append((index, ended))
+                continue
+            if out is not None:
                 if spec is not None:
                     spec.save(out)
                     spec = None
-                _clear(path)
-                write_outputs(result, path, plots=plots)
+                _clear(out / folders[index])
+                write_outputs(ended, out / folders[index], plots=plots)
             if on_run is not None:
-                on_run(run, result)
-            done = result.summary(), result.history
-        summary, history = done
+                on_run(runs[index], ended)
+            done[index] = ended.summary(), ended.history
+    if failures:
+        raise SweepFailed([(runs[index], failure) for index, failure in sorted(failures)], len(runs))
+    finals, histories = [], []
+    for index, (run, folder) in enumerate(zip(runs, folders, strict=True)):
+        summary, history = done[index]
         place = {} if out is None else {"folder": folder}
-        finals.append({**_labels(run.cell), "seed": run.seed, **place, **_outcome(summary, metrics)})
+        finals.append({**_labels(run.cell), "seed": run.seed, **place, **outcome(summary, metrics)})
         histories.append(history)
     varied = {key.partition(".")[0] for key in keys}
     described = describe(runs[0].config, runs[0].config.peers, varied) if runs else ""
@@ -353,6 +390,7 @@ def sweep_with_progress(
     out: Path | None = None,
     spec: SweepSpec | None = None,
     plots: bool = True,
+    executor: Executor | None = None,
 ) -> SweepResult:
     """:func:`sweep` with one rich progress bar over every round of every run still to run."""
     columns = (
@@ -366,10 +404,11 @@ def sweep_with_progress(
     with Progress(*columns, console=console) as progress:
         total = sum(run.config.rounds for run, due in zip(runs, todo, strict=True) if due)
         task = progress.add_task("sweep", total=total)
-        return sweep(runs, metrics, lambda: progress.advance(task), on_run, out=out, spec=spec, plots=plots)
+        advance = functools.partial(progress.advance, task)
+        return sweep(runs, metrics, advance, on_run, out=out, spec=spec, plots=plots, executor=executor)
 
 
-def _read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, float]]] | None:
+def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, float]]] | None:
     """A complete run folder's summary and per-round history (its numeric values), or None if the folder
     is missing, partial, or holds files that do not parse as a run's (then the run is run again)."""
     try:
@@ -412,7 +451,7 @@ def _labels(cell: dict[str, Any]) -> dict[str, str]:
     return {key: _label(value) for key, value in cell.items()}
 
 
-def _outcome(summary: Mapping[str, Any], metrics: tuple[str, ...]) -> dict[str, Any]:
+def outcome(summary: Mapping[str, Any], metrics: tuple[str, ...]) -> dict[str, Any]:
     """A run's status and final metrics from its summary (``summary.json``), or where it diverged (its
     last metrics are not comparable)."""
     if summary.get("diverged") is not None:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["CAPTION", "latex_table", "markdown_table"]
+__all__ = ["CAPTION", "latex_table", "markdown_table", "table_rows"]
 
 MISSING = "–"  # a metric no seed of the cell completed
 
@@ -38,7 +38,7 @@ _LATEX_SPECIAL = {
 Entry = str | tuple[str, ...]  # text (a label, a count, a dash) or numbers: (mean,) or (mean, half-width)
 
 
-def _rows(
+def table_rows(
     keys: Sequence[str], metrics: Sequence[str], cells: Sequence[Mapping[str, Any]]
 ) -> tuple[list[str], list[list[Entry]]]:
     """Header and rows; numbers in %.4g. Cells as :func:`ppaia.simulation.sweep.summarise` makes them, or
@@ -69,7 +69,7 @@ def _value(cell: Mapping[str, Any], column: str) -> float:
 
 def markdown_table(keys: Sequence[str], metrics: Sequence[str], cells: Sequence[Mapping[str, Any]]) -> str:
     """A GitHub-flavoured Markdown table with the caption above it."""
-    header, rows = _rows(keys, metrics, cells)
+    header, rows = table_rows(keys, metrics, cells)
 
     def line(entries: Sequence[Entry]) -> str:
         texts = (entry if isinstance(entry, str) else " ± ".join(entry) for entry in entries)
@@ -81,7 +81,7 @@ def markdown_table(keys: Sequence[str], metrics: Sequence[str], cells: Sequence[
 
 def latex_table(keys: Sequence[str], metrics: Sequence[str], cells: Sequence[Mapping[str, Any]]) -> str:
     """A ``table`` with a booktabs ``tabular`` (``\\usepackage{booktabs}``) and the caption."""
-    header, rows = _rows(keys, metrics, cells)
+    header, rows = table_rows(keys, metrics, cells)
     columns = "l" * len(keys) + "r" * (len(header) - len(keys))
     caption = _escape(CAPTION).replace("±", r"$\pm$").replace("n − 1", "$n-1$")
     lines = [
