@@ -32,6 +32,7 @@ lint: $(STAMP)
 
 bench: $(STAMP) $(DEVCHAIN)
 	$(PY) benchmarks/sim_speed.py
+	$(PY) benchmarks/eval_scale.py
 	$(PY) benchmarks/ledger_throughput.py
 	$(PY) benchmarks/net_transfer.py
 	$(PY) benchmarks/dht_lookup.py

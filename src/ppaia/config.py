@@ -140,6 +140,12 @@ class ExperimentConfig(BaseModel):
     optimizer: OptimizerField = Field(default="sgd", description="sgd(momentum, weight_decay) or adam(...)")
     eval_every: int = Field(default=1, ge=1, description="evaluate every this many rounds (and the last)")
     eval_local_phase: bool = Field(default=False, description="also evaluate right after local training")
+    eval_peers: int | None = Field(
+        default=None,
+        ge=2,
+        description="estimate each evaluated round but the last from this many peers drawn at random "
+        "(metrics.csv gives the standard errors); none: every peer, exactly",
+    )
     attack: AttackField | None = Field(default=None, description="what Byzantine peers do")
     attackers: Annotated[float, Field(ge=0, lt=1)] | list[Annotated[int, Field(ge=0)]] = Field(
         default=0.0, description="share of peers that attack (chosen by seed), or the attackers' peer ids"

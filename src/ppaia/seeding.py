@@ -37,6 +37,7 @@ class Stream(enum.IntEnum):
     PRIVACY = 9
     FISHER = 10
     DROPOUT = 11
+    EVALUATION = 12
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:

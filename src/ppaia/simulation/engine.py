@@ -31,14 +31,41 @@ from ppaia.learning.ewc import Anchor
 from ppaia.learning.local import PrivateSteps
 from ppaia.privacy import PrivateTraining
 from ppaia.rules import RoundContext, RoundPlan, apply_plan
-from ppaia.simulation.metrics import METRIC_COLUMNS, local_phase, metrics_row, nonfinite_peers
+from ppaia.simulation.metrics import (
+    METRIC_COLUMNS,
+    evaluated_peers,
+    local_phase,
+    metrics_row,
+    nonfinite_peers,
+    sampling_error,
+)
 
-__all__ = ["METRIC_COLUMNS", "Divergence", "Phase", "RunResult", "Simulation", "measure", "run"]
+__all__ = ["METRIC_COLUMNS", "Divergence", "Phase", "RoundView", "RunResult", "Simulation", "measure", "run"]
 
 BYTES_PER_VALUE = 4  # models travel as float32
 PEERS_SHOWN = 10  # peers listed by name in a divergence message
 
 RoundCallback = Callable[[int, dict[str, float] | None], None]
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """What a round computed, for an observer that shows a run as it goes (``ppaia run --dashboard``):
+    references to values the round computed anyway, nothing computed for it. `trainers` is the mask of
+    peers that trained (None in round 0, the initial models); `row`, `accuracy`, `loss` and `state` (the
+    rule's snapshot and the ε spent, as the run's `snapshots` keep them) are None / empty in a round
+    that is not evaluated."""
+
+    round: int
+    plan: RoundPlan
+    trainers: torch.Tensor | None
+    row: dict[str, float] | None = None
+    accuracy: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+RoundObserver = Callable[[RoundView], None]
 
 
 class Phase(enum.StrEnum):
@@ -147,8 +174,9 @@ class Simulation:
         """Per-peer test accuracy and loss, on the whole test set or on one task's classes."""
         return self.setup.evaluate(params, task)
 
-    def run(self, on_round: RoundCallback | None = None) -> RunResult:
-        """Run every round; `on_round(round, metrics or None)` is called after each one."""
+    def run(self, on_round: RoundCallback | None = None, observe: RoundObserver | None = None) -> RunResult:
+        """Run every round; `on_round(round, metrics or None)` is called after each one, and `observe`
+        with the round's :class:`RoundView`."""
         setup = self.setup
         cfg, params, honest = self.config, setup.params.clone(), setup.honest
         self.rule.reset(self.n_peers)
@@ -162,6 +190,8 @@ class Simulation:
         first, accuracy, loss = self.measure(0, params, history, privacy)
         first |= {"bytes_sent": total, "bytes_cumulative": total}
         history.append(first | (local_phase(accuracy, honest) if local else {}))
+        if observe is not None:
+            observe(RoundView(0, RoundPlan(), None, history[0], accuracy, loss))
         divergence = None
         started = time.perf_counter()
         for round_ in range(1, cfg.rounds + 1):
@@ -170,7 +200,8 @@ class Simulation:
             ctx = round_context(setup, round_)
             plan = self.rule.plan(ctx)
             params = self.rule.prepare(params, plan, ctx)
-            params, held = phase.train(params, round_, phase.trainers(plan.trainers, round_))
+            trainers = phase.trainers(plan.trainers, round_)
+            params, held = phase.train(params, round_, trainers)
             if divergence := self._divergence(round_, Phase.TRAINING, params):
                 break
             after_training = local_phase(self.evaluate(params)[0], honest) if local and evaluating else {}
@@ -179,10 +210,11 @@ class Simulation:
                 break
             sent = plan.models_sent() * model_bytes
             total += sent
-            row = None
+            row, state = None, {}
             if evaluating:
                 row, evaluated_accuracy, evaluated_loss = self.measure(round_, params, history, privacy)
-                if divergence := self._divergence(round_, Phase.EVALUATION, evaluated_loss):
+                drawn = evaluated_peers(cfg, self.n_peers, round_)  # NaN for the others is no divergence
+                if divergence := self._divergence(round_, Phase.EVALUATION, evaluated_loss, drawn):
                     break
                 accuracy, loss = evaluated_accuracy, evaluated_loss
                 row |= after_training | plan.info
@@ -192,12 +224,16 @@ class Simulation:
                     "wall_s": time.perf_counter() - started,
                 }
                 history.append(row)
-                for name, value in self.rule.snapshot().items():
-                    snapshots.setdefault(name, []).append((round_, value.clone()))
+                state = {name: value.clone() for name, value in self.rule.snapshot().items()}
                 if privacy is not None:
-                    snapshots.setdefault("epsilon", []).append((round_, privacy.epsilon()))
+                    state["epsilon"] = privacy.epsilon()
+                for name, value in state.items():
+                    snapshots.setdefault(name, []).append((round_, value))
             if on_round is not None:
                 on_round(round_, row)
+            if observe is not None:
+                evaluated = (accuracy, loss) if row is not None else (None, None)
+                observe(RoundView(round_, plan, trainers, row, *evaluated, state))
         events = [] if privacy is None else privacy.events
         return RunResult(
             cfg,
@@ -215,9 +251,13 @@ class Simulation:
             divergence,
         )
 
-    def _divergence(self, round_: int, phase: Phase, values: torch.Tensor) -> Divergence | None:
-        """A divergence if some honest peer's row of `values` (parameters or losses) is not finite."""
-        peers = nonfinite_peers(values, self.setup.honest)
+    def _divergence(
+        self, round_: int, phase: Phase, values: torch.Tensor, among: torch.Tensor | None = None
+    ) -> Divergence | None:
+        """A divergence if some honest peer's row of `values` (parameters or losses) is not finite; only
+        the peers of mask `among`, when given, are looked at."""
+        honest = self.setup.honest if among is None else self.setup.honest & among
+        peers = nonfinite_peers(values, honest)
         return Divergence(round_, phase, peers) if peers else None
 
     def measure(
@@ -238,14 +278,23 @@ def measure(
     privacy: PrivateTraining | None,
     evaluate: Callable[[torch.Tensor, int | None], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """An evaluated round's metrics (the caller adds bytes and time) and each peer's accuracy and loss."""
+    """An evaluated round's metrics (the caller adds bytes and time) and each peer's accuracy and loss
+    (NaN for the peers that `eval_peers` left out of the round: :func:`evaluated_peers`)."""
     evaluate = evaluate or setup.evaluate
-    accuracy, loss = evaluate(params, None)
     honest, schedule = setup.honest, setup.schedule
-    row = metrics_row(round_, accuracy, loss, params, honest, 0, 0, 0.0)
+    drawn = evaluated_peers(setup.config, setup.n_peers, round_)
+    rows, drawn_honest = (params, honest) if drawn is None else (params[drawn], honest[drawn])
+    accuracy, loss = evaluate(rows, None)
+    if drawn is not None:
+        accuracy, loss = (
+            v.new_full(drawn.shape, torch.nan).masked_scatter_(drawn, v) for v in (accuracy, loss)
+        )
+    row = metrics_row(round_, accuracy, loss, params, honest, 0, 0, 0.0, drawn)
+    if setup.config.eval_peers is not None:
+        row |= sampling_error(accuracy, loss, honest, drawn)
     if schedule:
         for task in range(len(schedule.tasks)):
-            row[f"task{task}_acc"] = evaluate(params, task)[0][honest].mean().item()
+            row[f"task{task}_acc"] = evaluate(rows, task)[0][drawn_honest].mean().item()
         row["forgetting"] = forgetting([*history, row], schedule.task_of(max(round_, 1)))
     if privacy is not None:
         epsilon = privacy.epsilon()

@@ -69,9 +69,9 @@ class ReferenceSimulation(Simulation):
         if task is not None:
             mask = self.setup.schedule.test_masks(y)[task]
             x, y = x[mask], y[mask]
-        accuracy, loss = torch.zeros(self.n_peers), torch.zeros(self.n_peers)
-        for peer, module in enumerate(self.modules):
-            logits = self.setup.layout.load(module, params[peer])(x)
-            accuracy[peer] = (logits.argmax(1) == y).float().mean()
-            loss[peer] = F.cross_entropy(logits, y)
+        accuracy, loss = torch.zeros(len(params)), torch.zeros(len(params))
+        for row, flat in enumerate(params):  # every peer's, or those `eval_peers` drew
+            logits = self.setup.layout.load(self.modules[row], flat)(x)
+            accuracy[row] = (logits.argmax(1) == y).float().mean()
+            loss[row] = F.cross_entropy(logits, y)
         return accuracy, loss
