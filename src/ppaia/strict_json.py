@@ -1,4 +1,5 @@
-"""JSON from untrusted bytes, parsed within bounds: the wire's messages and safetensors headers.
+"""JSON from untrusted bytes, parsed within bounds: the wire's messages, safetensors headers and the JSON
+files of run folders (which a report, a dashboard or a resumed sweep reads, whoever put them there).
 
 Python's parser recurses (in C) once per level of nesting, so deep input is refused from a cheap scan
 before it is parsed; it also keeps the last of repeated keys silently (two readers could then see two
@@ -21,13 +22,15 @@ _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
-def loads(text: str, max_depth: int) -> Any:
+def loads(text: str, max_depth: int, *, constants: bool = False) -> Any:
     """The JSON value in `text`; ValueError if it is not JSON, nests arrays and objects deeper than
-    `max_depth`, repeats a key within an object or holds NaN or an infinity."""
+    `max_depth`, repeats a key within an object or holds NaN or an infinity (unless `constants`: what
+    Python's own writer puts for them, as in a run's summary.json)."""
     if _too_deep(text, max_depth):
         raise ValueError(f"nested deeper than {max_depth} levels")
+    parse_constant = float if constants else _reject_constant
     try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        return json.loads(text, parse_constant=parse_constant, object_pairs_hook=_unique_keys)
     except RecursionError:  # only if the caller's stack was already nearly full
         raise ValueError("nested too deeply for the stack") from None
 

@@ -491,3 +491,32 @@ def test_a_round_whose_models_do_not_come_is_not_measured_and_the_page_says_why(
     assert any(
         "round 3: not computed: 0 of 2 models came (bad_tensors ×1, not_ready ×1)" in n for n in view.notes
     )
+
+
+def test_flobc_releases_are_listed_with_their_committees_votes_and_the_trainers_scores(tmp_path):
+    """Each ledger event of a FLoBC run says what its release's committee decided (updates accepted,
+    each candidate's votes) and the highest scores after it, as the rule computed them that round."""
+    config = {"peers": 8, "rounds": 4, "rule": "flobc(validators=3)", "holdout": 0.2, "partition": "iid"}
+    simulation = ppaia.Simulation(ppaia.ExperimentConfig.model_validate(config))
+    recorder = RoundRecorder(tmp_path / RECORD_FILE, simulation)
+    committees = {}
+
+    def observe(view) -> None:
+        recorder.record(view)
+        committees[view.round] = simulation.rule.last_round
+
+    simulation.run(observe=observe)
+    recorder.close(out=tmp_path)
+    source = RunSource(tmp_path)
+    source.read()
+    events = {event.round: event.text for event in source.view().ledger}
+    assert sorted(events) == [1, 2, 3, 4]
+    for round_, text in events.items():
+        last = committees[round_]
+        votes = last.votes.sum(0).tolist()
+        accepted = int(last.accepted.sum())
+        assert f"{accepted} of {len(votes)} updates accepted" in text
+        listed = ", ".join(f"{int(peer)}: {v}" for peer, v in zip(last.trainers.tolist(), votes, strict=True))
+        assert f"votes for (peer: validators) {listed}" in text
+        best = int(last.scores.argmax())  # scores of the trainers, in `trainers` order
+        assert f"highest scores peer {int(last.trainers[best])} " in text

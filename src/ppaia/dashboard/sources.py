@@ -42,7 +42,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from ppaia import codec
+from ppaia import codec, strict_json
 from ppaia.config import ExperimentConfig
 from ppaia.dashboard.views import (
     Curves,
@@ -78,6 +78,7 @@ from ppaia.simulation.live import (
     finite,
     read_record,
 )
+from ppaia.simulation.sweep import SUMMARY_DEPTH
 
 __all__ = [
     "CURVE_KEYS",
@@ -103,6 +104,8 @@ CURVE_KEYS = (
     "epsilon_max",
 )
 LEDGER_SHOWN = 200  # ledger events listed at most (the newest)
+COMMITTEE = ("accepted", "approvals", "score")  # FLoBC's per-peer record of a release
+LISTED_VOTES = 12  # candidates whose votes a ledger event lists at most
 MAX_PROBLEMS = 20  # problems listed at most
 POLL_S = 0.5  # how often a swarm's statuses are asked, and a run's record file is read
 STATUS_TIMEOUT_S = 1.0
@@ -363,7 +366,7 @@ class Timeline:
 
     def _ledger(self, r: int) -> list[LedgerEvent]:
         """FLoBC's releases (a rule on a simulated clock reports its release time, contributors and
-        staleness per version)."""
+        staleness per version), each with its committee's votes and the scores after it."""
         events = []
         for round_ in self.metrics.rounds:
             row = self.metrics.values[round_]
@@ -374,8 +377,26 @@ class Timeline:
                 parts.append(f"{row['contributors']:.0f} contributors")
             if row.get("staleness_mean") is not None:
                 parts.append(f"mean staleness {row['staleness_mean']:.2f}")
+            parts += self._committee(round_)
             events.append(LedgerEvent(round=round_, text=" · ".join(parts)))
         return events[-LEDGER_SHOWN:]
+
+    def _committee(self, round_: int) -> list[str]:
+        """The validator committee's votes on release `round_` and the trainers' scores after it (FLoBC's
+        `accepted`, `approvals` and `score` per peer), where the run recorded them for that round."""
+        at = {name: self.values[name].values.get(round_) for name in COMMITTEE if name in self.values}
+        accepted, approvals, score = (at.get(name) for name in COMMITTEE)
+        parts = []
+        if accepted is not None and (voted := ~np.isnan(accepted)).any():
+            parts.append(f"{int(np.nansum(accepted))} of {int(voted.sum())} updates accepted")
+            if approvals is not None:
+                votes = [f"{peer}: {approvals[peer]:.0f}" for peer in np.flatnonzero(voted)[:LISTED_VOTES]]
+                more = " …" if voted.sum() > LISTED_VOTES else ""
+                parts.append(f"votes for (peer: validators) {', '.join(votes)}{more}")
+        if score is not None and (known := ~np.isnan(score)).any():
+            best = sorted(np.flatnonzero(known), key=lambda peer: -score[peer])[:3]
+            parts.append("highest scores " + ", ".join(f"peer {peer} {score[peer]:.3f}" for peer in best))
+        return parts
 
 
 def _trust_links(
@@ -438,7 +459,7 @@ def records_of_folder(folder: Path) -> list[RunStart | RoundRecord | RunEnd]:
     and the per-round state series (`<name>.csv`: round, peer[, partner], value). RecordFileError if
     it is not a run folder."""
     try:
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = strict_json.loads((folder / "summary.json").read_text(), SUMMARY_DEPTH, constants=True)
         config_text = (folder / "config.toml").read_text()
         table = tomllib.loads(config_text)
         metrics = _csv_rows(folder / "metrics.csv")

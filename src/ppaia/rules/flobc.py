@@ -169,8 +169,16 @@ class FLoBC(CooperationRule):
         self._releases, self._versions, self._last = [], {}, None
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        """Each trainer's score (NaN for validators)."""
-        return {"score": self._scores.clone()}
+        """Each trainer's score (NaN for validators), and the last release's committee outcome per peer:
+        `approvals` the validators that voted for its update and `accepted` 1 or 0 (both NaN for a peer
+        that sent none): what a ledger records of a release, and the dashboard lists as its events."""
+        n, last = self._scores.numel(), self._last
+        approvals = torch.full((n,), float("nan"), dtype=torch.float64)
+        accepted = approvals.clone()
+        if last is not None:
+            approvals[last.trainers] = last.votes.sum(0).double()
+            accepted[last.trainers] = last.accepted.double()
+        return {"score": self._scores.clone(), "approvals": approvals, "accepted": accepted}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``score``: each trainer's score over peer ids (0 for validators, which have none: every value is

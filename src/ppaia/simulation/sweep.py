@@ -19,7 +19,6 @@ import csv
 import enum
 import functools
 import itertools
-import json
 import re
 import shutil
 import tomllib
@@ -42,6 +41,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ppaia import strict_json
 from ppaia.config import ConfigError, ExperimentConfig, format_validation_error, parse_value, set_field
 from ppaia.simulation.engine import RunResult
 from ppaia.simulation.executors import Executor, LocalExecutor, RunFailure
@@ -408,11 +408,16 @@ def sweep_with_progress(
         return sweep(runs, metrics, advance, on_run, out=out, spec=spec, plots=plots, executor=executor)
 
 
+SUMMARY_DEPTH = 32  # a summary.json nests a few levels (provenance); deeper is not one ppaia wrote
+
+
 def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, float]]] | None:
     """A complete run folder's summary and per-round history (its numeric values), or None if the folder
     is missing, partial, or holds files that do not parse as a run's (then the run is run again)."""
     try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        summary = strict_json.loads(
+            (folder / "summary.json").read_text(encoding="utf-8"), SUMMARY_DEPTH, constants=True
+        )
         with open(folder / "metrics.csv", newline="", encoding="utf-8") as handle:
             history = [_numbers(row) for row in csv.DictReader(handle)]
     except (OSError, ValueError, RecursionError, csv.Error):
