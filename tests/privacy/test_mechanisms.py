@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from ppaia import ExperimentConfig
 from ppaia.learning import OPTIMIZERS, BatchedTrainer, LocalData, ParamLayout, epoch_order
+from ppaia.learning.dropout import dropout_keys
 from ppaia.learning.local import PrivateSteps, clip_rows
 from ppaia.learning.models import MODELS
 from ppaia.privacy import PRIVACY, UpdateDP
@@ -38,7 +39,8 @@ def one_private_gradient(trainer, params, private):
     data = trainer.data
     order = epoch_order(data.counts, data.ids, trainer.seed, 1, 0)
     rows = torch.arange(params.shape[0])
-    return trainer._private_gradients(params, rows, data.counts, data.table, order, (1, 0, 0), private)
+    masks = dropout_keys(trainer.seed, 1, 0, 0, data.ids[rows])  # (no dropout here: the keys go unused)
+    return trainer._private_gradients(params, rows, data.counts, data.table, order, (1, 0, 0), masks, private)
 
 
 # --- clipping ------------------------------------------------------------------------------------------
@@ -137,7 +139,8 @@ def test_dp_sgd_gradient_is_the_mean_of_per_sample_gradients_each_clipped_to_c()
 
     # the trainer's own (vmapped) per-sample gradients are autograd's, and clipped they are all within C
     samples = trainer.data.table[:, :12].clamp(max=trainer.data.x.shape[0] - 1)
-    batched = trainer._sample_grads(start, trainer.data.x[samples], trainer.data.y[samples])
+    keys, places = dropout_keys(trainer.seed, 1, 0, 0, trainer.data.ids), torch.arange(samples.shape[1])
+    batched = trainer._sample_grads(start, trainer.data.x[samples], trainer.data.y[samples], keys, places)
     for peer, count in enumerate(counts):
         torch.testing.assert_close(batched[peer, :count], reference[peer], rtol=1e-4, atol=1e-6)
     assert (clip_rows(batched, clip).norm(dim=-1) <= clip * (1 + 1e-5)).all()
@@ -189,8 +192,9 @@ def test_poisson_batches_have_size_b_on_average_and_vary():
     sizes = []
     for step in range(steps):
         keys = (1, 0, step)  # round, epoch, step: a fresh Poisson batch each
+        masks = dropout_keys(trainer.seed, *keys, data.ids)
         grads = trainer._private_gradients(
-            params, torch.arange(4), data.counts, data.table, None, keys, private
+            params, torch.arange(4), data.counts, data.table, None, keys, masks, private
         )
         expected = torch.tensor([batch_size, batch_size, batch_size, 5.0])  # the denominator: rate · n
         sizes.append(-grads[:, bias] * expected / 0.9)
