@@ -58,9 +58,9 @@ def test_run_dashboard_shows_every_peer_and_the_round_advances_while_it_runs(tmp
         url = run.url(timeout=60)
         with browser_page() as page:
             page.goto(url)
-            wait_until(lambda: counter(page)[1] == 16 and len(rows(page)) == 16, 20, "16 peers on the page")
+            wait_until(lambda: counter(page)[1] == 16 and len(rows(page)) == 16, 60, "16 peers on the page")
             first, _ = counter(page)
-            wait_until(lambda: counter(page)[0] > first, 15, f"the round counter to move past {first}")
+            wait_until(lambda: counter(page)[0] > first, 60, f"the round counter to move past {first}")
             assert run.popen.poll() is None, "the run ended before the page showed it running"
             status = page.text_content("#status")
             assert status.startswith("running"), status
