@@ -18,7 +18,16 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from ppaia.plugins import load_installed
 
-__all__ = ["INT64_MAX", "Component", "Registry", "SpecError", "fits_int64", "parse_spec", "spec_to_table"]
+__all__ = [
+    "INT64_MAX",
+    "Component",
+    "Registry",
+    "SpecError",
+    "fits_int64",
+    "parse_spec",
+    "spec_to_table",
+    "split_arguments",
+]
 
 INT64_MAX = 2**63 - 1
 
@@ -114,8 +123,9 @@ def _value(source: str, text: str, key: str = "") -> Any:
     )
 
 
-def _arguments(inner: str, text: str) -> list[str]:
-    """`inner` (what is between a spec's parentheses) cut at its top-level commas."""
+def split_arguments(inner: str, text: str) -> list[str]:
+    """`inner` (what is between a spec's parentheses, or a list of values) cut at its top-level commas,
+    outside quotes and brackets; `text` is what an error quotes."""
     parts, depth, quote, start, escaped = [], 0, "", 0, False
     for i, char in enumerate(inner):
         if quote:
@@ -162,7 +172,7 @@ def parse_spec(text: str) -> dict[str, Any]:
     table: dict[Any, Any] = {"name": name}
     if inner is None:
         return table
-    for index, argument in enumerate(_arguments(inner, text)):
+    for index, argument in enumerate(split_arguments(inner, text)):
         if argument.startswith("*"):
             raise SpecError(f"{text!r}: * and ** arguments are not supported; write each option out")
         named = _KEYWORD.fullmatch(argument)

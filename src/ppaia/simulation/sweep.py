@@ -43,6 +43,7 @@ from rich.progress import (
 
 from ppaia import strict_json
 from ppaia.config import ConfigError, ExperimentConfig, format_validation_error, parse_value, set_field
+from ppaia.registry import SpecError, split_arguments
 from ppaia.simulation.engine import RunResult
 from ppaia.simulation.executors import Executor, LocalExecutor, RunFailure
 from ppaia.simulation.plots import Band, band_plot
@@ -88,34 +89,20 @@ class Status(enum.StrEnum):
     DIVERGED = "diverged"
 
 
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas that are not inside brackets, parentheses or quotes."""
-    items, depth, quote, current = [], 0, "", []
-    for char in text:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == "," and depth == 0:
-            items.append("".join(current).strip())
-            current = []
-            continue
-        current.append(char)
-    items.append("".join(current).strip())
-    return [item for item in items if item]
-
-
 def parse_grid_option(option: str) -> tuple[str, list[Any]]:
     """``key=v1,v2`` or ``key=[v1, v2]`` (TOML list) → (key, values)."""
     key, sep, text = option.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--grid {option!r}: expected key=value1,value2,...")
     value = parse_value(text.strip())
-    values = value if isinstance(value, list) else [parse_value(item) for item in _split_top_level(text)]
+    try:
+        values = (
+            value
+            if isinstance(value, list)
+            else [parse_value(item) for item in split_arguments(text, option)]
+        )
+    except SpecError as err:
+        raise ConfigError(f"--grid {err}") from None
     if not values:
         raise ConfigError(f"--grid {option!r}: no values")
     return key.strip(), values
