@@ -12,7 +12,8 @@ and, for every trimmed mean in the rules, how many honest peers' closed neighbou
 hold more attackers than the rule trims at each end: where they do, theory says the trimmed mean can fail.
 Writes runs.csv and sweep.csv (as ``ppaia sweep`` does) and, with --markdown, the tables.
 
-The sweep runs one config after another (there are no parallel workers): run slices in separate processes
+The sweep runs one config after another (there are no parallel workers) and keeps each run's folder in
+--out as it ends, so the same command resumes an interrupted grid. Run slices in separate processes
 (e.g. --rules or --graphs, each with its own --out; a cell two slices ran is kept once), then
 ``--merge DIR ...`` reads their sweep.csv and runs.csv, writes the union to --out and prints the tables.
 Rule specs are passed through, so any registered rule can be named.
@@ -216,7 +217,10 @@ def main() -> None:
     args = parser.parse_args()
     args.shares = sorted(float(share) for share in args.shares)
 
-    result = merged(args.merge) if args.merge else sweep_with_progress(grid_runs(args))
+    if args.merge:
+        result = merged(args.merge)
+    else:  # each run's folder is kept in --out as it ends: the same command again resumes an interrupted grid
+        result = sweep_with_progress(grid_runs(args), out=args.out, plots=False)
     if args.merge:  # the seeds the slices ran (always 0, 1, ...)
         args.seeds = len({run["seed"] for run in result.runs})
     result.write(args.out)
