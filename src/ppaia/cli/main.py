@@ -441,6 +441,7 @@ def list_components(plugin: PluginOption = None) -> None:
 
 
 from ppaia.cli import dashboard as _dashboard  # noqa: E402, F401  (registers dashboard on `app`)
+from ppaia.cli import ledger as _ledger  # noqa: E402, F401  (registers the `ledger` commands on `app`)
 from ppaia.cli import network  # noqa: E402, F401  (registers peer, launch and status on `app`)
 from ppaia.cli import report as _report  # noqa: E402, F401  (registers report on `app`)
 

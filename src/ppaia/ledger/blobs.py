@@ -7,7 +7,9 @@ re-hashes whatever it returns, so a blob altered after it was stored is refused 
 (IPFS names content by a multihash CID over a chunked DAG rather than a plain SHA-256 of the bytes; the
 guarantee used here — content verified against the name the ledger recorded — is the same.)
 
-Models travel as safetensors, encoded and checked by :mod:`ppaia.codec`.
+Models travel as safetensors, encoded and checked by :mod:`ppaia.codec`. This in-memory store serves the
+single-process flows and their tests; the ledger systems as separate processes move blobs peer to peer over
+the network runtime instead (:mod:`ppaia.ledger.parties.storage`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -19,7 +20,7 @@ from eth_tester import EthereumTester, PyEVMBackend
 from eth_tester.exceptions import TransactionFailed
 from web3 import EthereumTesterProvider, Web3
 from web3.contract.contract import ContractConstructor, ContractFunction
-from web3.exceptions import ContractLogicError
+from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
@@ -35,6 +36,7 @@ __all__ = [
     "to_fixed",
 ]
 
+RAW_REVERT = re.compile(r"reverted(?: with reason string '([^']*)')?")
 SCORE_SCALE = 10**6  # scores are fixed-point integers on chain: 1.0 is stored as 10**6, as in Registry.vy
 
 
@@ -93,12 +95,20 @@ def _reverts() -> Iterator[None]:
     """Re-raise a contract revert as LedgerError carrying the contract's message.
 
     JSON-RPC nodes surface reverts as web3's ContractLogicError, web3's eth-tester provider as
-    eth-tester's TransactionFailed; both read ``execution reverted: <message>``.
+    eth-tester's TransactionFailed; both read ``execution reverted: <message>``. A transaction signed
+    locally and sent raw is refused by the node as an RPC error instead (hardhat: ``reverted with reason
+    string '<message>'``): a state change between the sender's read and its transaction, e.g. a round
+    another validator's proposal just released.
     """
     try:
         yield
     except (ContractLogicError, TransactionFailed) as err:
         raise LedgerError(_reason(err)) from None
+    except Web3RPCError as err:
+        reason = RAW_REVERT.search(str(err))
+        if reason is None:
+            raise
+        raise LedgerError(reason.group(1) or "execution reverted without a message") from None
 
 
 def _send(w3: Web3, call: ContractFunction | ContractConstructor, sender: str) -> TxReceipt:
