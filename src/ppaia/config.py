@@ -6,6 +6,7 @@ Every pluggable field takes a registered component as ``"name"``, ``"name(arg, k
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import (
 )
 
 from ppaia.attacks import ATTACKS, Attack, attacker_count
+from ppaia.churn import Churn
 from ppaia.data import DATASETS, PARTITIONERS, DatasetSource, Partitioner
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, InitPolicy, ModelSpec, OptimizerSpec
 from ppaia.learning.continual import EWCSettings
@@ -103,7 +105,8 @@ COMPONENT_FIELDS: dict[str, Registry] = {
     "attack": ATTACKS,
     "privacy": PRIVACY,
 }
-NESTED_FIELDS = {"ewc": EWCSettings}
+NESTED_FIELDS = {"ewc": EWCSettings, "churn": Churn}
+DEVICE_SPEC = re.compile(r"cpu|auto|cuda(:[0-9]{1,4})?")
 SEED_MAX = 2**32 - 1  # scikit-learn's random_state range, the narrowest of the seed's consumers
 
 
@@ -157,8 +160,30 @@ class ExperimentConfig(BaseModel):
     tasks: list[list[Annotated[int, Field(ge=0)]]] | None = Field(
         default=None, min_length=1, description="classes of each task, trained in turn (continual learning)"
     )
+    churn: Churn | None = Field(
+        default=None, description="join/leave schedule of an open swarm, with random partner sampling"
+    )
+    device: str = Field(
+        default="cpu",
+        description="where the peers' data, parameters and optimizer state live: cpu, cuda, cuda:N (GPU N) "
+        "or auto (cuda if this machine has it, else cpu)",
+    )
 
     _fits_int64 = field_validator("*")(fits_int64)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_spec(cls, value: Any) -> Any:
+        """cpu, cuda, cuda:N or auto, whatever the case and spacing; whether this machine has it is checked
+        when a run starts (:func:`ppaia.devices.resolve_device`): a config stays readable anywhere."""
+        if not isinstance(value, str):
+            return value  # pydantic says it is not a string
+        text = value.strip().lower()
+        if not DEVICE_SPEC.fullmatch(text):
+            raise ValueError(
+                f"{value!r:.40} is not a device: expected cpu, cuda, cuda:N (N a GPU index) or auto"
+            )
+        return text
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
@@ -179,6 +204,8 @@ class ExperimentConfig(BaseModel):
             raise ValueError(
                 f"attackers: rule {self.rule.name!r} pools all data on one model; there are no peers"
             )
+        if self.churn is not None:
+            self.churn.check(self.peers)
         try:
             self.rule.check(self.peers)
         except ValueError as err:

@@ -38,6 +38,7 @@ class Stream(enum.IntEnum):
     FISHER = 10
     DROPOUT = 11
     EVALUATION = 12
+    CHURN = 13  # who is in an open swarm each round (ppaia.churn)
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:

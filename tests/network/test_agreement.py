@@ -52,6 +52,8 @@ PER_PEER_CHANGES = {
     "eval_local_phase": {"eval_local_phase": True},
     "eval_peers": {"eval_peers": 2},
     "plugins": {"plugins": ["colorsys"]},  # any importable module: where a peer's code lives is its own
+    "churn": {"churn": {"joins": {1: 3}}},  # the launcher's schedule, not what a peer computes
+    "device": {"device": "auto"},  # where a peer computes
 }
 
 

@@ -46,6 +46,7 @@ FIELDS = {
     },
     "not_ready": {"round": 3, "step": 1, "latest": [2, 0], "nonce": NONCE},
     "status": {"nonce": NONCE, "info": {"peers": 4, "name": "p", "loss": 0.25, "ok": True, "x": None}},
+    "view": {"nonce": NONCE, "records": ["00ff" * 8, "ab"]},
 }
 
 

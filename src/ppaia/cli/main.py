@@ -9,11 +9,16 @@ round and the message names the round and the peers.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import subprocess
+import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import torch.distributed as dist
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -40,6 +45,7 @@ from ppaia.config import (
     with_plugins,
 )
 from ppaia.data import DATASETS, PARTITIONERS, DataError, PartitionError
+from ppaia.devices import resolve_device
 from ppaia.learning import INIT_POLICIES, MODELS, OPTIMIZERS, ModelError
 from ppaia.plugins import PluginError, load_plugins
 from ppaia.privacy import PRIVACY, PrivacyError
@@ -50,6 +56,7 @@ from ppaia.simulation import RunResult, Simulation
 from ppaia.simulation.executors import Backend, BackendError, executor_for
 from ppaia.simulation.metrics import LOCAL_PHASE_COLUMNS, METRIC_COLUMNS
 from ppaia.simulation.report import OutputError, check_output_dir, write_outputs
+from ppaia.simulation.sharded import check_shardable, launched, process_group, sharded_simulation
 from ppaia.simulation.sweep import (
     CURVES,
     DEFAULT_METRICS,
@@ -62,6 +69,9 @@ from ppaia.simulation.sweep import (
 )
 from ppaia.topology import MIXINGS, TOPOLOGIES, TopologyError
 from ppaia.tracking import LOGGERS, TrackingError, open_loggers, record_run
+
+if TYPE_CHECKING:
+    from ppaia.cli.dashboard import LiveRun
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="PPAIA: serverless federated learning.")
 console = Console()
@@ -202,9 +212,22 @@ def run(
     dashboard: DashboardOption = False,
     dashboard_port: DashboardPortOption = None,
     dashboard_linger: DashboardLingerOption = None,
+    ranks: Annotated[
+        int | None,
+        typer.Option(
+            "--ranks",
+            min=1,
+            help="shard the peers over this many processes on this machine (torchrun; Gloo on CPU, NCCL "
+            "with device=cuda): the same outputs as one process; across machines start `torchrun ... -m "
+            "ppaia run` on each (see the README)",
+        ),
+    ] = None,
 ) -> None:
     """Simulate an experiment and write config.toml, metrics.csv, summary.json, peers.csv, plots and
     report.html (everything in one file that opens offline; see `ppaia report`).
+
+    Started by torchrun with several ranks (or with --ranks), each rank holds a block of the peers and
+    rank 0 writes the outputs.
 
     With --dashboard it also serves a live web page of the run and writes rounds.jsonl (each round's
     per-peer values, which the page and `ppaia dashboard RUN_DIR` replay).
@@ -213,15 +236,74 @@ def run(
     honest peer's parameters or loss): it then stops, writes its outputs up to the last finite round and
     records the round and peers where it started under `diverged` in summary.json.
     """
+    if ranks is not None and ranks > 1 and not launched():
+        _launch_ranks(ranks, config, overrides or [], out, plugin or [], log or [], dashboard)
+        return
+    group = ExitStack()
     try:
         cfg = load_config(config, overrides or [], plugin)
         loggers = open_loggers(log or [])
         out = out or default_out(cfg)
+        if launched():  # one of torchrun's ranks: rank 0 writes; a rank that fails stops them all
+            if dashboard:
+                raise ConfigError("--dashboard: not with several ranks; run in one process to watch it")
+            group.enter_context(process_group(resolve_device(cfg.device)))
+            if dist.get_rank() == 0:
+                check_output_dir(out)
+            simulation = sharded_simulation(cfg)  # every rank refuses a bad config alike
+        else:
+            check_output_dir(out)
+            simulation = Simulation(cfg)
+    except USER_ERRORS as err:
+        group.close()
+        raise fail(err) from None
+    with group:
+        if not simulation.axis.root:  # another rank's block: it takes part in every collective
+            simulation.run()
+            return
+        result, live = _run_with_progress(simulation, cfg, out, dashboard, dashboard_port)
+    _finish_run(result, live, out, loggers, dashboard_linger)
+
+
+def _launch_ranks(
+    ranks: int,
+    config: Path | None,
+    overrides: list[str],
+    out: Path | None,
+    plugins: list[str],
+    log: list[str],
+    dashboard: bool,
+) -> None:
+    """`ppaia run --ranks R`: check what one process can, then start the same command on R ranks with
+    torchrun (one machine, a free port) and exit as rank 0 did: 3 if the run diverged."""
+    try:
+        cfg = load_config(config, overrides, plugins)
+        check_shardable(cfg, ranks)
+        resolve_device(cfg.device)
+        if dashboard:
+            raise ConfigError("--dashboard: not with --ranks; run in one process to watch it")
+        out = (out or default_out(cfg)).absolute()
         check_output_dir(out)
-        simulation = Simulation(cfg)
     except USER_ERRORS as err:
         raise fail(err) from None
-    from ppaia.cli.dashboard import LiveRun, linger  # registered below, after `app`
+    argv = [*([] if config is None else [str(config)]), "--out", str(out)]
+    for flag, values in (("--set", overrides), ("--plugin", plugins), ("--log", log)):
+        argv += [part for value in values for part in (flag, value)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+    code = subprocess.run([*launcher, "-m", "ppaia", "run", *argv], check=False).returncode
+    summary = out / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("diverged") is not None:
+        raise typer.Exit(code=DIVERGED)
+    if code != 0:
+        errors.print(f"[bold red]error:[/] the ranks stopped (torchrun exit code {code})", highlight=False)
+        raise typer.Exit(code=code)
+
+
+def _run_with_progress(
+    simulation: Simulation, cfg: ExperimentConfig, out: Path, dashboard: bool, dashboard_port: int | None
+) -> tuple[RunResult, LiveRun | None]:
+    """Run with a progress bar (and the dashboard), and write the outputs."""
+    from ppaia.cli.dashboard import LiveRun  # registered below, after `app`
 
     live = LiveRun(simulation, out, dashboard_port) if dashboard else None
 
@@ -249,6 +331,16 @@ def run(
     if live is not None:
         live.finish(result)
     write_outputs(result, out, None if live is None else live.staging)
+    return result, live
+
+
+def _finish_run(
+    result: RunResult, live: LiveRun | None, out: Path, loggers: list, dashboard_linger: float | None
+) -> None:
+    """Print the summary and the report's path, record the run in the loggers, let the dashboard linger,
+    and exit 3 if the run diverged."""
+    from ppaia.cli.dashboard import linger
+
     console.print(summary_table(result, out))
     console.print(f"report: {write_report([out])}", highlight=False, soft_wrap=True)
     try:

@@ -27,7 +27,7 @@ from ppaia.cli.main import (
     fail,
     summary_table,
 )
-from ppaia.config import load_config
+from ppaia.config import ExperimentConfig, load_config
 from ppaia.dashboard import SwarmSource
 from ppaia.experiment import OwnData
 from ppaia.network.checkpoint import CheckpointError
@@ -37,13 +37,15 @@ from ppaia.network.errors import AgreementError, ListenError, NetworkError
 from ppaia.network.identity import Identity
 from ppaia.network.learner import check_supported
 from ppaia.network.members import read_members
+from ppaia.network.openlaunch import OpenSwarm
+from ppaia.network.openswarm import OpenPeer, check_open
 from ppaia.network.peer import Peer, PeerOptions
 from ppaia.network.status import Phase
 from ppaia.network.swarm import HOST, Swarm, free_port
 from ppaia.network.transfer import fetch_status
 from ppaia.report import write_report
 from ppaia.simulation import RunResult
-from ppaia.simulation.report import staging_dir, write_outputs
+from ppaia.simulation.report import check_output_dir, staging_dir, write_outputs
 
 __all__ = ["launch", "peer", "status"]
 
@@ -66,7 +68,13 @@ def _partition(text: str) -> tuple[int, int]:
 
 @app.command()
 def peer(
-    partition: Annotated[str, typer.Option(help="i/N: this peer plays index i of N (required)")],
+    partition: Annotated[
+        str | None,
+        typer.Option(
+            help="i/N: this peer plays index i of N (replay mode); without it the peer joins the open swarm "
+            "--swarm by name, with its own --data"
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="experiment TOML file (the built-in default if omitted)")
     ] = None,
@@ -112,20 +120,31 @@ def peer(
     ] = None,
     plugin: PluginOption = None,
 ) -> None:
-    """Run one peer: train on partition i of N (or on its own --data), exchange models, checkpoint."""
+    """Run one peer: train on partition i of N (or on its own --data), exchange models, checkpoint.
+
+    Without --partition the peer joins the open swarm named --swarm through any --bootstrap member: it
+    needs its own --data, knows no N and no index (its identity is its key), and picks random live
+    partners each round (docs/network.md, "Open swarms")."""
     # force: an imported library (opacus) already called basicConfig at WARNING, which would make this a
     # no-op and drop the peer's INFO lines (resumes, ...); kademlia's INFO is one line per RPC
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     logging.getLogger("kademlia").setLevel(logging.WARNING)
-    index, total = _partition(partition)
+    index, total = _partition(partition) if partition is not None else (0, None)
     if threads > 0:
         torch.set_num_threads(threads)
     lock = contextlib.ExitStack()  # holds the data directory until this process ends
     try:
+        if total is None and (data is None or members is not None or attack is not None):
+            raise typer.BadParameter(
+                "a peer of an open swarm (no --partition) brings its own --data, and takes neither "
+                "--members nor --attack",
+                param_hint="--partition",
+            )
         mine = [f"attack={attack}", f"attackers=[{index}]"] if attack is not None else []
-        cfg = load_config(config, [*(overrides or []), f"peers={total}", *mine], plugin)
+        sized = [] if total is None else [f"peers={total}"]
+        cfg = load_config(config, [*(overrides or []), *sized, *mine], plugin)
         if test is not None and data is None:
             raise typer.BadParameter(
                 "only with --data (without, a peer uses the config's test set)", param_hint="--test"
@@ -139,13 +158,13 @@ def peer(
             listen=(host, port),
             bootstrap=tuple(parse_address(seed) for seed in bootstrap or []),
             swarm=swarm,
-            members=() if members is None else read_members(members, total),
+            members=() if members is None or total is None else read_members(members, total),
             synchronous=not asynchronous,
             wait=wait,
             deadline=deadline,
         )
         lock.enter_context(hold(data_dir))  # before the key in it is read
-        node = Peer(cfg, options, own=own)
+        node = Peer(cfg, options, own=own) if total is not None else OpenPeer(cfg, options, own)
     except NETWORK_ERRORS as err:
         lock.close()
         raise fail(err) from None
@@ -203,6 +222,17 @@ def launch(
     out: Annotated[Path | None, typer.Option(help="output folder (new or empty)")] = None,
     asynchronous: Annotated[bool, typer.Option("--async", help="peers wait at most --deadline")] = False,
     timeout: Annotated[float, typer.Option(help="seconds before the whole swarm is stopped")] = 1800.0,
+    open_swarm: Annotated[
+        bool,
+        typer.Option(
+            "--open",
+            help="an open swarm: each peer gets its own data file and joins by name (no N, no index); "
+            "the config's churn schedule says when peers join, leave and come back",
+        ),
+    ] = False,
+    per_process: Annotated[
+        int, typer.Option(min=1, help="with --open: peers hosted in one process (own keys and sockets)")
+    ] = 1,
     plugin: PluginOption = None,
     dashboard: DashboardOption = False,
     dashboard_port: DashboardPortOption = None,
@@ -215,9 +245,15 @@ def launch(
         cfg = load_config(config, [*(overrides or []), *([f"peers={peers}"] if peers else [])], plugin)
         check_supported(cfg)
         out = out or default_out(cfg)
-        staging = staging_dir(out)
+        if open_swarm:
+            check_output_dir(out)
+        else:
+            staging = staging_dir(out)
     except NETWORK_ERRORS as err:
         raise fail(err) from None
+    if open_swarm:
+        _launch_open(cfg, out, per_process)
+        return
     from ppaia.cli.dashboard import linger, serve  # here: cli.dashboard imports cli.main, which imports this
 
     swarm = Swarm(cfg, staging, synchronous=not asynchronous)
@@ -264,6 +300,39 @@ def launch(
     if board is not None:
         linger(board, dashboard_linger)
     if failed or swarm.damaged:
+        raise typer.Exit(code=1)
+
+
+def _launch_open(cfg: ExperimentConfig, out: Path, per_process: int) -> None:
+    """``ppaia launch --open``: an open swarm in `out` (see :mod:`ppaia.network.openlaunch`)."""
+    try:
+        check_open(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        swarm = OpenSwarm(cfg, out, per_process=per_process)
+    except NETWORK_ERRORS as err:
+        raise fail(err) from None
+    console.print(
+        f"open swarm {swarm.swarm!r}: {cfg.peers} peers in {len(swarm.groups)} processes, logs in {out}"
+    )
+    started = time.monotonic()
+    try:
+        events = swarm.run()
+    except TimeoutError as err:
+        raise fail(err) from None
+    for event in events:
+        console.print(event, highlight=False)
+    final = swarm.final()
+    table = Table(title=f"open swarm · {len(final)} peers ran · {time.monotonic() - started:.1f} s")
+    for column in ("peer", "last round", "accuracy"):
+        table.add_column(column, justify="right")
+    for i, row in sorted(final.items()):
+        table.add_row(str(i), str(row["round"]), f"{row['accuracy']:.3f}")
+    console.print(table)
+    console.print(f"summary: {swarm.write_summary()}", highlight=False, soft_wrap=True)
+    due = swarm.alive[-1].nonzero().flatten().tolist()  # in the swarm at the end: each must finish
+    unfinished = [i for i in due if final.get(i, {"round": 0})["round"] < cfg.rounds]
+    if unfinished:
+        console.print(f"[bold red]peers that did not finish:[/] {unfinished} (logs in {out}/host-*.log)")
         raise typer.Exit(code=1)
 
 

@@ -5,6 +5,7 @@ data and its split, the model and its layout, the initial parameters, the rule, 
 privacy and EWC set-up and the evaluators. It builds either
 
 - the whole batch (:meth:`Setup.batch`), for the simulator;
+- a block of consecutive peers (:meth:`Setup.block`), one rank's share of a run sharded over processes;
 - one peer's slice of it (:meth:`Setup.peer`), for a networked peer that replays row i of the
   simulator (``--partition i/N``) or a ledger client; or
 - a peer that brings its own data (:meth:`Setup.own`): its samples are its own file, not a share of a
@@ -140,6 +141,22 @@ class Setup:
         """Each row's test accuracy and loss, on the whole test set or on one task's classes."""
         return (self.evaluator if task is None else self.task_evaluators[task])(params)
 
+    def to(self, device: torch.device) -> Setup:
+        """Move what the rounds compute with (samples, held-out and test sets, the initial parameters) to
+        `device`, in place; the set-up's draws were made on the host, so a seed gives the same run on any
+        device up to the device's arithmetic. A no-op for the CPU."""
+        if device == self.params.device:
+            return self
+        moved = {id(data): data.to(device) for data in (self.data, *self.task_data)}
+        self.data, self.task_data = moved[id(self.data)], [moved[id(data)] for data in self.task_data]
+        self.trainer.data = self.data
+        holdout = self.learner.holdout
+        self.learner.holdout = moved[id(holdout)] if id(holdout) in moved else holdout.to(device)
+        self.params = self.params.to(device)
+        for evaluator in (self.evaluator, *self.task_evaluators):
+            evaluator.to(device)
+        return self
+
     def build_model(self) -> nn.Module:
         return _model_builder(self.config, self.dataset)()
 
@@ -162,6 +179,16 @@ class Setup:
     def batch(cls, config: ExperimentConfig) -> Setup:
         """Every peer, for the simulator."""
         return _build(config, None, None)
+
+    @classmethod
+    def block(cls, config: ExperimentConfig, peers: range) -> Setup:
+        """Peers `peers` (consecutive ids) of the simulator's experiment: one rank's share of a run
+        sharded over processes (:mod:`ppaia.simulation.sharded`); their rows equal the batch's."""
+        if config.rule.pooled:
+            raise ConfigError(f"rule {config.rule.name!r} pools all data on one model; it has no peers")
+        if not 0 <= peers.start < peers.stop <= config.peers or peers.step != 1:
+            raise ConfigError(f"peer block {peers} is not a non-empty run of ids in 0..{config.peers - 1}")
+        return _build(config, peers, None)
 
     @classmethod
     def peer(cls, config: ExperimentConfig, peer: int) -> Setup:
@@ -194,7 +221,7 @@ class Setup:
 
 
 def _parts_of(
-    config: ExperimentConfig, dataset: Dataset, peer: int | None, own: OwnData | None
+    config: ExperimentConfig, dataset: Dataset, peer: int | range | None, own: OwnData | None
 ) -> tuple[list[np.ndarray], torch.Tensor, list[int]]:
     """The rows' sample indices (into the dataset's training rows), every peer's count, the row ids."""
     cfg = config
@@ -214,7 +241,7 @@ def _parts_of(
     if cfg.rule.pooled:
         parts = [np.concatenate(parts)]
     counts = torch.tensor([len(p) - _held_count(len(p), cfg.holdout) for p in parts], dtype=torch.long)
-    ids = list(range(len(parts))) if peer is None else [peer]
+    ids = list(range(len(parts)) if peer is None else [peer] if isinstance(peer, int) else peer)
     return [parts[i] for i in ids], counts, ids
 
 
@@ -354,7 +381,7 @@ def _check_tasks(config: ExperimentConfig, dataset: Dataset) -> None:
         )
 
 
-def _build(config: ExperimentConfig, peer: int | None, own: OwnData | None) -> Setup:
+def _build(config: ExperimentConfig, peer: int | range | None, own: OwnData | None) -> Setup:
     started = time.perf_counter()
     cfg = config
     rule = cfg.rule.model_copy(deep=True)  # its learned state belongs to this executor

@@ -80,6 +80,11 @@ class BatchedEvaluator:
         self.layers = dense_layers(model, tuple(x.shape[1:]))
         self._forward = vmap(self._logits, in_dims=(0, None))
 
+    def to(self, device: torch.device) -> BatchedEvaluator:
+        """The test set moved to `device` (in place: the evaluator is this executor's own)."""
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        return self
+
     def _logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, self.layout.unflatten(flat), (x,))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ class LocalData:
         for row, part in enumerate(parts):
             table[row, : len(part)] = torch.as_tensor(part, dtype=torch.long)
         return cls(x, y, table, counts, ids)
+
+    def to(self, device: torch.device) -> LocalData:
+        """The samples on `device`; the sample table, counts and ids (bookkeeping) stay where they are."""
+        return dataclasses.replace(self, x=self.x.to(device), y=self.y.to(device))
 
     def peer_samples(self, row: int) -> torch.Tensor:
         """The sample ids of row `row` (peer ``ids[row]``)."""
@@ -206,7 +211,9 @@ class BatchedTrainer:
         """One gradient evaluation for one peer, discarded: triggers torch.func's one-time set-up."""
         samples = self.data.table[:1, : min(self.batch_size, int(self.data.counts[0]))]
         keys = dropout_keys(self.seed, 0, 0, 0, self.data.ids[:1])
-        self._grad(params[:1], self.data.x[samples], self.data.y[samples], torch.ones(samples.shape), keys)
+        device = params.device
+        x, y = self.data.x[samples.to(device)], self.data.y[samples.to(device)]
+        self._grad(params[:1], x, y, torch.ones(samples.shape, device=device), keys.to(device))
 
     def train(
         self,
@@ -232,27 +239,31 @@ class BatchedTrainer:
         return params
 
     def _train_rows(self, params, rows, round_, anchor, private) -> torch.Tensor:
-        """Train data rows `rows` from `params` (their parameters, updated in place)."""
+        """Train data rows `rows` from `params` (their parameters, updated in place).
+
+        The batches are chosen on the host (sample tables and counts live there) and sent to the
+        parameters' device as indices and masks; nothing comes back until the round is evaluated."""
         counts, table, ids = self.data.counts[rows], self.data.table[rows], self.data.ids[rows]
         own_steps = self.steps_per_epoch(rows).unsqueeze(1)
+        device = params.device
         state = self.optimizer.init_state(params)
         shuffled = private is None or private.sampling == "shuffle"  # Poisson batches need no epoch order
         for epoch in range(self.epochs):
             order = epoch_order(counts, ids, self.seed, round_, epoch) if shuffled else None
             for step in range(int(own_steps.max())):
-                masks = dropout_keys(self.seed, round_, epoch, step, ids)
+                masks = dropout_keys(self.seed, round_, epoch, step, ids).to(device)
                 if private is None:
                     positions = order[:, step * self.batch_size : (step + 1) * self.batch_size]
                     valid = positions < counts.unsqueeze(1)
-                    samples = table.gather(1, positions.clamp(max=table.shape[1] - 1))
+                    samples = table.gather(1, positions.clamp(max=table.shape[1] - 1)).to(device)
                     x, y = self.data.x[samples], self.data.y[samples]
-                    grads = self._grad(params, x, y, valid.float(), masks)
+                    grads = self._grad(params, x, y, valid.float().to(device), masks)
                 else:
                     keys = (round_, epoch, step)
                     grads = self._private_gradients(params, rows, counts, table, order, keys, masks, private)
                 if anchor is not None:
                     grads = grads + anchor.gradient(params, rows)
-                active = (step < own_steps).float()
+                active = (step < own_steps).float().to(device)
                 self.optimizer.step(params, grads, state, active, self.lr)
         return params
 

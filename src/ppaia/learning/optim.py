@@ -94,7 +94,11 @@ class Adam(OptimizerSpec):
 
     def init_state(self, params: torch.Tensor) -> State:
         zeros = torch.zeros_like(params)
-        return {"exp_avg": zeros, "exp_avg_sq": zeros.clone(), "step": torch.zeros(params.shape[0], 1)}
+        return {
+            "exp_avg": zeros,
+            "exp_avg_sq": zeros.clone(),
+            "step": torch.zeros(params.shape[0], 1, device=params.device),
+        }
 
     def step(self, params, grads, state, active, lr):
         grads = self._decayed(params, grads)

@@ -14,7 +14,8 @@ the fields, and a status whose digest is not that of its own shared config is re
 budget), ``attack`` and ``attackers`` (what a misbehaving process does is its own business), ``ewc`` (a
 regulariser of its own local training), the ``eval_*`` fields (when and how it measures itself),
 ``plugins`` (where its own code is found; the rule or model it registers is compared by name and
-options). A peer that brings its own data also keeps ``dataset``, ``partition`` and ``min_samples`` to
+options), ``churn`` (a launcher's or the simulator's join/leave schedule) and ``device`` (where it
+computes). A peer that brings its own data also keeps ``dataset``, ``partition`` and ``min_samples`` to
 itself (:data:`OWN_DATA`): the model's tensor check still refuses a partner whose model differs. A
 rule's *local options* (:attr:`CooperationRule.local_options`: for learned trust its fitting steps,
 learning rate and prior) only change how a peer weighs what it received, so they are per-peer too: a DP
@@ -35,13 +36,36 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ppaia.config import ExperimentConfig
 
-__all__ = ["OWN_DATA", "PER_PEER", "Agreement", "Difference", "describe", "digest_of", "shared_config"]
+__all__ = [
+    "OPEN_SWARM",
+    "OWN_DATA",
+    "PER_PEER",
+    "Agreement",
+    "Difference",
+    "describe",
+    "digest_of",
+    "shared_config",
+]
 
 # `plugins`: where a peer's code lives (paths differ between machines); what it registers is compared
+# `churn`: when a launcher or the simulator starts and stops peers, not what a peer computes
 PER_PEER = frozenset(
-    {"privacy", "attack", "attackers", "ewc", "eval_every", "eval_local_phase", "eval_peers", "plugins"}
+    {
+        "privacy",
+        "attack",
+        "attackers",
+        "ewc",
+        "eval_every",
+        "eval_local_phase",
+        "eval_peers",
+        "plugins",
+        "churn",
+        "device",  # where a peer computes (cpu or a GPU) is its own business
+    }
 )
 OWN_DATA = frozenset({"dataset", "partition", "min_samples"})
+# an open swarm has no member list: its size and topology are nobody's to agree on (partners are sampled)
+OPEN_SWARM = frozenset({"peers", "topology", "allow_disconnected"})
 
 
 def _json(value: Any) -> str:
@@ -49,13 +73,18 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
-def shared_config(config: ExperimentConfig, *, own_data: bool = False) -> dict[str, Any]:
-    """The fields of `config` the swarm must agree on (see the module docstring), as JSON data."""
-    private = PER_PEER | (OWN_DATA if own_data else frozenset())
+def shared_config(
+    config: ExperimentConfig, *, own_data: bool = False, open_swarm: bool = False
+) -> dict[str, Any]:
+    """The fields of `config` the swarm must agree on (see the module docstring), as JSON data; an open
+    swarm's peer (`open_swarm`) does not compare :data:`OPEN_SWARM` and says it is one (``swarm``)."""
+    private = PER_PEER | (OWN_DATA if own_data else frozenset()) | (OPEN_SWARM if open_swarm else frozenset())
     # path options by file name: each peer's files lie in folders of its own (ppaia.paths)
     shared = {name: value for name, value in config.to_table(portable=True).items() if name not in private}
     local = config.rule.local_options
     shared["rule"] = {name: value for name, value in shared["rule"].items() if name not in local}
+    if open_swarm:
+        shared["swarm"] = "open"
     return shared
 
 
@@ -116,11 +145,17 @@ class Agreement(BaseModel):
 
     @classmethod
     def of(
-        cls, config: ExperimentConfig, *, own_data: bool = False, data: Mapping[str, Any] | None = None
+        cls,
+        config: ExperimentConfig,
+        *,
+        own_data: bool = False,
+        data: Mapping[str, Any] | None = None,
+        open_swarm: bool = False,
     ) -> Agreement:
         """This peer's agreement for `config` (`own_data`: it trains on data of its own, and `data` says
-        what its data must share with the others', e.g. the input shape and the number of classes)."""
-        shared = shared_config(config, own_data=own_data)
+        what its data must share with the others', e.g. the input shape and the number of classes;
+        `open_swarm`: it joined by swarm name, see :data:`OPEN_SWARM`)."""
+        shared = shared_config(config, own_data=own_data, open_swarm=open_swarm)
         if data is not None:
             shared["data"] = dict(data)
         return cls(digest=digest_of(shared), shared=shared)

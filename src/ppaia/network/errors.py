@@ -34,7 +34,7 @@ class Reason(StrEnum):
 
     Wire (frames and messages): CLOSED, TRUNCATED, OVERSIZED, MALFORMED, UNKNOWN_KIND, UNEXPECTED_KIND,
     WRONG_DOMAIN, BAD_KEY, BAD_SIGNATURE. Replies: WRONG_SENDER, REPLAY, WRONG_VERSION, BAD_CID,
-    WRONG_CID, BAD_TENSORS, BAD_STATUS.
+    WRONG_CID, BAD_TENSORS, BAD_STATUS, BAD_RECORD (an open swarm's view exchange).
 
     Server side, held against the remote address as a strike: IDLE, SLOW_REQUEST, SLOW_READER,
     CROWDED. Not strikes (capacity, or not the client's doing): BUSY, BANNED, EVICTED, DISCONNECTED,
@@ -59,6 +59,7 @@ class Reason(StrEnum):
     WRONG_CID = "wrong_cid"  # content that does not hash to its CID
     BAD_TENSORS = "bad_tensors"  # not exactly the model's finite tensors
     BAD_STATUS = "bad_status"  # a signed status that is not a valid PeerStatus
+    BAD_RECORD = "bad_record"  # a member record in a view exchange that is forged, malformed or expired
     IDLE = "idle"  # no byte of a request within idle_timeout of connecting
     SLOW_REQUEST = "slow_request"  # the request not complete within request_timeout of connecting
     SLOW_READER = "slow_reader"  # the client took the reply slower than the pace

@@ -168,6 +168,8 @@ class Peer:
         self.received: Counter[str] = Counter()
         self.completed: ModelVersion | None = None
         self.trust: dict[str, float] = {}
+        self.label = str(options.index)  # how the log names this peer
+        self.size = f"of {config.peers} peers"  # how the log sizes its swarm
 
     def status(self) -> PeerStatus:
         """What ``ppaia status``, the launcher and the other peers see."""
@@ -207,10 +209,10 @@ class Peer:
         await self.dht.start(host, self.options.listen[1] or 0)
         dht = format_address(host, self.dht.port)
         log.info(
-            "peer %d (%s) listens on TCP %s (models) and UDP %s (the DHT): others join it with "
-            "--bootstrap %s; swarm %r of %d peers, %d rounds, shared config %s",
-            self.options.index, self.identity.peer_id, format_address(host, self.server.port), dht, dht,
-            self.options.swarm, self.config.peers, self.config.rounds, self.agreement.digest[:16],
+            "peer %s (%s) listens on TCP %s (models) and UDP %s (the DHT): others join it with "
+            "--bootstrap %s; swarm %r %s, %d rounds, shared config %s",
+            self.label, self.identity.peer_id, format_address(host, self.server.port), dht, dht,
+            self.options.swarm, self.size, self.config.rounds, self.agreement.digest[:16],
         )  # fmt: skip
         try:
             await self._join(host)
@@ -240,7 +242,11 @@ class Peer:
                 raise
             await retrying  # a seed answered: the crawl through it ends
         await self.dht.announce(self.server.port, host)
-        await self.dht.provide(index_topic(self.options.swarm, self.options.index))
+        await self.dht.provide(self._topic())
+
+    def _topic(self) -> str:
+        """The DHT topic this peer provides: the index it plays in its swarm."""
+        return index_topic(self.options.swarm, self.options.index)
 
     async def _bootstrap(self, seeds: tuple[Address, ...]) -> None:
         """Ask the seeds until one answers (they may still be starting); :meth:`_join` bounds it."""
@@ -310,11 +316,12 @@ class Peer:
             first = await self._catch_up(first)
         else:
             self.checkpoint.save(0, learner.tensors())
+            first = await self._entry_round(first)
         for round_ in range(first, self.config.rounds + 1):
             progress.round, progress.step = round_, 0
             started = time.perf_counter()
             ctx = learner.context(round_)
-            trains, roles = learner.roles(ctx)
+            trains, roles = await self._roles(ctx)
             progress.phase = Phase.TRAINING
             if trains:
                 await asyncio.to_thread(learner.train, round_)
@@ -342,6 +349,16 @@ class Peer:
             await asyncio.to_thread(self.checkpoint.save, round_, final.data, state)  # the bytes just served
             self.trust = state.rule
             self.timing.record(time.perf_counter() - started)
+
+    async def _entry_round(self, first: int) -> int:
+        """The round a peer that starts afresh begins with: the first (an open swarm's peer joins at
+        its partners' round: :class:`ppaia.network.openswarm.OpenPeer`)."""
+        return first
+
+    async def _roles(self, ctx) -> tuple[bool, list[StepRole]]:
+        """Whether this peer trains this round, and its part in each mixing step (its row of the rule's
+        plan; an open swarm's peer builds its row from the partners it samples)."""
+        return self.learner.roles(ctx)
 
     async def _catch_up(self, first: int) -> int:
         """The round a resumed peer continues from. If every peer that answers has completed round

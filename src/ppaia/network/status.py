@@ -28,7 +28,17 @@ from ppaia.network.wire import MAX_MODEL_BYTES, MAX_VERSION, Cid, PeerId
 if TYPE_CHECKING:
     from ppaia.network.transfer import ModelVersion
 
-__all__ = ["MAX_LISTED", "Latest", "PeerStatus", "Phase", "Traffic", "heaviest", "trust_row"]
+__all__ = [
+    "MAX_LISTED",
+    "Latest",
+    "Membership",
+    "PeerStatus",
+    "Phase",
+    "Stuck",
+    "Traffic",
+    "heaviest",
+    "trust_row",
+]
 
 MAX_LISTED = 64  # banned keys, refused partners, partners by traffic or trust a status lists at most
 MAX_BYTES = 2**62  # bound for a byte count
@@ -59,6 +69,29 @@ class Phase(StrEnum):
     TRAINING = "training"  # local training of round `round`
     MIXING = "mixing"  # mixing step `step` of round `round`: publishing, fetching, combining
     FINISHED = "finished"  # every round done; still serving (lingering) until the others are done
+
+
+class Stuck(StrEnum):
+    """Why a peer of an open swarm is not making progress right now (None in a status: it is)."""
+
+    NO_PARTNERS = "no_partners"  # its view holds no live member that runs its config
+    ALL_BANNED = "all_banned"  # every member it found is banned
+    ALL_REFUSED = "all_refused"  # every member it found runs another config
+    CATCHING_UP = "catching_up"  # behind its partners: fetching their newest models to start from there
+    WAITING_FOR_PARTNERS = "waiting_for_partners"  # its partners have not reached its round yet
+
+
+class Membership(BaseModel):
+    """An open swarm peer's view of the members (:mod:`ppaia.network.sampling`): how many it holds
+    verified and as candidates, its view exchanges, and their bytes (membership traffic, not models)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    view: Count = 0
+    candidates: Count = 0
+    exchanges: Count = 0
+    sent: Bytes = 0
+    received: Bytes = 0
 
 
 class Latest(BaseModel):
@@ -110,7 +143,8 @@ class PeerStatus(BaseModel):
     its newest served version; `completed` the version that ended its last completed round (None before
     the first); `traffic` the model bytes it moved; `trust` its rule's learned weight per partner peer
     id (learned trust: its trust row, at most :data:`MAX_LISTED` partners, the most trusted; empty for
-    rules that learn none); `agreement` its shared config (:mod:`ppaia.network.agreement`)."""
+    rules that learn none); `agreement` its shared config (:mod:`ppaia.network.agreement`); in an open
+    swarm, `stuck` says why it is not making progress (None: it is) and `membership` its view."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -134,6 +168,8 @@ class PeerStatus(BaseModel):
     traffic: Traffic = Traffic()
     trust: Annotated[dict[PeerId, Weight], Field(max_length=MAX_LISTED)] = Field(default_factory=dict)
     agreement: Agreement
+    stuck: Stuck | None = None  # an open swarm peer: why it cannot make progress now
+    membership: Membership | None = None  # an open swarm peer: its sample of the members
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -52,6 +52,7 @@ from ppaia.network.wire import (
     NotReadyReply,
     Request,
     StatusReply,
+    ViewReply,
     open_message,
     seal,
     write_frame,
@@ -66,7 +67,9 @@ __all__ = [
     "NotReady",
     "Pace",
     "Reason",
+    "ViewHandler",
     "check_header",
+    "exchange_view",
     "fetch_model",
     "fetch_status",
     "verify_body",
@@ -81,6 +84,9 @@ LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() discards un
 IPV6_SITE_PREFIX = 64  # one IPv6 host usually owns a whole /64: limits and strikes count per /64
 
 T = TypeVar("T")
+# An open swarm's view exchange, server side: (the client's peer id, the records it offered) -> the
+# records to answer with; it raises ProtocolError (``bad_record``) for an offer that holds a bad one.
+ViewHandler = Callable[[str, list[bytes]], list[bytes]]
 
 
 # Rejections that are nobody's fault (or not the remote's): no strike against the remote address.
@@ -273,8 +279,10 @@ class ModelServer:
     """Serves this peer's last `keep` model versions and its status to other peers, over TCP.
 
     `status` returns the peer's :class:`PeerStatus`, the answer to status requests (a server without
-    one refuses them as "unexpected_kind"). `bans` may be shared with the peer loop,
-    which can strike peer ids whose models fail verification; the server then refuses their requests.
+    one refuses them as "unexpected_kind"); `view`, likewise, answers an open swarm's view exchanges
+    (:data:`ViewHandler`; a bad offer strikes the client's peer id too). `bans` may be shared with the
+    peer loop, which can strike peer ids whose models fail verification; the server then refuses their
+    requests.
 
     **Deadlines** (all counted as :class:`Reason` strikes against the client's address):
     the first byte of the request within `idle_timeout` of connecting (5 s: "idle"), the whole request
@@ -317,6 +325,7 @@ class ModelServer:
         keep: int = 4,
         max_request_bytes: int = 4096,
         status: Callable[[], PeerStatus] | None = None,
+        view: ViewHandler | None = None,
         bans: BanList | None = None,
         max_connections: int = 64,
         max_pending_per_address: int = 4,
@@ -344,6 +353,7 @@ class ModelServer:
         self.keep = keep
         self.max_request_bytes = max_request_bytes
         self.status = status
+        self.view = view
         self.bans = bans if bans is not None else BanList()
         self.max_connections = max_connections
         self.max_pending_per_address = max_pending_per_address
@@ -556,6 +566,17 @@ class ModelServer:
             info = self.status().to_wire()
             await self._send(conn, writer, seal(self.identity, "status", nonce=request.nonce, info=info))
             return "status"
+        if request.want == "view":
+            if self.view is None:
+                raise ProtocolError(Reason.UNEXPECTED_KIND, "this server answers no view exchanges")
+            try:
+                records = self.view(request.sender, [bytes.fromhex(record) for record in request.offer])
+            except ProtocolError:
+                self.bans.strike(request.sender, Reason.BAD_RECORD)  # its key signed the bad offer
+                raise
+            reply = seal(self.identity, "view", nonce=request.nonce, records=[r.hex() for r in records])
+            await self._send(conn, writer, reply)
+            return "view"
         version = self._versions.get((request.round, request.step))
         if version is None:
             reply = seal(
@@ -866,5 +887,36 @@ async def fetch_status(
                 Reason.WRONG_SENDER, f"status signed by {reply.sender} claims peer id {status.peer_id}"
             )
         return status
+
+    return await _exchange(host, port, request, timeout, pace, answer)
+
+
+async def exchange_view(
+    host: str,
+    port: int,
+    *,
+    identity: Identity,
+    offer: list[bytes],
+    timeout: float,
+    expect_sender: str | None = None,
+    max_bytes: int = 64 << 10,
+    pace: Pace = DEFAULT_PACE,
+) -> tuple[str, list[bytes]]:
+    """One view exchange with the peer at host:port: send `offer` (signed member records), return the
+    answering peer's id and the records it sent back (not yet verified: see
+    :mod:`ppaia.network.sampling`). ProtocolError for a reply that is not a signed ``view`` answering
+    this request (by `expect_sender` when given)."""
+    nonce = secrets.token_hex(16)
+    request = seal(
+        identity, "request", want="view", round=0, step=0, nonce=nonce, offer=[r.hex() for r in offer]
+    )
+
+    async def answer(incoming: _Reply) -> tuple[str, list[bytes]]:
+        reply = cast(ViewReply, open_message(await incoming.first_frame(max_bytes), kinds=("view",)))
+        if expect_sender is not None and reply.sender != expect_sender:
+            raise ProtocolError(Reason.WRONG_SENDER, f"view signed by {reply.sender}, not by {expect_sender}")
+        if reply.nonce != nonce:
+            raise ProtocolError(Reason.REPLAY, f"view from {reply.sender} answers another request (nonce)")
+        return reply.sender, [bytes.fromhex(record) for record in reply.records]
 
     return await _exchange(host, port, request, timeout, pace, answer)

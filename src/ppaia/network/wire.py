@@ -29,6 +29,10 @@ this protocol can never verify as this message.
   version the server holds, or null), ``nonce``.
 - ``status`` (reply) — ``nonce``, ``info`` (a JSON object of at most :data:`MAX_INFO_BYTES`: the peer's
   status, which the receiver validates as a :class:`ppaia.network.status.PeerStatus`).
+- ``view`` (reply to a request that wants "view": an open swarm's view exchange, see
+  :mod:`ppaia.network.sampling`) — ``nonce``, ``records``: at most :data:`MAX_OFFER` members' own signed
+  ``peer:`` records (hex of :attr:`ppaia.network.records.PeerRecord.signed`). The request carries the
+  client's own offer of as many in ``offer`` (empty for the other wants).
 
 **Replays.** A reply must echo the nonce of the request it answers, so a recorded reply cannot be passed
 off as a fresh one.
@@ -53,12 +57,14 @@ __all__ = [
     "DOMAIN",
     "KINDS",
     "MAX_INFO_BYTES",
+    "MAX_OFFER",
     "Message",
     "ModelHeader",
     "NotReadyReply",
     "ProtocolError",
     "Request",
     "StatusReply",
+    "ViewReply",
     "canonical",
     "open_message",
     "read_frame",
@@ -78,6 +84,8 @@ MAX_RANK = 16
 MAX_DIM = 2**40
 MAX_INFO_BYTES = 32 << 10
 MAX_NESTING = 32  # JSON depth a message may have; deeper input could overflow the C parser's stack
+MAX_OFFER = 8  # member records one view exchange carries each way (a Cyclon shuffle's length)
+MAX_RECORD_HEX = 1024  # hex characters of one signed record in a view exchange (a peer record is ~480)
 
 
 async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
@@ -136,6 +144,8 @@ TensorName = Annotated[str, Field(min_length=1, max_length=256)]
 DTypeName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
 Shape = Annotated[list[Annotated[int, Field(ge=0, le=MAX_DIM)]], Field(max_length=MAX_RANK)]
 TensorsSpec = Annotated[dict[TensorName, tuple[DTypeName, Shape]], Field(max_length=MAX_TENSORS)]
+RecordHex = Annotated[str, Field(pattern=rf"^(?:[0-9a-f]{{2}}){{1,{MAX_RECORD_HEX // 2}}}$")]
+Records = Annotated[list[RecordHex], Field(max_length=MAX_OFFER)]
 
 
 class Message(BaseModel):
@@ -156,13 +166,15 @@ class Message(BaseModel):
 
 
 class Request(Message):
-    """A client's request for a model version or for the server's status."""
+    """A client's request for a model version, for the server's status, or for a view exchange (then
+    with the client's `offer` of member records)."""
 
     kind: Literal["request"]
-    want: Literal["model", "status"]
+    want: Literal["model", "status", "view"]
     round: Version
     step: Version
     nonce: Nonce
+    offer: Records = []
 
 
 class ModelHeader(Message):
@@ -196,11 +208,20 @@ class StatusReply(Message):
     nonce: Nonce
 
 
+class ViewReply(Message):
+    """The server's side of a view exchange: member records from its view (its own among them)."""
+
+    kind: Literal["view"]
+    records: Records
+    nonce: Nonce
+
+
 KINDS: dict[str, type[Message]] = {
     "request": Request,
     "model": ModelHeader,
     "not_ready": NotReadyReply,
     "status": StatusReply,
+    "view": ViewReply,
 }
 
 

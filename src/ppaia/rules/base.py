@@ -156,6 +156,11 @@ class CooperationRule(Component):
         if state:
             raise RuleStateError(f"rule {self.name!r} learns no state; got {names_text(state)}")
 
+    def linear(self) -> bool:
+        """Whether :meth:`combine` is the step's weighted sum (true of every rule that keeps the default):
+        a run sharded over ranks may then add up each rank's share of a row instead of gathering it."""
+        return type(self).combine is CooperationRule.combine
+
     def combine(self, params: torch.Tensor, step: Mixing, ctx: RoundContext) -> torch.Tensor:
         """The step's result rows from stacked parameters; linear averaging by default.
 

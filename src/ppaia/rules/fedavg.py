@@ -57,6 +57,9 @@ class FedAvg(CooperationRule):
             self._robust = RULES.create(self.aggregator)
         return self._robust
 
+    def linear(self) -> bool:
+        return self.aggregator == "mean"
+
     def reads_sample_counts(self, mixing: MixingWeights) -> bool:
         return self.aggregator == "mean"  # the sample-weighted mean; a robust aggregate ignores counts
 

@@ -23,14 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppaia.config import ExperimentConfig
+from ppaia.churn import ChurnRun
+from ppaia.config import ConfigError, ExperimentConfig
+from ppaia.devices import check_device_support, resolve_device
 from ppaia.experiment import Setup
 from ppaia.experiment.local import LocalPhase, round_context
 from ppaia.learning.continual import forgetting
 from ppaia.learning.ewc import Anchor
 from ppaia.learning.local import PrivateSteps
 from ppaia.privacy import PrivateTraining
-from ppaia.rules import RoundContext, RoundPlan, apply_plan
+from ppaia.rules import RoundContext, RoundPlan
+from ppaia.simulation.axis import PeerAxis
 from ppaia.simulation.metrics import (
     METRIC_COLUMNS,
     evaluated_peers,
@@ -145,12 +148,21 @@ class RunResult:
 
 class Simulation:
     """The batched loop over an experiment's whole batch (:meth:`Setup.batch`: every config error
-    surfaces there)."""
+    surfaces there), on the config's device.
 
-    def __init__(self, config: ExperimentConfig) -> None:
+    `axis` says which peers' rows this process holds and how per-peer values meet: by default all of
+    them; a run sharded over ranks passes a :class:`ppaia.simulation.sharded.ShardedAxis`, and the same
+    loop then runs on each rank's block (:meth:`Setup.block`)."""
+
+    def __init__(self, config: ExperimentConfig, axis: PeerAxis | None = None) -> None:
         self.config = config
-        self.setup = Setup.batch(config)
+        self.axis = axis or PeerAxis()
+        device = resolve_device(config.device)  # before the data is loaded: a missing GPU fails at once
+        check_device_support(config, device)
+        rows = self.axis.rows
+        self.setup = (Setup.batch(config) if rows is None else Setup.block(config, rows)).to(device)
         self.rule = self.setup.rule
+        self.honest = self.axis.gather(self.setup.honest)  # every peer's, for the metrics
 
     @property
     def n_peers(self) -> int:
@@ -168,7 +180,7 @@ class Simulation:
         return self.setup.trainer.train(params, round_, trainers, anchor=anchor, private=private)
 
     def cooperate(self, plan: RoundPlan, params: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
-        return apply_plan(self.rule, plan, params, ctx)
+        return self.axis.apply_plan(self.rule, plan, params, ctx)
 
     def evaluate(self, params: torch.Tensor, task: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-peer test accuracy and loss, on the whole test set or on one task's classes."""
@@ -178,8 +190,8 @@ class Simulation:
         """Run every round; `on_round(round, metrics or None)` is called after each one, and `observe`
         with the round's :class:`RoundView`."""
         setup = self.setup
-        cfg, params, honest = self.config, setup.params.clone(), setup.honest
-        self.rule.reset(self.n_peers)
+        cfg, params, honest, axis = self.config, setup.params.clone(), self.honest, self.axis
+        self.rule.reset(self.n_peers, None if axis.rows is None else torch.tensor(axis.rows))
         phase = LocalPhase(setup, self.train)
         privacy = phase.privacy
         model_bytes = setup.layout.size * BYTES_PER_VALUE
@@ -193,18 +205,27 @@ class Simulation:
         if observe is not None:
             observe(RoundView(0, RoundPlan(), None, history[0], accuracy, loss))
         divergence = None
+        churn = None if cfg.churn is None else ChurnRun(cfg.churn, self.n_peers, cfg.rounds, cfg.seed)
+        if churn is not None and axis.rows is not None:
+            raise ConfigError("churn: a join/leave schedule runs on one process, not sharded")
         started = time.perf_counter()
         for round_ in range(1, cfg.rounds + 1):
             evaluating = cfg.evaluates(round_)
             phase.enter(round_)
             ctx = round_context(setup, round_)
+            if churn is not None:  # an open swarm's joins and leaves, partners sampled (ppaia.churn)
+                ctx = churn.enter(round_, ctx, params)
             plan = self.rule.plan(ctx)
+            if churn is not None:
+                plan = churn.restrict(plan, round_)
             params = self.rule.prepare(params, plan, ctx)
             trainers = phase.trainers(plan.trainers, round_)
             params, held = phase.train(params, round_, trainers)
             if divergence := self._divergence(round_, Phase.TRAINING, params):
                 break
-            after_training = local_phase(self.evaluate(params)[0], honest) if local and evaluating else {}
+            after_training = (
+                local_phase(axis.gather(self.evaluate(params)[0]), honest) if local and evaluating else {}
+            )
             params = self.cooperate(plan, phase.send(params, held, round_), ctx)
             if divergence := self._divergence(round_, Phase.COOPERATION, params):
                 break
@@ -227,6 +248,7 @@ class Simulation:
                 state = {name: value.clone() for name, value in self.rule.snapshot().items()}
                 if privacy is not None:
                     state["epsilon"] = privacy.epsilon()
+                state = axis.state(state)
                 for name, value in state.items():
                     snapshots.setdefault(name, []).append((round_, value))
             if on_round is not None:
@@ -234,15 +256,15 @@ class Simulation:
             if observe is not None:
                 evaluated = (accuracy, loss) if row is not None else (None, None)
                 observe(RoundView(round_, plan, trainers, row, *evaluated, state))
-        events = [] if privacy is None else privacy.events
-        return RunResult(
+        events = [] if privacy is None else axis.texts(privacy.events)
+        return RunResult(  # on the host, whatever the device: what the outputs are written from
             cfg,
             history,
-            accuracy,
-            loss,
-            params,
-            setup.train_counts,
-            setup.histogram,
+            accuracy.cpu(),
+            loss.cpu(),
+            axis.collect(params).cpu(),
+            axis.gather(setup.train_counts),
+            axis.gather(torch.from_numpy(setup.histogram)).numpy(),
             ~honest,
             setup.setup_s,
             setup.init.steps,
@@ -254,10 +276,13 @@ class Simulation:
     def _divergence(
         self, round_: int, phase: Phase, values: torch.Tensor, among: torch.Tensor | None = None
     ) -> Divergence | None:
-        """A divergence if some honest peer's row of `values` (parameters or losses) is not finite; only
+        """A divergence if some honest peer's row of `values` is not finite: this process's rows of the
+        parameters (every process agrees on the outcome), or in evaluation every peer's losses; only
         the peers of mask `among`, when given, are looked at."""
-        honest = self.setup.honest if among is None else self.setup.honest & among
-        peers = nonfinite_peers(values, honest)
+        if phase is Phase.EVALUATION:
+            peers = nonfinite_peers(values, self.honest if among is None else self.honest & among)
+        else:
+            peers = self.axis.peers(nonfinite_peers(values, self.setup.honest))
         return Divergence(round_, phase, peers) if peers else None
 
     def measure(
@@ -267,7 +292,7 @@ class Simulation:
         history: list[dict[str, float]],
         privacy: PrivateTraining | None,
     ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-        return measure(self.setup, round_, params, history, privacy, self.evaluate)
+        return measure(self.setup, round_, params, history, privacy, self.evaluate, self.axis)
 
 
 def measure(
@@ -277,27 +302,37 @@ def measure(
     history: list[dict[str, float]],
     privacy: PrivateTraining | None,
     evaluate: Callable[[torch.Tensor, int | None], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    axis: PeerAxis | None = None,
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """An evaluated round's metrics (the caller adds bytes and time) and each peer's accuracy and loss
-    (NaN for the peers that `eval_peers` left out of the round: :func:`evaluated_peers`)."""
-    evaluate = evaluate or setup.evaluate
-    honest, schedule = setup.honest, setup.schedule
+    (NaN for the peers that `eval_peers` left out of the round: :func:`evaluated_peers`). `params` are
+    the rows `axis` holds (default: every peer's); the results are every peer's."""
+    evaluate, axis = evaluate or setup.evaluate, axis or PeerAxis()
+    honest, schedule = axis.gather(setup.honest), setup.schedule
     drawn = evaluated_peers(setup.config, setup.n_peers, round_)
-    rows, drawn_honest = (params, honest) if drawn is None else (params[drawn], honest[drawn])
-    accuracy, loss = evaluate(rows, None)
-    if drawn is not None:
-        accuracy, loss = (
-            v.new_full(drawn.shape, torch.nan).masked_scatter_(drawn, v) for v in (accuracy, loss)
-        )
-    row = metrics_row(round_, accuracy, loss, params, honest, 0, 0, 0.0, drawn)
+    mine = None if drawn is None else axis.local(drawn)
+    rows = params if mine is None else params[mine.to(params.device)]
+
+    def every_peer(task: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accuracy and loss of every peer (NaN where not drawn) on the test set or one task's classes."""
+        values = evaluate(rows, task)
+        if mine is not None:
+            values = (v.new_full(mine.shape, torch.nan).masked_scatter_(mine.to(v.device), v) for v in values)
+        accuracy, loss = (axis.gather(v) for v in values)
+        return accuracy, loss
+
+    accuracy, loss = every_peer(None)
+    distance = axis.consensus_distance(params, setup.honest)
+    row = metrics_row(round_, accuracy, loss, params, honest, 0, 0, 0.0, drawn, distance=distance)
     if setup.config.eval_peers is not None:
         row |= sampling_error(accuracy, loss, honest, drawn)
     if schedule:
+        drawn_honest = honest if drawn is None else honest & drawn
         for task in range(len(schedule.tasks)):
-            row[f"task{task}_acc"] = evaluate(rows, task)[0][drawn_honest].mean().item()
+            row[f"task{task}_acc"] = every_peer(task)[0][drawn_honest.to(accuracy.device)].mean().item()
         row["forgetting"] = forgetting([*history, row], schedule.task_of(max(round_, 1)))
     if privacy is not None:
-        epsilon = privacy.epsilon()
+        epsilon = axis.gather(privacy.epsilon())
         row |= {"epsilon_mean": epsilon.mean().item(), "epsilon_max": epsilon.max().item()}
     return row, accuracy, loss
 

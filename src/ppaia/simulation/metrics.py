@@ -23,6 +23,7 @@ __all__ = [
     "LOCAL_PHASE_COLUMNS",
     "METRIC_COLUMNS",
     "SAMPLING_COLUMNS",
+    "consensus_distance",
     "evaluated_peers",
     "local_phase",
     "metrics_row",
@@ -67,6 +68,12 @@ def spread(name: str, values: torch.Tensor) -> dict[str, float]:
     }
 
 
+def consensus_distance(params: torch.Tensor, honest: torch.Tensor) -> float:
+    """(1/H)·Σᵢ‖θᵢ − θ̄‖² over the honest rows, in float64 (identical models give exactly 0)."""
+    wide = params[honest.to(params.device)].double()
+    return (wide - wide.mean(0)).square().sum(1).mean().item()
+
+
 def metrics_row(
     round_: int,
     accuracy: torch.Tensor,
@@ -77,12 +84,16 @@ def metrics_row(
     total: int,
     wall: float,
     evaluated: torch.Tensor | None = None,
+    *,
+    distance: float | None = None,
 ) -> dict[str, float]:
     """One row of ``metrics.csv``. Honest-peer columns and the consensus distance leave attackers out.
     `evaluated`: the mask of peers whose accuracy and loss were measured (None: every peer); the accuracy
-    and loss columns are over those, the consensus distance over every honest peer."""
-    wide = params[honest].double()  # float64: identical peers give exactly 0
-    distance = (wide - wide.mean(0)).square().sum(1).mean().item()
+    and loss columns are over those, the consensus distance over every honest peer. `distance`: the
+    consensus distance when computed elsewhere (a sharded run reduces it across ranks); else from
+    `params`."""
+    if distance is None:
+        distance = consensus_distance(params, honest)
     if evaluated is not None:
         accuracy, loss, honest = accuracy[evaluated], loss[evaluated], honest[evaluated]
     good = spread("honest_acc", accuracy[honest])
@@ -150,7 +161,7 @@ def nonfinite_peers(values: torch.Tensor, among: torch.Tensor) -> list[int]:
     or ±inf. One sum per row does it: NaN and ±inf never add up to a finite value, so only a row whose sum
     is not finite (or overflowed) gets the elementwise test."""
     sums = values.sum(-1) if values.dim() == 2 else values
-    suspects = (~torch.isfinite(sums) & among).nonzero().flatten()
+    suspects = (~torch.isfinite(sums) & among.to(sums.device)).nonzero().flatten()
     if suspects.numel() == 0:
         return []
     rows = values[suspects].reshape(suspects.numel(), -1)

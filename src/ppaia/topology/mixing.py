@@ -44,16 +44,15 @@ class Mixing:
 
     def weighted_sum(self, params: torch.Tensor) -> torch.Tensor:
         """The linear combination ``W @ params`` ([n_rows, D]); dense BLAS when W is dense enough."""
-        shape = (self.n_rows, params.shape[0])
-        weights = self.weights.to(params.dtype)
+        shape, device = (self.n_rows, params.shape[0]), params.device
+        weights = self.weights.to(device, params.dtype)  # a plan is drawn on the host; its weights go here
+        rows, senders = self.rows.to(device), self.senders.to(device)
         if self.rows.numel() * 4 >= shape[0] * shape[1]:
-            dense = torch.zeros(shape, dtype=params.dtype).index_put_(
-                (self.rows, self.senders), weights, True
+            dense = torch.zeros(shape, dtype=params.dtype, device=device).index_put_(
+                (rows, senders), weights, True
             )
             return dense @ params
-        matrix = torch.sparse_coo_tensor(
-            torch.stack([self.rows, self.senders]), weights, shape, check_invariants=False
-        )
+        matrix = torch.sparse_coo_tensor(torch.stack([rows, senders]), weights, shape, check_invariants=False)
         return torch.sparse.mm(matrix.coalesce(), params)
 
     def write(self, params: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -61,7 +60,8 @@ class Mixing:
         n = params.shape[0]
         if self.n_rows == n == self.targets.numel() and torch.equal(self.targets, self.target_rows):
             return out
-        return params.index_copy_(0, self.targets, out[self.target_rows])
+        device = params.device
+        return params.index_copy_(0, self.targets.to(device), out[self.target_rows.to(device)])
 
     def for_peer(self, peer: int) -> Mixing | None:
         """This step as the single peer `peer` sees it: its own row over the k senders it hears from.

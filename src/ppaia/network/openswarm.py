@@ -1,0 +1,440 @@
+"""An open swarm: peers join by swarm name, find their partners themselves, and come and go.
+
+``ppaia peer --swarm NAME --data SPEC --bootstrap HOST:PORT`` starts a peer that knows neither how many
+peers there are nor an index of its own: its identity is its key. It joins the DHT and the swarm's
+peer sampling (:mod:`ppaia.network.sampling`) through any member, and each round picks its partners at
+random among the live members in its view. What an :class:`OpenPeer` changes from a replay-mode
+:class:`~ppaia.network.peer.Peer` (whose round loop, timing policy, strikes, checkpoints and status it
+keeps):
+
+- **Agreement at join.** The shared config (model, rule, optimizer, rounds, ..., but not ``peers`` nor the
+  topology: :data:`~ppaia.network.agreement.OPEN_SWARM`) is checked against every member it meets. A peer
+  whose config is incompatible with every member it found is refused when it joins
+  (:class:`AgreementError` naming the fields, exit 2), before any round.
+- **Rules.** Only rules whose partners may be anyone run here (:data:`OPEN_RULES`): ``learned_trust``
+  pulls from k random live members (its ``partners``) and weighs them by its trust, ``gossip`` averages
+  with one random live member, as its pairwise averaging does, and ``isolated`` trains alone. Rules on a
+  fixed topology (consensus, P2PL, the robust neighbourhood rules) and FedAvg (it has a server; no
+  member is elected) are refused with a message (:func:`check_open`).
+- **Partners by position.** The round loop works on integer positions: position 0 is the peer itself,
+  and each member met gets the next position for the life of the process (:class:`Roster`). Learned
+  trust is keyed by peer id in checkpoints, so a restarted peer gets its trust back whatever positions
+  its partners have then.
+- **Join at round r.** A peer that starts afresh asks its members' statuses and, if they have completed
+  rounds, fetches and verifies each one's newest completed model, starts from their mean and continues
+  at the round after the newest of them. A restarted peer (its data directory) resumes its checkpoint,
+  key and rule state, and catches up the same way when its partners have moved on: then its own rule
+  combines their models with its own (learned trust: by its trust).
+- **Saying why.** A peer that cannot make progress says why in its status (:class:`Stuck`: no partners,
+  all banned, all refused, catching up, waiting for partners) and logs it once per change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+
+import torch
+
+from ppaia.config import ConfigError, ExperimentConfig
+from ppaia.experiment import OwnData
+from ppaia.network.agreement import Agreement, describe
+from ppaia.network.dht import Address
+from ppaia.network.errors import AgreementError, ProtocolError
+from ppaia.network.identity import Identity
+from ppaia.network.learner import StepRole
+from ppaia.network.peer import LOOPBACK, Peer, PeerOptions
+from ppaia.network.records import PeerRecord
+from ppaia.network.sampling import Sampler, View
+from ppaia.network.status import Membership, PeerStatus, Phase, Stuck
+from ppaia.network.transfer import NotReady
+from ppaia.network.wire import MAX_OFFER
+from ppaia.topology.mixing import Mixing
+
+__all__ = ["OPEN_RULES", "OpenOptions", "OpenPeer", "Roster", "check_open", "members_topic", "open_row"]
+
+log = logging.getLogger(__name__)
+
+OPEN_RULES = frozenset({"learned_trust", "gossip", "isolated"})
+RECORD_TTL = 300.0  # seconds a member record handed around in view exchanges stays valid
+STATUS_WAIT = 5.0  # seconds a joining peer waits for a member's status before asking again
+EXCHANGE_WAIT = 5.0  # seconds a view exchange may take (peers hosted many to a process answer slower)
+
+
+def members_topic(swarm: str) -> str:
+    """The DHT topic a member of open swarm `swarm` provides (at most 20 are listed: a start, not a list)."""
+    return f"{swarm}/members"
+
+
+def check_open(config: ExperimentConfig) -> None:
+    """ConfigError naming what of `config` an open swarm cannot run."""
+    rule = config.rule.name
+    if rule == "fedavg":
+        raise ConfigError(
+            "rule 'fedavg' has a server, and an open swarm elects none: use learned_trust or gossip, "
+            "which pick random live partners"
+        )
+    if rule not in OPEN_RULES:
+        raise ConfigError(
+            f"rule {rule!r} runs on a fixed topology, and an open swarm has no member list to build one "
+            f"from: use one of {sorted(OPEN_RULES)} (or --partition i/N with a members list)"
+        )
+    if config.privacy is not None or config.attack is not None:
+        raise ConfigError(
+            "privacy and attack are keyed by a peer's index, which a peer of an open swarm does not have: "
+            "run them with --partition i/N"
+        )
+
+
+def partners_of(config: ExperimentConfig) -> int:
+    """How many partners a peer pulls from each round: learned trust's k, one for gossip, none alone."""
+    if config.rule.name == "learned_trust":
+        return config.rule.partners
+    return 1 if config.rule.name == "gossip" else 0
+
+
+def open_row(config: ExperimentConfig, partners: list[int]) -> Mixing:
+    """This peer's (position 0) row over itself and `partners` (positions): learned trust's weights are
+    learned in its combine (NaN here), gossip averages uniformly (½ each with its one partner)."""
+    senders = torch.tensor([0, *sorted(partners)])
+    n = len(senders)
+    fill = float("nan") if config.rule.name == "learned_trust" else 1.0 / n
+    weights = torch.full((n,), fill, dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.long)
+    return Mixing(torch.zeros(n, dtype=torch.long), torch.arange(n), weights, 1, zero, zero, senders)
+
+
+class Roster:
+    """Positions for the round loop: 0 is this peer, each member met the next one (never reused)."""
+
+    def __init__(self, me: str) -> None:
+        self.ids: list[str] = [me]
+        self.positions: dict[str, int] = {me: 0}
+
+    def position(self, peer_id: str) -> int:
+        if peer_id not in self.positions:
+            self.positions[peer_id] = len(self.ids)
+            self.ids.append(peer_id)
+        return self.positions[peer_id]
+
+
+class OpenBook:
+    """Where members serve, as an :class:`~ppaia.network.addressbook.AddressBook` says it for the round
+    loop: from the view, i.e. each member's own signed record as its last exchange gave it. Every
+    position is pinned to its member's key (in an open swarm a peer's identity is its key). A member not
+    in the view is not reachable now."""
+
+    def __init__(self, roster: Roster, view: View) -> None:
+        self.roster = roster
+        self.view = view
+        self.pinned: Mapping[int, str] = _Pins(roster)
+
+    def _id(self, index: int) -> str | None:
+        return self.roster.ids[index] if 0 < index < len(self.roster.ids) else None
+
+    async def address(self, index: int, timeout: float = 5.0) -> Address | None:
+        peer_id = self._id(index)
+        return None if peer_id is None else self.view.address(peer_id)
+
+    def forget(self, index: int) -> None:
+        """Nothing: a member that did not answer a round's request in time may only be slow (peers
+        hosted many to a process answer late under load). The round loop leaves it out as absent, and
+        the view's own upkeep drops it if it does not answer an exchange either; a member that moved
+        comes back with a fresher record through the exchanges."""
+
+
+class _Pins(Mapping[int, str]):
+    """Position -> member id, read from the roster as it grows."""
+
+    def __init__(self, roster: Roster) -> None:
+        self.roster = roster
+
+    def __getitem__(self, index: int) -> str:
+        if not 0 <= index < len(self.roster.ids):
+            raise KeyError(index)
+        return self.roster.ids[index]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self.roster.ids)))
+
+    def __len__(self) -> int:
+        return len(self.roster.ids)
+
+
+@dataclass(frozen=True)
+class OpenOptions:
+    """How a peer takes part in an open swarm's peer sampling: at most `view` members (and as many
+    candidates), `shuffle` records sent per exchange (at most :data:`MAX_OFFER`), one exchange about
+    every `period` seconds."""
+
+    view: int = 16
+    shuffle: int = 6
+    period: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.view < 1 or not 1 <= self.shuffle <= MAX_OFFER or self.period <= 0:
+            raise ValueError(f"need view >= 1, 1 <= shuffle <= {MAX_OFFER} and period > 0")
+
+
+class OpenPeer(Peer):
+    """A peer of an open swarm (see the module docstring). `config` is the swarm's agreed config; its
+    ``peers`` is ignored."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        options: PeerOptions,
+        own: OwnData,
+        identity: Identity | None = None,
+        sampling: OpenOptions | None = None,
+    ) -> None:
+        check_open(config)
+        sampling = sampling or OpenOptions()
+        self.swarm_config = config
+        super().__init__(config.model_copy(update={"peers": 1}), replace(options, index=0), identity, own)
+        facts = {"inputs": list(own.train.input_shape), "classes": own.train.n_classes}
+        self.agreement = Agreement.of(config, own_data=True, data=facts, open_swarm=True)
+        self.k = partners_of(config)
+        self.roster = Roster(self.identity.peer_id)
+        self.view = View(
+            self.identity.peer_id, size=sampling.view, shuffle=sampling.shuffle, shared_hosts=LOOPBACK
+        )
+        self.sampler = Sampler(
+            self.identity,
+            self.view,
+            self._own_record,
+            self.strikes,
+            seeds=options.bootstrap,
+            period=sampling.period,
+            timeout=EXCHANGE_WAIT,
+        )
+        self.server.view = self.sampler.answer
+        self.server.max_request_bytes = 8192  # an offer of MAX_OFFER records
+        self.book = OpenBook(self.roster, self.view)  # type: ignore[assignment]
+        self.stuck: Stuck | None = None
+        self._placed = 1  # roster positions the rule's state was last placed over (see _roles)
+        self._alone = False  # the last round found no partner: the next one does not wait for one
+        self.name = self.label = self.identity.peer_id[:8]
+        self.size = "(open: no member list)"
+
+    def _own_record(self) -> PeerRecord:
+        host = self.options.listen[0]
+        return PeerRecord.create(
+            self.identity,
+            host=host,
+            udp_port=self.dht.port,
+            tcp_port=self.server.port,
+            now=time.time(),
+            ttl=RECORD_TTL,
+        )
+
+    def status(self) -> PeerStatus:
+        sampler = self.sampler
+        membership = Membership(
+            view=len(self.view),
+            candidates=len(self.view.candidates),
+            exchanges=sampler.exchanges,
+            sent=sampler.sent,
+            received=sampler.received,
+        )
+        return (
+            super().status().model_copy(update={"index": None, "stuck": self.stuck, "membership": membership})
+        )
+
+    def _say(self, stuck: Stuck | None, detail: str = "") -> None:
+        """Set why this peer cannot make progress now, and log each change."""
+        if stuck != self.stuck and stuck is not None:
+            log.warning("peer %s: %s%s", self.name, stuck.value.replace("_", " "), detail)
+        elif stuck is None and self.stuck is not None:
+            log.info("peer %s: making progress again (was: %s)", self.name, self.stuck.value)
+        self.stuck = stuck
+
+    def _topic(self) -> str:
+        return members_topic(self.options.swarm)
+
+    async def _join(self, host: str) -> None:
+        await super()._join(host)  # the DHT: bootstrap, announce, provide the members topic
+        log.info(
+            "peer %s (%s) joins open swarm %r (shared config %s; %s, %d partners a round)",
+            self.name, self.identity.peer_id, self.options.swarm, self.agreement.digest[:16],
+            self.config.rule.name, self.k,
+        )  # fmt: skip
+        self.sampler.start()
+
+    async def _discover(self) -> None:
+        """Candidates from the DHT's members topic (a start when no seed gave any)."""
+        try:
+            providers = await self.dht.find_providers(members_topic(self.options.swarm))
+        except Exception as err:  # a hostile or broken DHT answer must not stop the peer
+            log.warning("peer %s: members lookup failed: %r", self.name, err)
+            return
+        for record in providers:
+            if record.peer_id != self.identity.peer_id and record.peer_id not in self.view.members:
+                await self.sampler.exchange((record.host, record.tcp_port), record.peer_id)
+
+    def _usable(self, peer_id: str) -> bool:
+        """Whether a member may be a partner now: not banned, not refused, not absent."""
+        index = self.roster.position(peer_id)
+        return not self._excluded(index) and index not in self.timing.absent
+
+    def _why_alone(self) -> Stuck:
+        members = self.view.ids()
+        if not members:
+            return Stuck.NO_PARTNERS
+        if all(self.strikes.is_banned(peer_id) for peer_id in members):
+            return Stuck.ALL_BANNED
+        if all(self.roster.position(peer_id) in self.refused for peer_id in members):
+            return Stuck.ALL_REFUSED
+        return Stuck.NO_PARTNERS
+
+    async def _rendezvous(self) -> None:
+        """Wait (at most `wait`) until a member that runs this config is found; stop with
+        AgreementError, naming the fields, if every member found runs another one."""
+        self.progress.phase = Phase.WAITING
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.options.wait
+        looked = 0.0
+        while loop.time() < until:
+            if not self.view.members and loop.time() - looked > 2.0:
+                looked = loop.time()
+                await self._discover()
+            members = [self.roster.position(peer_id) for peer_id in self.view.ids()]
+            asking = min(STATUS_WAIT, max(until - loop.time(), 0.05))  # all at once: none holds up others
+            await asyncio.gather(*(self._address(index, asking) for index in members))
+            if any(i not in self.refused for i in self.agreed):
+                self._say(None)
+                return
+            found = {self.roster.position(peer_id) for peer_id in self.view.ids()}
+            if self.refused and found <= set(self.refused):
+                others = "; ".join(
+                    f"peer {self.roster.ids[i][:8]}: {describe(diff)}"
+                    for i, diff in sorted(self.refused.items())
+                )
+                raise AgreementError(
+                    f"this peer's config is incompatible with open swarm {self.options.swarm!r}, which "
+                    f"runs another one ({others}); start it with the swarm's config"
+                )
+            self._say(self._why_alone())
+            await asyncio.sleep(0.2)
+        log.warning("peer %s: no partner found within %g s; starting anyway", self.name, self.options.wait)
+
+    async def _roles(self, ctx) -> tuple[bool, list[StepRole]]:
+        """This round's row: k random usable members of the view, waiting up to the timing deadline for
+        one to appear; alone after that, said in the status. Like an absent sender, a swarm without
+        partners costs one deadline, once: while it stays alone the next rounds do not wait."""
+        if self.k == 0:
+            return True, [StepRole(open_row(self.config, []))]
+        loop = asyncio.get_running_loop()
+        until = loop.time() + (0.0 if self._alone else self.timing.deadline())
+        while True:
+            chosen = self.view.sample(self.k, self._usable)
+            if chosen or loop.time() >= until:
+                break
+            self._say(self._why_alone())
+            await asyncio.sleep(0.1)
+        if not chosen and not self._alone:
+            log.warning("peer %s: round %d without partners (%s)", self.name, ctx.round, self._why_alone())
+        self._alone = not chosen
+        self._place()
+        self._say(None if chosen else self._why_alone())
+        return True, [StepRole(open_row(self.config, [self.roster.position(i) for i in chosen]))]
+
+    def _place(self) -> None:
+        """Give the rule's per-partner state (learned trust, keyed by id) the positions members have
+        now: a resumed peer's trust in a member comes back when it meets it again."""
+        ids = self._partner_ids()  # positions are never reused, so every met one is among them
+        if len(ids) != self._placed:
+            rule = self.learner.rule
+            rule.load_peer_state(0, ids, rule.peer_state(0, ids))
+            self._placed = len(ids)
+
+    async def _step(self, round_: int, step: int, role: StepRole, ctx) -> tuple[int, int, int]:
+        self.stuck = Stuck.WAITING_FOR_PARTNERS if role.senders[1:] else self.stuck
+        try:
+            return await super()._step(round_, step, role, ctx)
+        finally:
+            if self.stuck is Stuck.WAITING_FOR_PARTNERS:
+                self.stuck = None
+
+    def _partner_ids(self) -> list[str | None]:
+        return list(self.roster.ids)
+
+    async def _entry_round(self, first: int) -> int:
+        return await self._adopt(first, fresh=True)
+
+    async def _catch_up(self, first: int) -> int:
+        return await self._adopt(first, fresh=False)
+
+    async def _adopt(self, first: int, *, fresh: bool) -> int:
+        """The round to continue from: if members have completed round R ≥ `first`, fetch and verify
+        each one's newest completed model and continue at R + 1 from them (afresh: their mean; resumed:
+        combined with this peer's own by its rule); else `first`."""
+        members = [self.roster.position(peer_id) for peer_id in self.view.ids()]
+        statuses = await asyncio.gather(*(self._status(i) for i in members))
+        done = {
+            i: status.completed
+            for i, status in zip(members, statuses, strict=True)
+            if status is not None and status.completed is not None and i not in self.refused
+        }
+        if not done or max(v.round for v in done.values()) < first:
+            return first
+        target = max(v.round for v in done.values())
+        self._say(Stuck.CATCHING_UP, f": members are at round {target}, this peer at {first - 1}")
+        models: dict[int, torch.Tensor] = {}
+        for index, version in done.items():
+            if version.round < target - 1:
+                continue  # too far behind to help
+            address = await self._address(index, 2.0)
+            if address is None:
+                continue
+            try:
+                models[index] = await self._download(
+                    address, self.roster.ids[index], version.round, version.step, 5.0
+                )
+            except (NotReady, ProtocolError) as err:
+                log.info(
+                    "peer %s: no model from %s to start from: %s", self.name, self.roster.ids[index], err
+                )
+        self._say(None)
+        if not models:
+            return first
+        learner = self.learner
+        if fresh:
+            learner.params = torch.stack(list(models.values())).mean(0)
+        else:
+            self._place()
+            row = open_row(self.config, list(models))
+            learner.params = await asyncio.to_thread(learner.combine, row, models, learner.context(target))
+        state = learner.state(self._partner_ids())
+        await asyncio.to_thread(self.checkpoint.save, target, learner.tensors(), state)
+        self.trust = state.rule
+        log.info(
+            "peer %s %s at round %d: starts from %d members' verified round-%d models",
+            self.name, "joins" if fresh else "catches up", target + 1, len(models), target,
+        )  # fmt: skip
+        return target + 1
+
+    async def _linger(self) -> None:
+        """Keep serving until the members in the view report finished or stop answering, within
+        `linger` seconds."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.options.linger
+        while loop.time() < until:
+            members = [self.roster.position(peer_id) for peer_id in self.view.ids()]
+            statuses = await asyncio.gather(*(self._status(i, 1.0) for i in members))
+            done = [
+                status is None or status.phase is Phase.FINISHED or index in self.refused
+                for index, status in zip(members, statuses, strict=True)
+            ]
+            if all(done):
+                return
+            await asyncio.sleep(0.5)
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            await self.sampler.stop()

@@ -1,0 +1,243 @@
+"""Open swarms on real sockets (127.0.0.1): peers join by name, find partners themselves, come and go.
+
+Peers are hosted in this test's process (:class:`ppaia.network.host.Host`: each its own key, sockets,
+data directory and tasks; a peer that leaves is cancelled, which closes its sockets at once as a kill
+would). ``tests/cli/test_open_peer.py`` runs the same as ``ppaia peer`` processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from open_parts import CONFIG, write_parts
+
+import ppaia
+from ppaia.config import ConfigError
+from ppaia.experiment import OwnData
+from ppaia.network.dht import PeerDHT
+from ppaia.network.errors import AgreementError
+from ppaia.network.host import Host, HostedPeer
+from ppaia.network.identity import Identity
+from ppaia.network.openswarm import OpenOptions, OpenPeer, check_open
+from ppaia.network.peer import PeerOptions
+from ppaia.network.records import PeerRecord
+from ppaia.network.status import Phase, Stuck
+from ppaia.network.swarm import HOST, free_port
+from ppaia.network.transfer import ModelServer
+
+SAMPLING = OpenOptions(view=8, shuffle=4, period=0.2)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory) -> tuple[list[str], str]:
+    return write_parts(tmp_path_factory.mktemp("open-data"), 8)
+
+
+def config(**changes) -> ppaia.ExperimentConfig:
+    return ppaia.ExperimentConfig.model_validate(CONFIG | changes)
+
+
+def metrics(data_dir: Path) -> list[dict[str, str]]:
+    path = data_dir / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def rounds_of(data_dir: Path) -> list[int]:
+    return [int(row["round"]) for row in metrics(data_dir)]
+
+
+@pytest.mark.parametrize(
+    ("rule", "named"),
+    [
+        ("fedavg", "has a server"),
+        ("consensus", "fixed topology"),
+        ("p2pl", "fixed topology"),
+        ("trimmed_mean", "fixed topology"),
+    ],
+)
+def test_rules_that_need_a_member_list_or_a_server_are_refused_with_a_message(rule, named):
+    with pytest.raises(ConfigError, match=named):
+        check_open(config(rule=rule))
+
+
+async def until(done, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
+def spec(root: Path, name: str, data: str, test: str, seed: int | None = None, ports=None) -> HostedPeer:
+    ports[name] = ports.get(name) or free_port()
+    seeds = () if seed is None else ((HOST, ports[seed]),)
+    return HostedPeer(root / name, data, test, (HOST, ports[name]), seeds)
+
+
+@pytest.mark.slow
+def test_peers_join_late_leave_and_come_back_and_every_live_peer_finishes(parts, tmp_path):
+    """5 peers start (the first alone: its status says it has no partners), 2 join once the swarm is
+    past round 3 (through a member other than the first), one leaves past round 6 and comes back with
+    its data directory past round 8. Every peer alive at the end finishes; the joiners start at the
+    swarm's round from their partners' models and end close to the early peers; nobody's mixing waited
+    longer than the timing policy's `wait` for the peer that left."""
+    data, test = parts
+    cfg = config()
+    wait = 4.0
+
+    async def scenario():
+        host = Host(cfg, "open-a", wait=wait, linger=5.0, sampling=SAMPLING)
+        ports: dict[str, int] = {}
+        first = host.join("p0", spec(tmp_path, "p0", data[0], test, ports=ports))
+        await until(lambda: first.stuck is Stuck.NO_PARTNERS, 10, "a lone peer saying it has no partners")
+        alone = first.status()
+        for i in range(1, 5):
+            host.join(f"p{i}", spec(tmp_path, f"p{i}", data[i], test, "p0", ports))
+        early = [host.peers[f"p{i}"] for i in range(5)]
+        await until(lambda: min(p.progress.round for p in early) > 3, 60, "the swarm past round 3")
+        for i in (5, 6):
+            host.join(f"p{i}", spec(tmp_path, f"p{i}", data[i], test, "p2", ports))
+        await until(lambda: host.peers["p1"].progress.round > 6, 60, "peer 1 past round 6")
+        await host.leave("p1")
+        left_at = rounds_of(tmp_path / "p1")[-1]
+        await until(lambda: host.peers["p0"].progress.round > 8, 60, "the swarm past round 8")
+        host.join("p1", spec(tmp_path, "p1", data[1], test, "p3", ports))
+        outcome = await host.wait_all(120)
+        return alone, outcome, left_at
+
+    alone, outcome, left_at = asyncio.run(scenario())
+    assert alone.stuck is Stuck.NO_PARTNERS and alone.phase is Phase.WAITING and alone.index is None
+    assert alone.membership is not None and alone.membership.view == 0
+    assert outcome == dict.fromkeys(outcome, None) and len(outcome) == 7, outcome
+    final = {name: float(metrics(tmp_path / name)[-1]["accuracy"]) for name in outcome}
+    for name in outcome:
+        assert rounds_of(tmp_path / name)[-1] == cfg.rounds, name
+    for joiner in ("p5", "p6"):
+        assert rounds_of(tmp_path / joiner)[0] > 3  # joined at the swarm's round, not round 1
+    resumed = rounds_of(tmp_path / "p1")
+    assert resumed[0] == 1 and resumed == sorted(set(resumed))  # no round twice: resumed after left_at
+    assert left_at in resumed
+    early = np.mean([final[f"p{i}"] for i in range(5)])
+    for joiner in ("p5", "p6"):
+        assert final[joiner] > early - 0.05, (final, early)
+    for name in outcome:
+        for row in metrics(tmp_path / name):
+            assert float(row["mix_s"]) < wait + 1.5, (name, row)
+
+
+@pytest.mark.slow
+def test_a_peer_with_an_incompatible_config_is_refused_when_it_joins(parts, tmp_path):
+    data, test = parts
+
+    async def scenario():
+        host = Host(config(rounds=40), "open-b", wait=10.0, linger=1.0, sampling=SAMPLING)
+        ports: dict[str, int] = {}
+        for i in range(2):
+            host.join(f"p{i}", spec(tmp_path, f"p{i}", data[i], test, None if i == 0 else "p0", ports))
+        await until(lambda: host.peers["p1"].progress.round >= 1, 30, "the swarm running")
+        odd = Host(config(rounds=40, lr=0.05), "open-b", wait=10.0, sampling=SAMPLING)
+        stranger = odd.join("x", spec(tmp_path, "x", data[2], test, "p1", ports))
+        (error,) = (await odd.wait_all(30)).values()
+        for name in list(host.tasks):
+            await host.leave(name)
+        return error, stranger
+
+    error, stranger = asyncio.run(scenario())
+    assert isinstance(error, AgreementError)
+    assert "incompatible with open swarm 'open-b'" in str(error) and "lr: 0.2 there, 0.05 here" in str(error)
+    assert stranger.progress.round == 0  # refused before any round
+    assert not metrics(tmp_path / "x")
+
+
+async def hostile_member(identity: Identity, port: int, seed: int) -> tuple[ModelServer, PeerDHT]:
+    """A member (a DHT node, and a server on the same port) that answers every view exchange with fresh,
+    validly signed records of made-up members (new keys at dead loopback ports, and many keys claiming
+    its own address): endless ids."""
+    rng = random.Random(seed)
+
+    def answer(sender: str, offer: list[bytes]) -> list[bytes]:
+        now = time.time()
+        records = [PeerRecord.create(identity, host=HOST, udp_port=port, tcp_port=port, now=now, ttl=60)]
+        for n in range(5):
+            fake_port = port if n % 2 else rng.randrange(20000, 30000)
+            records.append(
+                PeerRecord.create(
+                    Identity.generate(), host=HOST, udp_port=fake_port, tcp_port=fake_port, now=now, ttl=60
+                ).signed
+            )
+        return [records[0].signed, *records[1:]]
+
+    server = ModelServer(identity, HOST, port, view=answer, max_request_bytes=8192)
+    await server.start()
+    dht = PeerDHT(identity)
+    await dht.start(HOST, port)
+    return server, dht
+
+
+@pytest.mark.slow
+def test_a_hostile_member_advertising_endless_made_up_members_does_not_stop_honest_peers(parts, tmp_path):
+    """Every honest peer bootstraps through the hostile member first: its views fill with candidates
+    that never answer, which never become partners; the honest peers still find each other and train
+    with partners in (almost) every round."""
+    data, test = parts
+    cfg = config(rounds=8)
+
+    async def scenario():
+        attacker_port = free_port()
+        bad = Identity.generate()
+        attacker, node = await hostile_member(bad, attacker_port, 0)
+        host = Host(cfg, "open-c", wait=6.0, linger=2.0, sampling=SAMPLING)
+        ports: dict[str, int] = {}
+        try:
+            for i in range(4):
+                ports[f"p{i}"] = free_port()
+                seeds = ((HOST, attacker_port),) + (() if i == 0 else ((HOST, ports["p0"]),))
+                host.join(
+                    f"p{i}", HostedPeer(tmp_path / f"p{i}", data[i], test, (HOST, ports[f"p{i}"]), seeds)
+                )
+            flooded = 0  # made-up members seen as candidates while the swarm ran
+            limit = time.monotonic() + 120
+            while any(not task.done() for task in host.tasks.values()) and time.monotonic() < limit:
+                flooded = max(flooded, sum(len(peer.view.candidates) for peer in host.peers.values()))
+                await asyncio.sleep(0.1)
+            outcome = await host.wait_all(120)
+        finally:
+            await attacker.stop()
+            await node.stop()
+        honest = {peer.identity.peer_id for peer in host.peers.values()}
+        return outcome, {name: peer.view for name, peer in host.peers.items()}, honest, bad.peer_id, flooded
+
+    outcome, views, honest, bad, flooded = asyncio.run(scenario())
+    assert flooded > 0
+    assert outcome == dict.fromkeys(outcome, None) and len(outcome) == 4, outcome
+    for name, view in views.items():
+        assert len(view.members) <= SAMPLING.view and len(view.candidates) <= SAMPLING.view
+        assert set(view.members) <= honest | {bad}  # no made-up member ever entered a view
+        rows = metrics(tmp_path / name)
+        assert len(rows) == cfg.rounds
+        with_partners = sum(int(row["received"]) > 0 for row in rows)
+        assert with_partners >= cfg.rounds - 1, (name, rows)
+
+
+def test_an_open_peer_builds_from_its_own_data_and_agrees_without_peers_or_topology(parts, tmp_path):
+    data, test = parts
+    a = OpenPeer(config(), PeerOptions(index=0, data_dir=tmp_path / "a"), OwnData.load(data[0], test, 3))
+    b = OpenPeer(
+        config(peers=50, topology="ring"),
+        PeerOptions(index=0, data_dir=tmp_path / "b"),
+        OwnData.load(data[1], test, 3),
+    )
+    assert a.agreement.digest == b.agreement.digest  # N and the topology are nobody's to agree on
+    assert a.agreement.shared["swarm"] == "open" and "peers" not in a.agreement.shared
+    c = OpenPeer(
+        config(lr=0.1), PeerOptions(index=0, data_dir=tmp_path / "c"), OwnData.load(data[2], test, 3)
+    )
+    assert [d.field for d in a.agreement.differences(c.agreement)] == ["lr"]
