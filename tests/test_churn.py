@@ -76,6 +76,15 @@ def test_sampled_partners_are_live_and_about_k_each(seed):
     assert int((degree == 0).sum()) == 0
 
 
+@pytest.mark.parametrize("partners", [7, 8, 10**8, 2**62])
+def test_asking_for_more_partners_than_live_peers_links_them_all_without_drawing_more(partners):
+    alive = torch.tensor([True, False, True, True, True, False, True, True, True, True])  # 8 live
+    graph = sampled_graph(alive, partners, torch.Generator().manual_seed(0))
+    live = alive.nonzero().flatten()
+    assert graph.edges.shape[1] <= 8 * 7 // 2 and bool(alive[graph.edges.flatten()].all())
+    assert int(graph.degree()[live].min()) >= 1
+
+
 @pytest.mark.slow
 def test_the_simulator_trains_only_the_peers_in_the_swarm_each_round():
     config = ppaia.ExperimentConfig.model_validate(

@@ -95,12 +95,15 @@ class Churn(BaseModel):
 
 def sampled_graph(alive: torch.Tensor, partners: int, g: torch.Generator) -> PeerGraph:
     """This round's links: each live peer picks `partners` random other live peers (with replacement,
-    so now and then fewer); the union of the picks, undirected. Memory ∝ live peers × `partners`."""
+    so now and then fewer); the union of the picks, undirected. A peer never picks more often than there
+    are others alive (more picks could only repeat them), so memory ∝ live peers × min(`partners`, live
+    peers − 1), whatever the option says."""
     n = alive.numel()
     live = alive.nonzero().flatten()
     m = live.numel()
     if m < 2:
         return PeerGraph(n, torch.zeros(2, 0, dtype=torch.long))
+    partners = min(partners, m - 1)
     offsets = torch.randint(1, m, (m, partners), generator=g)  # never oneself
     chosen = live[(torch.arange(m).unsqueeze(1) + offsets) % m].flatten()
     mine = live.repeat_interleave(partners)
