@@ -186,7 +186,7 @@ async def hostile_member(identity: Identity, port: int, seed: int) -> tuple[Mode
 def test_a_hostile_member_advertising_endless_made_up_members_does_not_stop_honest_peers(parts, tmp_path):
     """Every honest peer bootstraps through the hostile member first: its views fill with candidates
     that never answer, which never become partners; the honest peers still find each other and train
-    with partners in (almost) every round."""
+    with partners in (almost) every round (a peer slow to start joins at the others' round)."""
     data, test = parts
     cfg = config(rounds=8)
 
@@ -222,9 +222,11 @@ def test_a_hostile_member_advertising_endless_made_up_members_does_not_stop_hone
         assert len(view.members) <= SAMPLING.view and len(view.candidates) <= SAMPLING.view
         assert set(view.members) <= honest | {bad}  # no made-up member ever entered a view
         rows = metrics(tmp_path / name)
-        assert len(rows) == cfg.rounds
+        # a peer that joins after the others completed a round adopts their models and goes on from there
+        first = int(rows[0]["round"])
+        assert [int(row["round"]) for row in rows] == list(range(first, cfg.rounds + 1)) and first <= 3
         with_partners = sum(int(row["received"]) > 0 for row in rows)
-        assert with_partners >= cfg.rounds - 1, (name, rows)
+        assert with_partners >= len(rows) - 1, (name, rows)
 
 
 def test_an_open_peer_builds_from_its_own_data_and_agrees_without_peers_or_topology(parts, tmp_path):
