@@ -27,7 +27,8 @@ def measure(ledger: Ledger, transactions: int) -> dict[str, float]:
         ledger.register_validator(validator, sender=owner)
     started = time.perf_counter()
     updates = [
-        ledger.submit_update(r, content_hash(str(r).encode()), sender=trainer) for r in range(transactions)
+        ledger.submit_update(r, content_hash(str(r).encode()), sender=trainer)
+        for r in range(1, transactions + 1)
     ]
     submitted = time.perf_counter()
     for update in updates:

@@ -118,7 +118,18 @@ def test_one_update_per_trainer_per_round(ledger, roles):
         ledger.submit_update(1, H2, sender=alice)
     assert ledger.submit_update(1, H2, sender=bob) == first + 1
     assert ledger.submit_update(2, H2, sender=alice) == first + 2
-    assert ledger.update(first) == Update(alice, 1, H1, 0, False)
+    assert ledger.update(first) == Update(alice, 1, 0, H1, 0, False)
+
+
+def test_an_update_names_the_round_it_trained_from_which_precedes_its_round(ledger, roles):
+    """Fresh (round - 1) or stale (older): recorded; the round itself or a later one is refused."""
+    _, _, (alice, _) = roles
+    for round_, base in ((1, 0), (5, 4), (6, 0), (9, 2)):
+        update_id = ledger.submit_update(round_, H1, base=base, sender=alice)
+        assert ledger.update(update_id).base_round == base
+    for later in (7, 8, 2**256 - 1):
+        with reverts("base is not before the round"):
+            ledger.submit_update(7, H2, base=later, sender=alice)
 
 
 def test_unknown_update(ledger, roles):
@@ -151,7 +162,7 @@ def test_quorum_of_valid_votes_accepts(ledger, roles):
     assert not ledger.is_accepted(update_id)  # an invalid vote does not count
     ledger.vote(update_id, True, to_fixed(0.9), sender=validators[3])
     assert ledger.is_accepted(update_id)
-    assert ledger.update(update_id) == Update(trainer, 1, H1, 3, True)
+    assert ledger.update(update_id) == Update(trainer, 1, 0, H1, 3, True)
 
 
 def test_acceptance_is_final_when_validators_join(ledger, roles):

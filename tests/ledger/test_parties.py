@@ -1,13 +1,14 @@
 """The ledger systems as real parties: separate processes on a hardhat node over JSON-RPC, models moved
 peer to peer by content address, audited from the chain and the re-fetched blobs.
 
-The launcher gives each party a data file of its own (its share of the config's split); the parties
-started by hand use their share of the config directly. Scaled down from the issue's acceptance runs to
-keep the suite short on two cores (each party process builds its own slice of the experiment): FLoBC
-with 6 trainers + 3 validators runs 2 rounds (3 released versions; the issue asks for 10, which
-``benchmarks/ledger_parties.py`` runs), the misbehaviour runs use 3 trainers + 4 validators and 2
-rounds, the silent validator 1 trainer + 4 (or 3) validators and one round, the publisher flow 4
-clients and 2 rounds.
+The launcher gives each party but the publisher a data file of its own (its share of the config's
+split); the parties started by hand use their share of the config directly. Scaled down from the issue's
+acceptance runs to keep the suite short on two cores (each party process builds its own slice of the
+experiment): FLoBC with 6 trainers + 3 validators runs 2 rounds (3 released versions; the issue asks for
+10, which ``benchmarks/ledger_parties.py`` runs: on a loaded 2-core machine the 7 more rounds and their
+audits added about 40 s to the module), the misbehaviour runs use 3 trainers + 4 validators and 2
+rounds, the silent validator 1 trainer + 4 (or 3) validators and one round, SSP with a straggler 2
+trainers + 3 validators and 2 rounds, the publisher flow 4 clients and 2 rounds.
 """
 
 from __future__ import annotations
@@ -31,16 +32,17 @@ from ppaia.cli.main import app
 from ppaia.codec import decode
 from ppaia.config import ExperimentConfig
 from ppaia.ledger import run_flobc_on_ledger
-from ppaia.ledger.client import Ledger, content_hash, from_fixed, to_fixed
+from ppaia.ledger.client import Ledger, LedgerError, content_hash, from_fixed, to_fixed
 from ppaia.ledger.devchain import dev_node
 from ppaia.ledger.parties.audit import AuditError, Auditor, _check_quorums, _check_senders
 from ppaia.ledger.parties.chain import ChainLog, LedgerState
 from ppaia.ledger.parties.launch import LedgerSystem, Outcome, parties_of
 from ppaia.ledger.parties.party import Behaviour
-from ppaia.ledger.parties.rules import aggregate, flobc_rounds
+from ppaia.ledger.parties.rules import aggregate, contributors_of, flobc_rounds
 from ppaia.ledger.parties.storage import BlobPeer
 from ppaia.network.identity import Identity
 from ppaia.network.swarm import free_port
+from ppaia.rules import RULES
 
 pytestmark = pytest.mark.slow
 
@@ -216,14 +218,47 @@ def test_a_silent_validator_costs_a_timeout_per_round_but_does_not_stall(chain, 
 def test_when_the_quorum_cannot_be_reached_the_run_halts_at_the_last_release(chain, tmp_path):
     config = MISBEHAVING.model_copy(update={"peers": 4, "rounds": 1, "rule": FLOBC.rule})  # 1 + 3
     parties = parties_of(config, behaviour={3: Behaviour.SILENT})  # quorum 3 of 3: never reached
+    honest = ("validator-1", "validator-2")
     with LedgerSystem(config, tmp_path, parties, chain=chain, timeout=3) as system:
-        outcome = system.wait(120)
+        outcome = system.wait(120)  # the first honest validator to give up (exit 3) ends the run
+        deadline = time.monotonic() + 60  # the other, slower to start on a loaded machine, gives up later
+        while not all(system.stats().get(name, {}).get("exit") == 3 for name in honest):
+            assert time.monotonic() < deadline, system.stats()
+            time.sleep(0.2)
         state = system.state()
-    codes = {name: stats["exit"] for name, stats in system.stats().items()}
     assert outcome is Outcome.HALTED and state.releases == []
-    # the honest validators proposed round 0 and waited one timeout for the quorum; the first to give up
-    # (exit 3) ends the run
-    assert len(state.proposals) == 2 and 3 in (codes["validator-1"], codes["validator-2"])
+    # each honest validator proposed round 0 and waited one timeout for the quorum, then halted
+    assert len(state.proposals) == 2
+
+
+# SSP on the wall clock: round 1's barrier waits PERIOD s, then PERIOD / 2 more for the missing straggler
+# (trainer 1, throttled STRAGGLE s), and closes without it; its update, trained from the initial model,
+# arrives stale for round 2, which it reaches before round 2's barrier would wait PERIOD s for it.
+PERIOD, STRAGGLE = 3.0, 6.0
+SSP = ExperimentConfig.model_validate(
+    {**BASE, "peers": 5, "rounds": 2, "rule": f"flobc(validators=3, sync='ssp(period={PERIOD:g})')"}
+)
+
+
+def test_ssp_on_the_wall_clock_applies_a_stragglers_stale_update_and_the_audit_passes(chain, tmp_path):
+    parties = parties_of(SSP, throttle={1: STRAGGLE})
+    with LedgerSystem(SSP, tmp_path, parties, chain=chain, timeout=PATIENT) as system:
+        outcome, state, _ = run_system(system)  # the audit rebases every update from its own base
+    assert outcome is Outcome.DONE and [r.round for r in state.releases] == [0, 1, 2]
+    fast, straggler = state.trainers
+    assert [u.trainer for u in contributors_of(state, 1)] == [fast]  # the barrier did not wait for it
+    late = next(u for u in state.updates.values() if u.trainer == straggler)
+    assert (late.round, late.base) == (2, 0) and late.accepted_at is not None
+    assert late in flobc_rounds(state, SSP.rule)[1].accepted_updates  # aggregated, rebased from round 0
+
+
+def test_bap_with_resubmissions_is_refused_on_the_ledger(tmp_path):
+    config = SSP.model_copy(update={"rule": RULES.create("flobc(validators=3, sync='bap(quota=2)')")})
+    with (
+        pytest.raises(LedgerError, match="BAP's resubmissions do not run on the ledger"),
+        LedgerSystem(config, tmp_path),
+    ):
+        pass
 
 
 PUBLISHER = ExperimentConfig.model_validate({**BASE, "peers": 4, "rounds": 2, "rule": "fedavg"})
@@ -239,6 +274,14 @@ def test_publisher_and_four_clients_equal_fedavg_and_the_audit_passes(chain, tmp
     torch.testing.assert_close(final, simulated.params[0], rtol=1e-5, atol=1e-6)
     for release, row in zip(state.releases, simulated.history, strict=True):
         assert from_fixed(release.score) == pytest.approx(row["acc_mean"], abs=1e-6)
+    # each client read a data file of its own: its share of the split, together the whole training set
+    for party in system.parties[:-1]:
+        path = system.data_dir(party) / "data.npz"
+        assert str(path) in stats[party.name]["data"]
+        assert stats[party.name]["rows"] == len(np.load(path)["y"])
+    rows = sum(stats[p.name]["rows"] for p in system.parties[:-1])
+    assert rows == len(PUBLISHER.dataset.load(PUBLISHER.seed).y_train)
+    assert stats["publisher-0"]["data"] is None
     # the clients fetched the base models from whichever party had them, not only from the publisher
     publisher = stats["publisher-0"]["peer_id"]
     providers = [f["provider"] for name, s in stats.items() if name != "publisher-0" for f in s["fetches"]]
@@ -333,6 +376,16 @@ def test_scores_and_acceptance_recomputed_from_the_chain_equal_the_simulators(re
         assert abs(final[trainer] - to_fixed(float(recomputed[i]))) <= 2
 
 
+@pytest.mark.parametrize("page", [1, 5])
+def test_the_chain_log_reads_a_long_history_in_pages_of_blocks(recorded, page):
+    """eth_getLogs a few blocks at a time (hardhat mines a block per transaction) gives the same events
+    in the same order as one request; a poll after it finds nothing new."""
+    run, _ = recorded
+    whole = ChainLog(run.ledger).poll()
+    log = ChainLog(run.ledger, page=page)
+    assert run.ledger.w3.eth.block_number > 5 * page and log.poll() == whole and log.poll() == []
+
+
 def test_the_audit_checks_of_senders_and_quorums_pass_on_the_recorded_run(recorded):
     _, state = recorded
     _check_senders(state)
@@ -353,3 +406,7 @@ def test_aggregate_is_the_score_weighted_step_over_the_accepted_updates():
     weights = torch.tensor([0.25, 0.75], dtype=torch.float64)
     assert torch.equal(aggregate(base, trained, weights), torch.tensor([1.25, 3.5, 3.0]))
     assert torch.equal(aggregate(base, [], weights[:0]), base)
+    # a stale update is rebased: its change from the model it trained from is applied to the current one
+    stale = torch.tensor([0.0, 2.0, 3.0])
+    rebased = aggregate(base, trained, weights, [stale, base])
+    assert torch.equal(rebased, torch.tensor([1.5, 3.5, 3.0]))

@@ -131,7 +131,7 @@ def launch(
     timeout: TimeoutOption = 30.0,
     within: Annotated[float, typer.Option(help="give up on the whole run after this many seconds")] = 3600.0,
     own_data: Annotated[
-        bool, typer.Option(help="FLoBC: each party reads a data file of its own (else: the config share)")
+        bool, typer.Option(help="each party but the publisher reads a data file of its own (else: its share)")
     ] = True,
 ) -> None:
     """Start a whole FLoBC (rule = flobc) or publisher (any other rule) system, run it, audit it."""

@@ -50,7 +50,7 @@ from ppaia.rules import CooperationRule
 from ppaia.seeding import Stream, derive_seed
 from ppaia.topology import PeerGraph, TopologyError, build_graph
 
-__all__ = ["OwnData", "Setup", "config_field"]
+__all__ = ["OwnData", "Setup", "config_field", "parts_of"]
 
 
 @contextmanager
@@ -200,13 +200,16 @@ class Setup:
         return _build(config, peer, None)
 
     @classmethod
-    def own(cls, config: ExperimentConfig, peer: int, data: OwnData) -> Setup:
-        """Peer `peer` of `config.peers` with its own data (the config's dataset and split are unused)."""
+    def own(cls, config: ExperimentConfig, peer: int, data: OwnData, *, aggregates: bool = True) -> Setup:
+        """Peer `peer` of `config.peers` with its own data (the config's dataset and split are unused).
+
+        `aggregates` False: a peer that only trains (a FedAvg client of a server that weighs the clients'
+        models), so the rule's need for the others' sample counts is not its own."""
         if config.rule.pooled:
             raise ConfigError(f"rule {config.rule.name!r} pools all data on one model; it has no peers")
         if not 0 <= peer < config.peers:
             raise ConfigError(f"peer index {peer} is not in 0..{config.peers - 1}")
-        if config.rule.reads_sample_counts(config.mixing):
+        if aggregates and config.rule.reads_sample_counts(config.mixing):
             raise ConfigError(
                 f"rule {config.rule.label()} with mixing {config.mixing.name!r} weighs every peer by its "
                 "sample count, which a peer with its own data does not know of the others; use a rule "
@@ -220,7 +223,7 @@ class Setup:
         return _build(config, peer, data)
 
 
-def _parts_of(
+def parts_of(
     config: ExperimentConfig, dataset: Dataset, peer: int | range | None, own: OwnData | None
 ) -> tuple[list[np.ndarray], torch.Tensor, list[int]]:
     """The rows' sample indices (into the dataset's training rows), every peer's count, the row ids."""
@@ -392,7 +395,7 @@ def _build(config: ExperimentConfig, peer: int | range | None, own: OwnData | No
     else:
         dataset = own.train
     _check_tasks(cfg, dataset)
-    parts, counts, row_ids = _parts_of(cfg, dataset, peer, own)
+    parts, counts, row_ids = parts_of(cfg, dataset, peer, own)
     ids = torch.tensor(row_ids, dtype=torch.long)
     n = len(counts)
     train_parts, held_parts = split_holdout(

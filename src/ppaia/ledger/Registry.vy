@@ -13,6 +13,7 @@ SCORE_SCALE: public(constant(int256)) = 10**6
 struct Update:
     trainer: address
     round: uint256
+    base_round: uint256
     update_hash: bytes32
     valid_votes: uint256
     accepted: bool
@@ -34,6 +35,7 @@ event UpdateSubmitted:
     update_id: indexed(uint256)
     trainer: indexed(address)
     round: uint256
+    base_round: uint256
     update_hash: bytes32
 
 event Voted:
@@ -123,17 +125,32 @@ def register_validator(validator: address):
 
 
 @external
-def submit_update(round: uint256, update_hash: bytes32) -> uint256:
-    """@notice Record a trainer's update for a round (one per trainer per round); returns its id."""
+def submit_update(round: uint256, update_hash: bytes32, base_round: uint256) -> uint256:
+    """
+    @notice Record a trainer's update for a round (one per trainer per round), trained from the model
+            released for `base_round` (round - 1 when fresh, older when stale); returns its id.
+    """
     assert self.is_trainer[msg.sender], "not a trainer"
+    assert base_round < round, "base is not before the round"
     assert not self.submitted[msg.sender][round], "already submitted"
     self.submitted[msg.sender][round] = True
     update_id: uint256 = self.update_count
     self.updates[update_id] = Update(
-        trainer=msg.sender, round=round, update_hash=update_hash, valid_votes=0, accepted=False
+        trainer=msg.sender,
+        round=round,
+        base_round=base_round,
+        update_hash=update_hash,
+        valid_votes=0,
+        accepted=False,
     )
     self.update_count = update_id + 1
-    log UpdateSubmitted(update_id=update_id, trainer=msg.sender, round=round, update_hash=update_hash)
+    log UpdateSubmitted(
+        update_id=update_id,
+        trainer=msg.sender,
+        round=round,
+        base_round=base_round,
+        update_hash=update_hash,
+    )
     return update_id
 
 
@@ -165,11 +182,11 @@ def is_accepted(update_id: uint256) -> bool:
 
 @external
 @view
-def get_update(update_id: uint256) -> (address, uint256, bytes32, uint256, bool):
-    """@notice (trainer, round, update hash, valid votes, accepted) of an update."""
+def get_update(update_id: uint256) -> (address, uint256, uint256, bytes32, uint256, bool):
+    """@notice (trainer, round, base round, update hash, valid votes, accepted) of an update."""
     assert update_id < self.update_count, "unknown update"
     u: Update = self.updates[update_id]
-    return u.trainer, u.round, u.update_hash, u.valid_votes, u.accepted
+    return u.trainer, u.round, u.base_round, u.update_hash, u.valid_votes, u.accepted
 
 
 @external

@@ -45,10 +45,12 @@ class LedgerError(ValueError):
 
 
 class Update(NamedTuple):
-    """A trainer's submitted update and how validators judged it so far."""
+    """A trainer's submitted update (for `round`, trained from the release of `base_round`) and how
+    validators judged it so far."""
 
     trainer: str
     round: int
+    base_round: int
     update_hash: bytes
     valid_votes: int
     accepted: bool
@@ -188,9 +190,12 @@ class Ledger:
         """Owner only; an account is a trainer or a validator, never both."""
         self._transact("register_validator", validator, sender=sender)
 
-    def submit_update(self, round: int, update_hash: bytes, *, sender: str) -> int:
-        """Record a trainer's update for a round (one per trainer per round); returns the update id."""
-        receipt = self._transact("submit_update", round, update_hash, sender=sender)
+    def submit_update(self, round: int, update_hash: bytes, *, base: int | None = None, sender: str) -> int:
+        """Record a trainer's update for a round (one per trainer per round), trained from the model
+        released for round `base` (default round − 1: a fresh update; older: a stale one, which
+        asynchronous sync schemes aggregate); returns the update id."""
+        base = round - 1 if base is None else base
+        receipt = self._transact("submit_update", round, update_hash, base, sender=sender)
         (event,) = self.contract.events.UpdateSubmitted().process_receipt(receipt, errors=DISCARD)
         return event["args"]["update_id"]
 
@@ -203,8 +208,8 @@ class Ledger:
         return self._call("is_accepted", update_id)
 
     def update(self, update_id: int) -> Update:
-        trainer, round_, update_hash, valid_votes, accepted = self._call("get_update", update_id)
-        return Update(trainer, round_, bytes(update_hash), valid_votes, accepted)
+        trainer, round_, base, update_hash, valid_votes, accepted = self._call("get_update", update_id)
+        return Update(trainer, round_, base, bytes(update_hash), valid_votes, accepted)
 
     def propose_model(self, round: int, model_hash: bytes, score: int, *, sender: str) -> int | None:
         """A validator's proposed model for a round; the version it released, or None if no quorum yet.

@@ -3,8 +3,8 @@
 :func:`run_flobc_on_ledger` runs a FLoBC simulation and, after every release r, writes on chain what its
 trainers and validators did, each from its own account, in protocol order:
 
-1. every contributing trainer submits ``submit_update(r, h)``, h = SHA-256 of the safetensors bytes of
-   its candidate θ + Δ (its update rebased onto the global model);
+1. every contributing trainer submits ``submit_update(r, h, base=b)``, h = SHA-256 of the safetensors
+   bytes of its candidate θ + Δ (its update rebased onto the global model), b the version it trained from;
 2. every validator votes on every update: valid or not, with its accuracy of the candidate (fixed point);
    the contract accepts an update at ⌊2V/3⌋ + 1 valid votes, and the run stops with :class:`LedgerError`
    if the contract's verdict ever differs from the rule's;
@@ -90,12 +90,8 @@ def run_flobc_on_ledger(config: ExperimentConfig | dict, ledger: Ledger | None =
     def record(round_: int, _row) -> None:
         last = rule.last_round
         update_ids = [
-            ledger.submit_update(
-                round_,
-                model_hash(candidate),
-                sender=trainers[int(peer)],
-            )
-            for peer, candidate in zip(last.trainers, last.candidates, strict=True)
+            ledger.submit_update(round_, model_hash(candidate), base=int(base), sender=trainers[int(peer)])
+            for peer, base, candidate in zip(last.trainers, last.base_versions, last.candidates, strict=True)
         ]
         for v, validator in enumerate(validators):
             for i, update_id in enumerate(update_ids):

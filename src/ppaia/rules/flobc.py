@@ -266,6 +266,27 @@ class FLoBC(CooperationRule):
         weights = torch.zeros(n, dtype=torch.float64)
         return weights if last is None else weights.index_put_((last.trainers,), last.weights)
 
+    def rescore(
+        self, start: torch.Tensor, contributors: torch.Tensor, gain: torch.Tensor, accepted: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One release's reward-penalty step (the module docstring), the one arithmetic the simulator and
+        every ledger party use, so that they compute the same bits.
+
+        `start` holds every registered trainer's score before the release (float64, [T]); `contributors`
+        are the contributing trainers' indices into it, `gain` their candidates' mean accuracy gain and
+        `accepted` their verdicts. Returns every trainer's score after the release and the contributors'
+        aggregation weights."""
+        scores = start.clone()
+        if self.reward_penalty:
+            scores[contributors] = (start[contributors] + gain).clamp(min=0)
+        total = scores.sum()
+        scores = scores / total if bool(total > 0) else torch.full_like(scores, 1 / scores.numel())
+        own = scores[contributors]
+        if self.faithful:
+            return scores, own * accepted
+        mass = (own * accepted).sum()
+        return scores, own * accepted / mass if bool(mass > 0) else torch.zeros_like(own)
+
     def _base_model(self, version: int, round_: int, global_model: torch.Tensor) -> torch.Tensor:
         """The global model of `version`, which a contributor of round `round_` trained from."""
         if version == round_ - 1:
@@ -319,7 +340,7 @@ class FLoBC(CooperationRule):
         if self._round != ctx.round:  # per-peer form: every receiver recomputes the round from its start
             self._start, self._round = self._scores.clone(), ctx.round
         hood = step.gather(params)
-        ids, values = hood.ids[0][hood.mask[0]], hood.values[0][hood.mask[0]]
+        ids, values = hood.ids[0][hood.mask[0]].cpu(), hood.values[0][hood.mask[0]]  # ids: host bookkeeping
         is_trainer = roles[ids]
         validator_ids = ids[~is_trainer]
         if validator_ids.numel() != self.validators or not bool(is_trainer.any()):
@@ -337,27 +358,22 @@ class FLoBC(CooperationRule):
         # each validator scores every candidate and the global model on its own held-out data
         models = torch.cat([candidates, global_model.unsqueeze(0)])
         accuracy = ctx.learner.accuracy(models.expand(validator_ids.numel(), *models.shape), validator_ids)
+        # the committee's verdicts are bookkeeping on the host, with the scores: [V, T + 1] values come back
+        accuracy, finite = accuracy.cpu(), finite.cpu()
         scored, reference = accuracy[:, :-1] * finite, accuracy[:, -1]
 
         votes = (scored >= self.threshold * reference.unsqueeze(1)) & finite
         accepted = votes.sum(0) >= self.quorum
 
-        # reward-penalty over the contributors, then normalised over every registered trainer
+        # reward-penalty (the ledger parties run the same rescore); the trainers are peers 0..T-1
         scores_all = self._start.clone()
-        if self.reward_penalty:
-            gain = scored.mean(0) - reference.mean()
-            scores_all[trainer_ids] = (self._start[trainer_ids] + gain).clamp(min=0)
-        total = scores_all[roles].sum()
-        scores_all[roles] = scores_all[roles] / total if bool(total > 0) else 1 / int(roles.sum())
+        trainers = int(roles.sum())
+        gain = scored.mean(0) - reference.mean()
+        scores_all[:trainers], weights = self.rescore(self._start[:trainers], trainer_ids, gain, accepted)
         scores = scores_all[trainer_ids]
-        if self.faithful:
-            weights = scores * accepted
-        else:
-            mass = (scores * accepted).sum()
-            weights = scores * accepted / mass if bool(mass > 0) else torch.zeros_like(scores)
         self._scores = scores_all
 
-        update = torch.einsum("t,td->d", weights.to(params.dtype), deltas)
+        update = torch.einsum("t,td->d", weights.to(deltas.device, params.dtype), deltas)
         model = global_model + update
         self._last = CommitteeRound(
             ctx.round,

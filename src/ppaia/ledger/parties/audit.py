@@ -9,8 +9,9 @@ provider, verified), then checks, in chain order, and stops at the first discrep
   hash, from registered validators, before it;
 - round 0 released the config's initial model;
 - every released model is bit-identical to the aggregate recomputed from the fetched blobs: for FLoBC
-  the score-weighted aggregate of the updates the quorum accepted (:mod:`ppaia.ledger.parties.rules`),
-  for the publisher flow the FedAvg of every client's accepted update;
+  the score-weighted aggregate of the updates the quorum accepted, each rebased from the release it
+  trained from, which must have come before it (:mod:`ppaia.ledger.parties.rules`), for the publisher
+  flow the FedAvg of every client's accepted update;
 - (FLoBC) every score set on chain is the reward-penalty score recomputed from the on-chain votes as of
   the last release before it.
 
@@ -138,13 +139,22 @@ class Auditor:
         if flobc:
             _check_scores(state, outcomes)
         rows = [AuditRow(0, releases[0].version, releases[0].digest, 0, 0)]
-        base = await model(releases[0].digest)
+        models = {0: await model(releases[0].digest)}  # the released models by round: the updates' bases
         for release in releases[1:]:
             r = release.round
+            base = models[r - 1]
             if flobc:
                 outcome = outcomes[r - 1]
                 trained = [await model(u.digest) for u in outcome.accepted_updates]
-                recomputed = aggregate(base, trained, outcome.accepted_weights)
+                for update in outcome.accepted_updates:
+                    based_on = state.release_of(update.base)
+                    if based_on is None or based_on.seq > update.seq:
+                        raise AuditError(
+                            f"round {r}: update {update.id} was accepted, but its base (round {update.base}) "
+                            "was not released before it"
+                        )
+                bases = [models[u.base] for u in outcome.accepted_updates]
+                recomputed = aggregate(base, trained, outcome.accepted_weights, bases)
                 accepted, total = len(trained), len(outcome.contributors)
                 scores = tuple(outcome.scores.tolist())
             else:
@@ -162,7 +172,7 @@ class Auditor:
                     f"released {release.digest.hex()[:16]}, recomputed {digest.hex()[:16]}"
                 )
             rows.append(AuditRow(r, release.version, release.digest, accepted, total - accepted, scores))
-            base = recomputed
+            models[r] = recomputed
         return rows
 
 

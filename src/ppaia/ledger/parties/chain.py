@@ -5,7 +5,8 @@ start) and signs its transactions itself; the node only relays them, so any Ethe
 works, not only one that holds the parties' accounts. Whoever deploys the registry (the launcher, as
 its owner) funds the parties' accounts and registers their roles.
 
-:class:`ChainLog` reads the registry's events incrementally (one ``eth_getLogs`` per poll) and
+:class:`ChainLog` reads the registry's events incrementally (``eth_getLogs`` over the blocks mined since
+the last poll, at most LOG_BLOCKS blocks a request, so a long chain's history is never one answer) and
 :class:`LedgerState` folds them into what every party and the auditor reason about: who is registered
 (in registration order: trainer i is the i-th registered trainer), every update with its votes, every
 proposal and release, every score set. Each event carries its position ``seq`` in the chain's order,
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 ETH_KEY_FILE = "eth.key"
+LOG_BLOCKS = 2_000  # blocks per eth_getLogs request: public nodes cap a request's range or its answer
 FUNDING_WEI = 10**20  # 100 ether: ample gas for a long run on a dev chain
 
 
@@ -111,8 +113,9 @@ class ChainEvent:
 class ChainLog:
     """The registry's events, read incrementally from block 0 on."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, page: int = LOG_BLOCKS) -> None:
         self.ledger = ledger
+        self.page = page
         self._next_block = 0
         self._seq = 0
         self._events: dict[bytes, str] = {}
@@ -125,10 +128,11 @@ class ChainLog:
         """The events mined since the last poll, in chain order."""
         w3, contract = self.ledger.w3, self.ledger.contract
         head = w3.eth.block_number
-        if head < self._next_block:
-            return []
-        logs = w3.eth.get_logs({"address": contract.address, "fromBlock": self._next_block, "toBlock": head})
-        self._next_block = head + 1
+        logs = []
+        for first in range(self._next_block, head + 1, self.page):  # if one fails, all are asked again
+            last = min(head, first + self.page - 1)
+            logs += w3.eth.get_logs({"address": contract.address, "fromBlock": first, "toBlock": last})
+        self._next_block = max(self._next_block, head + 1)
         events = []
         for raw in sorted(logs, key=lambda entry: (entry["blockNumber"], entry["logIndex"])):
             name = self._events.get(bytes(raw["topics"][0])) if raw["topics"] else None
@@ -155,6 +159,7 @@ class UpdateRecord:
     id: int
     trainer: str
     round: int
+    base: int  # the round whose release it trained from: round - 1, or older if it is stale
     digest: bytes
     seq: int
     votes: list[Vote] = field(default_factory=list)
@@ -220,7 +225,9 @@ class LedgerState:
             self.registered_at[a["validator"]] = seq
         elif name == "UpdateSubmitted":
             uid = a["update_id"]
-            self.updates[uid] = UpdateRecord(uid, a["trainer"], a["round"], bytes(a["update_hash"]), seq)
+            self.updates[uid] = UpdateRecord(
+                uid, a["trainer"], a["round"], a["base_round"], bytes(a["update_hash"]), seq
+            )
         elif name == "Voted":
             self.updates[a["update_id"]].votes.append(Vote(a["validator"], a["valid"], a["score"], seq))
         elif name == "UpdateAccepted":

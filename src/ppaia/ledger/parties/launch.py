@@ -2,11 +2,11 @@
 
 :class:`LedgerSystem` starts a local hardhat node (:func:`~ppaia.ledger.devchain.dev_node`) unless it is
 given the JSON-RPC URL of another node, deploys a fresh registry from the node's first account (the
-owner), creates every party's data directory with its own keys and (FLoBC) its own data file (peer i's
-share of the config's split: :func:`write_data_files`), funds each party's Ethereum account from the owner's,
-registers the roles in order (trainers or clients by peer index, then validators or the publisher), and
-starts one process per party. The first validator (the publisher) is the DHT's seed; the others join
-through it.
+owner), creates every party's data directory with its own keys and (trainers, validators, clients) its
+own data file (peer i's share of the config's split: :func:`write_data_files`), funds each party's
+Ethereum account from the owner's, registers the roles in order (trainers or clients by peer index, then
+validators or the publisher), and starts one process per party. The first validator (the publisher) is
+the DHT's seed; the others join through it.
 
 The parties are separate processes (each its own keys, account, data, sockets and memory), started
 from a fork server that imported the party code once: importing it takes seconds of CPU per process,
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ppaia.config import ExperimentConfig
-from ppaia.experiment.setup import _parts_of  # peer i's rows of the config's split
+from ppaia.experiment.setup import parts_of
 from ppaia.ledger.client import Ledger, LedgerError
 from ppaia.ledger.devchain import dev_node
 from ppaia.ledger.parties import process as process_module
@@ -46,6 +46,7 @@ from ppaia.ledger.parties.audit import Auditor, AuditRow
 from ppaia.ledger.parties.chain import ChainLog, LedgerState, load_account, register
 from ppaia.ledger.parties.party import STATS_FILE, Behaviour, PartyOptions
 from ppaia.ledger.parties.process import Role, party_process
+from ppaia.ledger.parties.rules import barrier_period
 from ppaia.ledger.parties.storage import BlobPeer
 from ppaia.network.identity import Identity
 from ppaia.network.swarm import free_port
@@ -111,7 +112,7 @@ def parties_of(
 def write_data_files(
     config: ExperimentConfig, parties: list[PartySpec], data_dir: Callable[[PartySpec], Path], root: Path
 ) -> dict[str, tuple[str, str | None]]:
-    """Give each FLoBC party a data file of its own: peer i's share of the config's split,
+    """Give each party but the publisher a data file of its own: peer i's share of the config's split,
     so the run equals the simulator's (:meth:`Setup.own` on that file rebuilds exactly peer i's slice).
     Returns each party's ``data`` and ``test`` specs; the number of classes is written into them, so a
     share lacking a class still builds the run's model. Without a held-out share (holdout 0) a party with
@@ -127,7 +128,7 @@ def write_data_files(
     for party in parties:
         if party.role is Role.PUBLISHER:
             continue
-        (rows, *_), _, _ = _parts_of(config, dataset, party.peer, None)
+        (rows, *_), _, _ = parts_of(config, dataset, party.peer, None)
         index = torch.as_tensor(rows, dtype=torch.long)
         path = data_dir(party) / "data.npz"
         np.savez(path, x=dataset.x_train[index].numpy(), y=dataset.y_train[index].numpy())
@@ -172,16 +173,15 @@ class LedgerSystem:
         return self
 
     def _start(self) -> None:
+        if isinstance(self.config.rule, FLoBC):
+            barrier_period(self.config.rule)  # refuses a sync scheme that does not run on the ledger
         url = self.chain_url or self._stack.enter_context(dev_node())
         self.chain_url = url
         self.ledger = Ledger.connect(url)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "config.toml").write_text(self.config.to_toml())
         accounts = {p.name: load_account(self.data_dir(p)).address for p in self.parties}
-        # FedAvg weighs clients by sample count, which Setup.own refuses for a party with data of its own:
-        # the publisher flow's clients take their share of the config's split instead
-        own = self.own_data and isinstance(self.config.rule, FLoBC)
-        files = write_data_files(self.config, self.parties, self.data_dir, self.root) if own else {}
+        files = write_data_files(self.config, self.parties, self.data_dir, self.root) if self.own_data else {}
         register(
             self.ledger,
             [accounts[p.name] for p in self.parties if not p.committee],

@@ -1,8 +1,8 @@
 """What every ledger party process shares: its keys, its slice of the experiment, the chain, the blobs.
 
 A party is one process with its own data directory (its Ed25519 network key and its Ethereum key), its
-own data (a file of its own, ``data``: a trainer's training rows, a validator's validation rows, read
-with :meth:`Setup.own`; without one, :meth:`Setup.peer`: peer i's share of the config's split), a
+own data (a file of its own, ``data``: a trainer's or client's training rows, a validator's validation
+rows, read with :meth:`Setup.own`; without one, :meth:`Setup.peer`: peer i's share of the config's split), a
 JSON-RPC connection to the registry, and a :class:`~ppaia.ledger.parties.storage.BlobPeer`. It polls
 the chain's events (:class:`~ppaia.ledger.parties.chain.ChainLog`) and acts on them; every wait on
 other parties is bounded by `timeout` seconds on the wall clock, after which the party concludes what
@@ -101,6 +101,7 @@ class Party:
     """The common runtime of the roles (see the module docstring); subclasses implement :meth:`play`."""
 
     role: ClassVar[str]
+    aggregates: ClassVar[bool] = True  # False for a role that only trains: others weigh its model
 
     def __init__(self, options: PartyOptions) -> None:
         self.options = options
@@ -109,7 +110,7 @@ class Party:
             self.setup = Setup.peer(self.config, options.peer)
         else:
             own = OwnData.load(options.data, options.test, self.config.seed)
-            self.setup = Setup.own(self.config, options.peer, own)
+            self.setup = Setup.own(self.config, options.peer, own, aggregates=self.aggregates)
         self.layout = self.setup.layout
         self.identity = Identity.load_or_create(options.data_dir)
         self.account = load_account(options.data_dir)
@@ -159,6 +160,8 @@ class Party:
             "peer_id": self.identity.peer_id,
             "account": self.address,
             "exit": self.code,
+            "data": self.options.data,  # its own data file's spec; None: its share of the config's split
+            "rows": len(self.setup.dataset.y_train),
             "seconds": dict(self.timing.seconds),
             "fetches": [vars(f) for f in self.blobs.stats.fetches],
             "refused": dict(self.blobs.stats.refused),

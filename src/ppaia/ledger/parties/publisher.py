@@ -9,8 +9,11 @@ the sample-weighted mean; the clients' sample counts are declared off chain, as 
 new model and proposes it, which releases it at once.
 
 Its view of the experiment (the layout, the test set it scores on, the initial model, the declared
-counts) is client 0's set-up, as in :mod:`ppaia.ledger.flow`. A client that does not submit within the
-timeout, or whose blob no provider hands over, halts the run: FedAvg needs every client's model.
+counts) is client 0's set-up, as in :mod:`ppaia.ledger.flow`. The clients train on data files of their
+own; the counts it weighs them by are those of the config's split, which the launcher wrote into those
+files (a client started by hand with other data is weighed by its declared share, not its file). A
+client that does not submit within the timeout, or whose blob no provider hands over, halts the run:
+FedAvg needs every client's model.
 """
 
 from __future__ import annotations

@@ -5,12 +5,20 @@ exact float accuracies; on the ledger the same quantities are the fixed-point nu
 recorded, so any party can recompute them. For round r ≥ 1, as of position `cut` in the chain (its
 release, or now for a round still open):
 
-- the *contributors* are round r's updates submitted before the first vote on any of them, in trainer
-  registration order: the first vote closes the round's barrier for everyone, so every party draws the
-  same set from the chain (a later update of round r is ignored). A validator that votes before the
-  barrier closes it early: it cannot get an update accepted or rejected alone (the quorum still decides),
-  but it can cut the round short of slower trainers; closing the barrier by a quorum would need a
-  contract function for it;
+- the *contributors* are round r's updates submitted before the first vote on any of them (or the first
+  proposal for round r, if none came in time), in trainer registration order: the first vote closes the
+  round's barrier for everyone, so every party draws the same set from the chain (a later update of
+  round r is ignored). A validator that votes before the barrier closes it early: it cannot get an
+  update accepted or rejected alone (the quorum still decides), but it can cut the round short of slower
+  trainers, whose updates then reach the next round stale rather than being lost (a trainer submits to
+  the first round still open). Not closed by a quorum of voters instead: the set would stay open after
+  the first validators voted, each would have to keep voting on late arrivals until the quorum's last
+  voter, and a round whose quorum of voters never forms would neither close nor release, which the
+  timeout already decides;
+- each update names the round whose release it trained from, its *base* b ≤ r − 1 (r − 1: fresh;
+  older: stale, a straggler's that missed a barrier). Its update is Δᵢ = θᵢ − θ_b, judged and applied
+  as θ_{r−1} + Δᵢ, as the simulator rebases a stale update. A base that was not released before the
+  update was submitted makes it invalid: every honest validator votes it so (score 0);
 - Sᵢ is the mean score of the votes on update i before `cut` (0 if none); G is the mean score of the
   proposals that released round r − 1 (each validator proposes a model with its accuracy of it, so G
   is the committee's accuracy of the model the round started from);
@@ -20,8 +28,24 @@ release, or now for a round still open):
   registered trainer (uniform if all are 0); they start at 1/T. Weights: sᵢ over the accepted,
   normalised over them (``faithful``: sᵢ · accepted, unnormalised); ``reward_penalty = false`` keeps
   every score at 1/T;
-- the new model is θ_{r−1} + Σ wᵢ (θᵢ − θ_{r−1}) over the accepted updates only, in trainer order, with
-  the same float operations as the simulator (an einsum in the model's dtype).
+- the new model is θ_{r−1} + Σ wᵢ (θᵢ − θ_bᵢ) over the accepted updates only, in trainer order, with
+  the same float operations as the simulator (an einsum in the model's dtype). The score arithmetic is
+  the simulator's own (:meth:`FLoBC.rescore`).
+
+**Sync on the wall clock** (:func:`barrier_period`). A validator's barrier for round r opens when it has
+adopted release r − 1 and passes at the first vote on a round-r update, or when every registered trainer
+submitted one, or:
+
+- BSP: at the timeout (the simulator's period is simulated time; on the wall clock the barrier waits for
+  every trainer, so an honest one on a loaded machine is not left out);
+- SSP(period): after `period` wall seconds, or, with m of T trainers missing then, period · m / T
+  seconds later, with the updates that arrived by then (the simulator's SSP barrier); a straggler's
+  update arrives later for the next open round, stale;
+- BAP(quota = 1): as BSP: a release once every trainer submitted. With one submission per trainer and
+  round on chain, BAP's resubmissions (quota > 1) do not run on the ledger (:class:`LedgerError`).
+
+A trainer trains from the newest release b and submits for the first round after it whose barrier has
+not closed yet, with base b.
 
 The fixed-point rounding (10⁻⁶) of scores is the one difference from the simulator's arithmetic; with
 every update accepted the released models equal the simulator's to within float rounding (tested), and
@@ -40,13 +64,16 @@ import torch
 
 from ppaia.experiment import Setup
 from ppaia.experiment.local import round_context
-from ppaia.ledger.client import SCORE_SCALE
+from ppaia.ledger.client import SCORE_SCALE, LedgerError
 from ppaia.ledger.parties.chain import LedgerState, UpdateRecord
 from ppaia.rules.flobc import FLoBC
+from ppaia.rules.sync import BAP, SSP
 
 __all__ = [
     "RoundOutcome",
     "aggregate",
+    "barrier_period",
+    "closed",
     "contributors_of",
     "fedavg_aggregate",
     "flobc_rounds",
@@ -77,12 +104,38 @@ class RoundOutcome:
         return self.weights[torch.tensor(self.accepted, dtype=torch.bool)]
 
 
+def _closing(state: LedgerState, round_: int) -> int | None:
+    """The seq of the event that closed round `round_`'s barrier: the first vote on one of its updates,
+    or the first proposal for it (a round none of whose updates came in time has no vote)."""
+    votes = [vote.seq for u in state.updates_of(round_) for vote in u.votes]
+    return min([*votes, *(p.seq for p in state.proposals_of(round_))], default=None)
+
+
 def contributors_of(state: LedgerState, round_: int, cut: int | None = None) -> list[UpdateRecord]:
-    """Round `round_`'s updates submitted before the first vote on any of them (before `cut`, default
-    now, if there was none)."""
-    updates = state.updates_of(round_)
-    close = min((vote.seq for u in updates for vote in u.votes), default=state.seq if cut is None else cut)
-    return [u for u in updates if u.seq < close]
+    """Round `round_`'s updates submitted before its barrier closed (before `cut`, default now, if it has
+    not closed)."""
+    close = _closing(state, round_)
+    close = (state.seq if cut is None else cut) if close is None else close
+    return [u for u in state.updates_of(round_) if u.seq < close]
+
+
+def closed(state: LedgerState, round_: int) -> bool:
+    """Whether round `round_`'s barrier has closed: a vote on one of its updates or a proposal for it is
+    on chain."""
+    return _closing(state, round_) is not None
+
+
+def barrier_period(rule: FLoBC) -> float | None:
+    """SSP's period, the wall seconds a validator's barrier waits before its extension; None for BSP and
+    BAP, whose barrier waits for every trainer (bounded by the timeout). LedgerError for BAP with a
+    quota above 1 (see the module docstring)."""
+    scheme = rule.scheme()
+    if isinstance(scheme, BAP) and scheme.quota > 1:
+        raise LedgerError(
+            f"sync {rule.sync!r}: BAP's resubmissions do not run on the ledger (one update per trainer and "
+            "round on chain); use quota=1"
+        )
+    return scheme.period if isinstance(scheme, SSP) else None
 
 
 def _mean(values: Sequence[int]) -> float:
@@ -116,18 +169,7 @@ def flobc_rounds(state: LedgerState, rule: FLoBC, open_round: int | None = None)
         means = [_mean([v.score for v in u.votes_before(cut)]) for u in contributors]
         mean_scores = torch.tensor(means, dtype=torch.float64) / SCORE_SCALE
         reference = reference_score(state, round_)
-        start = scores
-        scores = start.clone()
-        if rule.reward_penalty and len(contributors):
-            scores[idx] = (start[idx] + (mean_scores - reference)).clamp(min=0)
-        total = scores.sum()
-        scores = scores / total if bool(total > 0) else torch.full_like(scores, 1.0 / n_trainers)
-        own = scores[idx]
-        if rule.faithful:
-            weights = own * accepted
-        else:
-            mass = (own * accepted).sum()
-            weights = own * accepted / mass if bool(mass > 0) else torch.zeros_like(own)
+        scores, weights = rule.rescore(scores, idx, mean_scores - reference, accepted)
         outcomes.append(
             RoundOutcome(
                 round_,
@@ -144,12 +186,19 @@ def flobc_rounds(state: LedgerState, rule: FLoBC, open_round: int | None = None)
     return outcomes
 
 
-def aggregate(base: torch.Tensor, trained: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """θ + Σ wᵢ (θᵢ − θ) over the accepted updates `trained` (flat, in trainer order) with `weights`."""
+def aggregate(
+    model: torch.Tensor,
+    trained: Sequence[torch.Tensor],
+    weights: torch.Tensor,
+    bases: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """θ + Σ wᵢ (θᵢ − θ_bᵢ) over the accepted updates `trained` (flat, in trainer order) with `weights`,
+    each rebased from the model it trained from (`bases`; default θ, every update fresh), with the
+    simulator's float operations."""
     if not len(trained):
-        return base.clone()
-    deltas = torch.stack(list(trained)) - base
-    return base + torch.einsum("t,td->d", weights.to(base.dtype), deltas)
+        return model.clone()
+    deltas = torch.stack(list(trained)) - (model if bases is None else torch.stack(list(bases)))
+    return model + torch.einsum("t,td->d", weights.to(model.dtype), deltas)
 
 
 def fedavg_aggregate(view: Setup, round_: int, models: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -1,11 +1,15 @@
 """A trainer (FLoBC) or client (publisher flow) process: fetch the latest release, train, serve, submit.
 
 Each time a newer version is released on chain, the trainer fetches its blob by hash from whichever
-party provides it, trains it on its own data for round r = that release's round + 1 (as the
-simulator's peer trains its row), serves the result and records its hash with ``submit_update(r, h)``.
-A throttled trainer (``throttle`` seconds per update) is a real straggler: if it misses the round's
-barrier its update is left out, and it trains on the newest release next. The run ends for it when the
-last round is released, or halts if a release does not come within the timeout.
+party provides it, trains it on its own data (with round b + 1's data order, b that release's round, as
+the simulator's peer trains its row), serves the result and records its hash with
+``submit_update(r, h, base=b)`` for the first round r after the newest release whose barrier has not
+closed yet (and that it has no update in): r = b + 1 unless it was too slow. A throttled trainer
+(``throttle`` seconds per update) is a real straggler: if it misses round b + 1's barrier its update
+reaches a later round stale (based on b), which the validators rebase as the simulator does; then, as
+the simulator's trainer, it waits for the next release and trains on it. The run ends for it when the last
+round is released (or every round's barrier closed), or halts if a release does not come within the
+timeout.
 
 Misbehaviours for tests: ``noise`` submits random parameters (seeded by peer and round); ``liar`` records
 the hash of its trained model and serves other bytes (noise) under it.
@@ -21,6 +25,7 @@ import torch
 from ppaia.codec import encode
 from ppaia.ledger.client import content_hash
 from ppaia.ledger.parties.party import Behaviour, Party
+from ppaia.ledger.parties.rules import closed
 from ppaia.ledger.parties.storage import BlobUnavailable
 from ppaia.seeding import Stream, generator
 
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 
 class Trainer(Party):
     role = "trainer"
+    aggregates = False  # the validators (the publisher) weigh its update, it never weighs the others'
 
     def noise(self, like: torch.Tensor, round_: int) -> torch.Tensor:
         """Random parameters of the model's shape, seeded by this party and round."""
@@ -71,5 +77,14 @@ class Trainer(Party):
                 digest = await self.publish(self.noise(trained, round_), serve_as=recorded)
             else:
                 digest = await self.publish(trained)
-            await self.chain(self.ledger.submit_update, round_, digest, sender=self.address)
-            trained_for = round_
+            state = await self.refresh()
+            newest = state.latest.round if state.latest is not None else release.round
+            mine = {u.round for u in state.updates.values() if u.trainer == self.address}
+            open_rounds = (r for r in range(newest + 1, last + 1) if not (closed(state, r) or r in mine))
+            target = next(open_rounds, None)
+            if target is None:  # every round's barrier closed while it trained: the run is over
+                return
+            await self.chain(
+                self.ledger.submit_update, target, digest, base=release.round, sender=self.address
+            )
+            trained_for = newest + 1  # idle until the next release, as the simulator's trainer

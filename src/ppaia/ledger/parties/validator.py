@@ -1,16 +1,17 @@
 """A FLoBC validator process: judge every update on its own data, vote, propose the aggregate.
 
-Per round r, on the wall clock (BSP):
+Per round r, on the wall clock:
 
 1. **Barrier.** Wait until every registered trainer submitted its round-r update, or the first vote on
-   one of them is on chain (another validator closed the barrier), or the timeout passed. The first
-   vote closes the round for everyone: the contributors are the updates submitted before it
-   (:func:`~ppaia.ledger.parties.rules.contributors_of`).
+   one of them is on chain (another validator closed the barrier), or the sync scheme's wait passed (BSP
+   and BAP: the timeout; SSP: its period, extended by period · missing / T:
+   :mod:`~ppaia.ledger.parties.rules`). The first vote closes the round for everyone: the contributors
+   are the updates submitted before it (:func:`~ppaia.ledger.parties.rules.contributors_of`).
 2. **Vote.** Fetch each contributor's blob by its recorded hash (any provider; refused and the sender
-   struck if the bytes do not match), rebase it onto the current model (θ + (θᵢ − θ), as the simulator),
-   score it on this validator's held-out data and vote valid iff its accuracy is at least
-   ``decay`` × this validator's accuracy of θ. An update whose blob no provider hands over is voted
-   invalid with score 0.
+   struck if the bytes do not match), rebase it onto the current model (θ + (θᵢ − θ_b) from the release
+   b it trained from, as the simulator), score it on this validator's held-out data and vote valid iff
+   its accuracy is at least ``decay`` × this validator's accuracy of θ. An update whose blob no provider
+   hands over, or whose base was not released before it, is voted invalid with score 0.
 3. **Propose.** Wait until every registered validator voted on every contributor, or the timeout (a
    silent validator costs each round one timeout, no more). Compute the scores and the aggregate from
    the chain (:func:`~ppaia.ledger.parties.rules.flobc_rounds`), serve it, and propose its hash with
@@ -31,8 +32,8 @@ import torch
 from ppaia.codec import encode
 from ppaia.ledger.client import LedgerError, content_hash, to_fixed
 from ppaia.ledger.parties.chain import LedgerState, Release, UpdateRecord
-from ppaia.ledger.parties.party import Behaviour, Halted, Party
-from ppaia.ledger.parties.rules import aggregate, contributors_of, flobc_rounds
+from ppaia.ledger.parties.party import Behaviour, Halted, Party, PartyOptions
+from ppaia.ledger.parties.rules import aggregate, barrier_period, closed, contributors_of, flobc_rounds
 from ppaia.ledger.parties.storage import BlobUnavailable
 from ppaia.rules.flobc import FLoBC
 
@@ -42,12 +43,14 @@ __all__ = ["Validator"]
 class Validator(Party):
     role = "validator"
 
-    @property
-    def rule(self) -> FLoBC:
+    def __init__(self, options: PartyOptions) -> None:
+        super().__init__(options)
         rule = self.config.rule
         if not isinstance(rule, FLoBC):
-            raise Halted(f"a validator runs FLoBC, not {rule.label()!r}")
-        return rule
+            raise LedgerError(f"a validator runs FLoBC, not {rule.label()!r}")
+        self.rule = rule
+        self.period = barrier_period(rule)
+        self.models: dict[int, torch.Tensor] = {}  # released models by round: stale updates' bases
 
     @property
     def trainers(self) -> int:
@@ -76,15 +79,27 @@ class Validator(Party):
         except BlobUnavailable as err:
             raise Halted(f"round {release.round}'s released model cannot be fetched: {err}") from None
 
+    async def base_of(self, update: UpdateRecord) -> torch.Tensor | None:
+        """The released model `update` trained from; None if its base was not released before it."""
+        release = self.state.release_of(update.base)
+        if release is None or release.seq > update.seq:
+            return None
+        if update.base not in self.models:
+            self.models[update.base] = await self.fetch(release.digest)
+        return self.models[update.base]
+
     async def judge(self, update: UpdateRecord, model: torch.Tensor, reference: float) -> tuple[bool, int]:
         """This validator's verdict on `update` against the current `model`: (valid, fixed-point score)."""
         if self.options.behaviour is Behaviour.AGAINST:
             return False, 0
         try:
             trained = await self.fetch(update.digest)
+            base = await self.base_of(update)
         except BlobUnavailable:
             return False, 0
-        candidate = model + (trained - model)  # rebased onto the current model, as the rule does
+        if base is None:
+            return False, 0
+        candidate = model + (trained - base)  # rebased onto the current model, as the rule does
         accuracy = await self.compute(self.accuracy, candidate)
         return accuracy >= self.rule.threshold * reference, to_fixed(accuracy)
 
@@ -101,8 +116,21 @@ class Validator(Party):
 
     @staticmethod
     def barrier_passed(state: LedgerState, round_: int) -> bool:
-        updates = state.updates_of(round_)
-        return len(updates) >= len(state.trainers) or any(u.votes for u in updates)
+        """Every trainer submitted for `round_`, or its barrier closed."""
+        return len(state.updates_of(round_)) >= len(state.trainers) or closed(state, round_)
+
+    async def barrier(self, round_: int) -> None:
+        """Wait at `round_`'s barrier (see the module docstring)."""
+
+        def passed(state: LedgerState) -> bool:
+            return self.barrier_passed(state, round_)
+
+        if self.period is None:
+            await self.wait_for(passed)
+        elif not await self.wait_for(passed, self.period):
+            trainers = len(self.state.trainers)
+            missing = trainers - len(self.state.updates_of(round_))
+            await self.wait_for(passed, self.period * missing / trainers)
 
     @staticmethod
     def votes_complete(state: LedgerState, round_: int) -> bool:
@@ -127,19 +155,23 @@ class Validator(Party):
         model = self.setup.params[0].clone()  # the initial model: every peer's is peer 0's draw
         if self.state.release_of(0) is None:
             await self.propose(0, model)
-        model = await self.adopt(await self.release_of(0), model)
+        model = self.models[0] = await self.adopt(await self.release_of(0), model)
         for round_ in range(1, self.config.rounds + 1):
-            await self.wait_for(lambda s, r=round_: self.barrier_passed(s, r))
+            await self.barrier(round_)
             await self.vote_round(round_, model)
             await self.wait_for(lambda s, r=round_: self.votes_complete(s, r))
             await self.vote_round(round_, model)  # contributors another validator saw first
             outcome = flobc_rounds(self.state, self.rule, open_round=round_)[-1]
             try:
                 trained = [await self.fetch(u.digest) for u in outcome.accepted_updates]
+                bases = [await self.base_of(u) for u in outcome.accepted_updates]
             except BlobUnavailable as err:
                 raise Halted(f"round {round_}: an accepted update cannot be fetched: {err}") from None
-            new = aggregate(model, trained, outcome.accepted_weights)
+            known = [base for base in bases if base is not None]
+            if len(known) < len(bases):  # a quorum accepted an update this validator cannot rebase
+                raise Halted(f"round {round_}: an accepted update's base was not released before it")
+            new = aggregate(model, trained, outcome.accepted_weights, known)
             if self.state.release_of(round_) is None:
                 await self.propose(round_, new)
-            model = await self.adopt(await self.release_of(round_), new)
+            model = self.models[round_] = await self.adopt(await self.release_of(round_), new)
             await self.record_scores(round_)
