@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from ppaia import ExperimentConfig, Simulation
 from ppaia.config import ConfigError
-from ppaia.devices import check_device_support, resolve_device
+from ppaia.devices import resolve_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 
@@ -75,27 +75,3 @@ def test_a_cpu_run_gives_the_default_runs_numbers(spec):
     assert [{k: v for k, v in row.items() if k != "wall_s"} for row in asked.history] == strip
     assert torch.equal(asked.params, default.params)
     assert asked.params.device == torch.device("cpu")
-
-
-@pytest.mark.parametrize(
-    ("fields", "named"),
-    [
-        ({"privacy": "update_dp(clip=2, epsilon=8)"}, "privacy"),
-        ({"attack": "sign_flip", "attackers": 0.25}, "attack"),
-        ({"ewc": {"strength": 1}, "tasks": [[0, 1], [2, 3]]}, "ewc"),
-        ({"rule": "median"}, "rule median"),
-        ({"rule": "learned_trust", "holdout": 0.2}, "rule learned_trust"),
-        ({"rule": "fedavg(aggregator='krum(f=1)')"}, "rule fedavg"),
-    ],
-)
-def test_what_is_not_yet_on_a_gpu_is_refused_before_any_work(fields, named):
-    """The check reads the config only: it runs here without a GPU."""
-    config = ExperimentConfig.model_validate({"peers": 8, **fields})
-    with pytest.raises(ConfigError, match=f"{named}.*CPU only"):
-        check_device_support(config, torch.device("cuda", 0))
-    check_device_support(config, torch.device("cpu"))
-
-
-@pytest.mark.parametrize("rule", ["consensus", "gossip", "p2pl", "isolated", "fedavg(fraction=0.5)"])
-def test_the_linear_rules_pass_the_gpu_check(rule):
-    check_device_support(ExperimentConfig.model_validate({"rule": rule}), torch.device("cuda", 0))

@@ -10,6 +10,14 @@ topology, initial models: so a seed gives the same run on any device), each roun
 whom, drawn from CPU generators) and the integer bookkeeping (sample tables and counts); the host sends
 index tensors to the device as a round needs them, and the device sends back only an evaluated round's
 per-peer accuracy and loss.
+
+Every part of a round follows that split: training (DP-SGD's clipping and noise, EWC's penalty),
+attackers' messages, update-level DP, and every rule, the gathering ones included (learned trust, the
+robust and self-centred rules, FLoBC, FedAvg with a robust server). Their keyed random draws (DP and
+attack noise, Fisher samples) are made on the host like every other draw and sent over, so a seed gives
+the same noise on any device; small per-rule bookkeeping stays on the host too (learned trust's matrix,
+FLoBC's scores and verdicts), and only the round's few rows of it cross. ``tests/test_device_clean.py``
+checks this split on a CPU-only machine.
 """
 
 from __future__ import annotations
@@ -18,9 +26,9 @@ import os
 
 import torch
 
-from ppaia.config import ConfigError, ExperimentConfig
+from ppaia.config import ConfigError
 
-__all__ = ["check_device_support", "resolve_device"]
+__all__ = ["resolve_device"]
 
 
 def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
@@ -51,23 +59,3 @@ def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
     if local_rank is None:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     return torch.device("cuda", local_rank % count)
-
-
-def check_device_support(config: ExperimentConfig, device: torch.device) -> None:
-    """ConfigError for what does not yet run on a GPU: the parts whose per-round arithmetic still mixes
-    host tensors into the step (DP noise, attack messages, EWC's anchor, and the rules that gather each
-    receiver's senders: learned trust, the robust and self-centred rules, FLoBC). Refused before any
-    work rather than failing in round 1; the CPU runs them all."""
-    if device.type == "cpu":
-        return
-    parts = [
-        *(["privacy"] if config.privacy is not None else []),
-        *(["attack"] if config.attack is not None else []),
-        *(["ewc"] if config.ewc is not None else []),
-        *([f"rule {config.rule.label()}"] if not config.rule.linear() else []),
-    ]
-    if parts:
-        raise ConfigError(
-            f"device: {device} runs training, evaluation and the linear rules (consensus, gossip, p2pl, "
-            f"isolated, FedAvg's mean); {', '.join(parts)} run on the CPU only for now: use device = 'cpu'"
-        )

@@ -33,8 +33,10 @@ class AttackRound:
 
     def normal(self) -> torch.Tensor:
         """Standard normals ``[A, D]``, row k from attacker ``peers[k]``'s own counter-based stream: an
-        attacker draws the same alone (a networked peer) as among all attackers (the simulator)."""
-        return peer_normal(self.key, self.peers, self.trained.shape[1], self.trained.dtype)
+        attacker draws the same alone (a networked peer) as among all attackers (the simulator). Drawn
+        on the host, as every keyed draw is, so a seed sends the same noise from any device."""
+        trained = self.trained
+        return peer_normal(self.key, self.peers, trained.shape[1], trained.dtype).to(trained.device)
 
 
 class Attack(Component):
@@ -100,6 +102,12 @@ class Adversary:
         """Forget the models remembered in an earlier run."""
         self.past = deque(maxlen=max(1, self.attack.memory()))
 
+    def to(self, device: torch.device) -> Adversary:
+        """The attackers' initial models (what a stale attacker may send) moved to `device`, in place; the
+        mask and ids stay on the host, with the rest of the round's plan."""
+        self.initial = self.initial.to(device)
+        return self
+
     @property
     def honest(self) -> torch.Tensor:
         return ~self.attackers
@@ -120,7 +128,8 @@ class Adversary:
 
     def send(self, params: torch.Tensor, held: torch.Tensor, round_: int) -> torch.Tensor:
         """Replace the attackers' rows of `params` by the messages they send this round (in place)."""
-        trained = params[self.attackers]
+        rows = self.attackers.to(params.device)
+        trained = params[rows]
         now = AttackRound(
             round_,
             self.peers,
@@ -130,7 +139,7 @@ class Adversary:
             tuple(self.past),
             derive_seed(self.seed, Stream.ATTACK, 2, round_),
         )
-        params[self.attackers] = self.attack.message(now)
+        params[rows] = self.attack.message(now)
         if self.attack.memory():
             self.past.append(trained)
         return params

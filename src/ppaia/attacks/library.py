@@ -39,7 +39,7 @@ class Noisy(Attack):
 
     def message(self, now: AttackRound) -> torch.Tensor:
         noise = now.normal()
-        scale = now.peers.to(now.trained.dtype).unsqueeze(1) if self.graded else 1.0
+        scale = now.peers.to(now.trained.device, now.trained.dtype).unsqueeze(1) if self.graded else 1.0
         return now.trained + self.scale * scale * noise
 
 

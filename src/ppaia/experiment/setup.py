@@ -155,6 +155,8 @@ class Setup:
         self.params = self.params.to(device)
         for evaluator in (self.evaluator, *self.task_evaluators):
             evaluator.to(device)
+        if self.adversary is not None:
+            self.adversary.to(device)
         return self
 
     def build_model(self) -> nn.Module:

@@ -80,10 +80,12 @@ def fisher_diagonal(
     if peers.dtype == torch.bool:
         peers = peers.nonzero().flatten()
     layout = ParamLayout.of(model)
-    fisher = torch.zeros(len(peers), layout.size, dtype=params.dtype)
+    device = params.device  # the draws are made on the host (keyed per peer) and sent here
+    fisher = torch.zeros(len(peers), layout.size, dtype=params.dtype, device=device)
     if len(peers) == 0:
         return fisher
     ids, uniforms = draw_fisher_samples(data, peers, samples, key)
+    ids, uniforms = ids.to(device), uniforms.to(device)
 
     def log_likelihood(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, layout.unflatten(flat), (x.unsqueeze(0),))[0]
@@ -97,8 +99,9 @@ def fisher_diagonal(
     sample_chunk = max(1, min(samples, budget // per_sample))
     live = (data.counts[peers] > 0).nonzero().flatten()  # peers without samples keep F = 0
     for chunk in peer_chunks(len(live), sample_chunk, per_sample, budget):
-        rows = live[chunk]
-        theta, total = params[peers[rows]], torch.zeros(len(rows), layout.size, dtype=params.dtype)
+        rows = live[chunk].to(device)
+        theta = params[peers.to(device)[rows]]
+        total = torch.zeros(len(rows), layout.size, dtype=params.dtype, device=device)
         for start in range(0, samples, sample_chunk):
             window = slice(start, start + sample_chunk)
             picked = ids[rows, window]
@@ -126,4 +129,6 @@ class Anchor:
     center: torch.Tensor
 
     def gradient(self, params: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The penalty's gradient at `params`, the parameters of rows `rows` (indices, on the host)."""
+        rows = rows.to(self.fisher.device)
         return ewc_gradient(params, self.fisher[rows], self.center[rows], self.strength)

@@ -52,7 +52,8 @@ class PeerLearning:
         return functional_call(self.model, self.layout.unflatten(flat), (x,))
 
     def samples(self, peers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Held-out inputs [R, H, ...], labels [R, H] and validity mask [R, H] of the given peers."""
+        """Held-out inputs [R, H, ...], labels [R, H] and validity mask [R, H] of the given peers (ids,
+        on the host), on the held-out data's device; which samples is worked out on the host."""
         rows = peers if self.ids is None else torch.searchsorted(self.ids, peers)
         if self.ids is not None and not bool((self.ids[rows.clamp(max=len(self.ids) - 1)] == peers).all()):
             raise KeyError(
@@ -62,7 +63,9 @@ class PeerLearning:
         width = max(1, int(counts.max()))
         table = table[:, :width]
         mask = torch.arange(width) < counts.unsqueeze(1)
-        return self.holdout.x[table], self.holdout.y[table], mask
+        device = self.holdout.x.device
+        table = table.to(device)
+        return self.holdout.x[table], self.holdout.y[table], mask.to(device)
 
     def _rows(self, peers: torch.Tensor) -> torch.Tensor:
         rows = torch.searchsorted(self.ids, peers)

@@ -273,6 +273,8 @@ class BatchedTrainer:
         `keys` are (round, epoch, step); the batch and the noise of each peer are drawn from its own
         counter-based stream (:func:`ppaia.seeding.peer_uniform`), whatever else is trained with it.
         `masks` are the peers' dropout keys: sample k of a batch draws the masks it would in the batch.
+        The batches and the noise are drawn on the host, as every keyed draw is (a seed gives the same
+        run on any device), and sent to the parameters' device.
         """
         ids, step = self.data.ids[rows], keys[-1]
         if private.sampling == "poisson":  # each sample joins with probability B/n, independently
@@ -288,10 +290,13 @@ class BatchedTrainer:
             positions = order[:, step * self.batch_size : (step + 1) * self.batch_size]
             valid = positions < counts.unsqueeze(1)
             denominator = valid.sum(1, keepdim=True).clamp(min=1)
-        samples = table.gather(1, positions.clamp(max=table.shape[1] - 1))
-        x, y, places = self.data.x[samples], self.data.y[samples], torch.arange(samples.shape[1])
+        device = params.device
+        samples = table.gather(1, positions.clamp(max=table.shape[1] - 1)).to(device)
+        x, y = self.data.x[samples], self.data.y[samples]
+        places = torch.arange(samples.shape[1], device=device)
         per_sample = self._sample_grads(params, x, y, masks, places)  # [M, B, D]
-        clipped = (clip_rows(per_sample, private.clip) * valid.unsqueeze(-1)).sum(1)
+        clipped = (clip_rows(per_sample, private.clip) * valid.to(device).unsqueeze(-1)).sum(1)
         noise_key = derive_seed(private.seed, Stream.PRIVACY, *keys, 1)
         noise = peer_normal(noise_key, ids, clipped.shape[1], clipped.dtype)
-        return (clipped + private.noise[rows].unsqueeze(1) * private.clip * noise) / denominator
+        noise = private.noise[rows].unsqueeze(1) * private.clip * noise
+        return (clipped + noise.to(device)) / denominator.to(device, clipped.dtype)  # Poisson's is float64

@@ -94,11 +94,13 @@ class UpdateDP(PrivacyMechanism):
         """The parameters each row publishes: before + clip(after − before) + N(0, σ²).
 
         Row k is peer ``peers[k]``; its noise is its own counter-based stream under `key`
-        (:func:`ppaia.seeding.peer_normal`), the same whichever peers release with it.
+        (:func:`ppaia.seeding.peer_normal`), the same whichever peers release with it: drawn on the host,
+        as every keyed draw is, so a seed gives the same noise on any device.
         """
         update = clip_rows(after - before, self.clip)
         if self.sigma:
-            update = update + self.sigma * peer_normal(key, peers, update.shape[1], update.dtype)
+            noise = peer_normal(key, peers, update.shape[1], update.dtype).to(update.device)
+            update = update + self.sigma * noise
         return before + update
 
 

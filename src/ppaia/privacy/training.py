@@ -122,9 +122,8 @@ class PrivateTraining:
         """Update-level DP: what the trainers publish after their local phase (in place in `after`)."""
         if isinstance(self.mechanism, UpdateDP) and bool(trainers.any()):
             key = derive_seed(self.seed, Stream.PRIVACY, round_, 1)
-            after[trainers] = self.mechanism.release(
-                before[trainers], after[trainers], key, self.ids[trainers]
-            )
+            rows = trainers.to(after.device)  # `trainers` and the ids are the host's bookkeeping
+            after[rows] = self.mechanism.release(before[rows], after[rows], key, self.ids[trainers])
         return after
 
     def spend(self, trainers: torch.Tensor) -> None:

@@ -49,11 +49,13 @@ class CentredView:
 
     @classmethod
     def of(cls, hood: Neighbourhoods, receivers: torch.Tensor) -> CentredView:
-        """The view of neighbourhoods `hood` whose row r is received by peer `receivers[r]`."""
-        own_slot = hood.mask & (hood.ids == receivers[:, None])
+        """The view of neighbourhoods `hood` whose row r is received by peer `receivers[r]` (ids, from
+        the plan: on the host)."""
+        device = hood.values.device
+        own_slot = hood.mask & (hood.ids == receivers.to(device)[:, None])
         if not bool(own_slot.any(1).all()):
             raise ValueError("a self-centred rule needs each receiver's own model among the step's senders")
-        own = hood.values[torch.arange(len(receivers)), own_slot.long().argmax(1)]
+        own = hood.values[torch.arange(len(receivers), device=device), own_slot.long().argmax(1)]
         diffs = hood.values - own[:, None]
         partner = hood.mask & ~own_slot & diffs.isfinite().all(-1)
         diffs = torch.where(partner[..., None], diffs, 0.0)
@@ -158,7 +160,7 @@ class ClippedGossip(CentredRule):
         if self.tau is None:
             radius = adaptive_radius(view.distances, view.weights, view.partner, self.delta)
         else:
-            radius = torch.full((view.own.shape[0],), self.tau, dtype=torch.float64)
+            radius = torch.full((view.own.shape[0],), self.tau, dtype=torch.float64, device=view.own.device)
         clipped = centred_clip(view.diffs, radius[:, None], view.distances)
         return view.own + torch.einsum("rm,rmd->rd", view.weights.to(view.own.dtype), clipped)
 

@@ -84,7 +84,7 @@ class TrimmedMean(RobustRule):
     def aggregate(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         count = mask.sum(1)
         trim = torch.floor(count.double() * self.beta + 1e-9).long()  # guard 0.3·10 = 2.999…
-        position = torch.arange(mask.shape[1])
+        position = torch.arange(mask.shape[1], device=mask.device)
         keep = (position >= trim[:, None]) & (position < (count - trim)[:, None])
         kept = torch.where(keep[..., None], _sorted(values, mask), 0).sum(1)
         return kept / (count - 2 * trim).to(values.dtype)[:, None]
@@ -100,7 +100,7 @@ def krum_scores(values: torch.Tensor, mask: torch.Tensor, f: int) -> torch.Tenso
     count = mask.sum(1)
     size = mask.shape[1]
     squared = torch.cdist(values, values, compute_mode="donot_use_mm_for_euclid_dist").square()
-    pairs = mask[:, :, None] & mask[:, None, :] & ~torch.eye(size, dtype=torch.bool)
+    pairs = mask[:, :, None] & mask[:, None, :] & ~torch.eye(size, dtype=torch.bool, device=mask.device)
     nearest = squared.masked_fill(~pairs, float("inf")).sort(dim=2).values
     totals = torch.cat([nearest.new_zeros(*nearest.shape[:2], 1), nearest.cumsum(2)], dim=2)
     k = (count - f - 2).clamp(min=1).minimum(count - 1).clamp(min=0)
@@ -114,7 +114,7 @@ def krum_mean(values: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, m:
     best = scores.argsort(dim=1, stable=True)[:, :take]
     chosen = values.gather(1, best[..., None].expand(-1, -1, values.shape[2]))
     count = mask.sum(1).clamp(max=m)
-    selected = torch.arange(take)[None, :] < count[:, None]
+    selected = torch.arange(take, device=mask.device)[None, :] < count[:, None]
     return torch.where(selected[..., None], chosen, 0).sum(1) / count.to(values.dtype)[:, None]
 
 

@@ -68,7 +68,7 @@ def project_capped_simplex(trust: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     values = torch.where(mask, trust, torch.finfo(trust.dtype).min)
     ordered = values.sort(dim=1, descending=True).values
     cumulative = ordered.cumsum(1) - 1
-    index = torch.arange(1, trust.shape[1] + 1, dtype=trust.dtype)
+    index = torch.arange(1, trust.shape[1] + 1, dtype=trust.dtype, device=trust.device)
     support = (ordered - cumulative / index > 0) & mask.sort(dim=1, descending=True).values
     count = support.sum(1, keepdim=True).clamp(min=1)
     threshold = cumulative.gather(1, count - 1) / count
@@ -266,24 +266,31 @@ class LearnedTrust(CooperationRule):
         return RoundPlan(steps=[Mixing.square(rows, sources, weights, ctx.n_peers)])
 
     def combine(self, params: torch.Tensor, step: Mixing, ctx: RoundContext) -> torch.Tensor:
-        """Learn each receiver's trust in its partners on its held-out data, then mix with it."""
+        """Learn each receiver's trust in its partners on its held-out data, then mix with it.
+
+        The trust matrix is bookkeeping kept on the host (it grows with the peers met, not with the
+        model); the round's rows of it, [R, M], go to the parameters' device to be learned there and
+        come back once, learned."""
         if ctx.learner is None:
             raise ValueError("learned_trust needs the peers' data (RoundContext.learner)")
+        device = params.device
         receivers = step.receiver_ids()
         hood = step.gather(params)
+        ids = hood.ids.cpu()  # the senders' ids index the host's trust matrix (-1: padding)
         finite = hood.values.isfinite().all(-1)  # a model with NaN/Inf gets no trust and no arithmetic
         values = torch.where(finite.unsqueeze(-1), hood.values, 0.0)
-        partner = hood.mask & (hood.ids != receivers.unsqueeze(1)) & finite
-        own = hood.mask & (hood.ids == receivers.unsqueeze(1))
-        self._grow(int(max(receivers.max(), hood.ids.max())) + 1)
+        on_device = receivers.to(device).unsqueeze(1)
+        partner = hood.mask & (hood.ids != on_device) & finite
+        own = hood.mask & (hood.ids == on_device)
+        self._grow(int(max(receivers.max(), ids.max())) + 1)
         at = self._row(receivers)
-        known = self._trust[at.unsqueeze(1), hood.ids.clamp(min=0)]
+        known = self._trust[at.unsqueeze(1), ids.clamp(min=0)].to(device)
         anchor = self._anchor(values, own, partner)
         start = torch.where(partner & ~known.isnan(), known, anchor) * partner
         trust = self._learn(start, anchor, partner, own, values, receivers, ctx)
-        met = hood.mask & (hood.ids != receivers.unsqueeze(1))
+        met = (ids >= 0) & (ids != receivers.unsqueeze(1))
         rows, cols = met.nonzero(as_tuple=True)
-        self._trust[at[rows], hood.ids[rows, cols]] = trust[rows, cols]
+        self._trust[at[rows], ids[rows, cols]] = trust.cpu()[rows, cols]
         weights = trust + own * (1 - trust.sum(1, keepdim=True))
         return torch.einsum("rm,rmd->rd", weights.to(params.dtype), values)
 
@@ -333,12 +340,12 @@ class LearnedTrust(CooperationRule):
             return trust * partner
         # projected gradient descent with a per-peer backtracking step: every accepted step lowers that
         # peer's held-out loss, however large a partner's logits are (noise, flipped signs)
-        step_size = torch.full((trust.shape[0], 1), self.learning_rate, dtype=trust.dtype)
+        step_size = trust.new_full((trust.shape[0], 1), self.learning_rate)
         with torch.no_grad():
             current = losses(trust)
         for _ in range(self.steps):
             direction = gradient(trust)
-            accepted = torch.zeros(trust.shape[0], dtype=torch.bool)
+            accepted = torch.zeros(trust.shape[0], dtype=torch.bool, device=trust.device)
             with torch.no_grad():
                 for _ in range(MAX_HALVINGS):
                     candidate = project_capped_simplex(trust - step_size * direction, partner)

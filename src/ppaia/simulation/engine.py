@@ -25,7 +25,7 @@ import torch
 
 from ppaia.churn import ChurnRun
 from ppaia.config import ConfigError, ExperimentConfig
-from ppaia.devices import check_device_support, resolve_device
+from ppaia.devices import resolve_device
 from ppaia.experiment import Setup
 from ppaia.experiment.local import LocalPhase, round_context
 from ppaia.learning.continual import forgetting
@@ -158,7 +158,6 @@ class Simulation:
         self.config = config
         self.axis = axis or PeerAxis()
         device = resolve_device(config.device)  # before the data is loaded: a missing GPU fails at once
-        check_device_support(config, device)
         rows = self.axis.rows
         self.setup = (Setup.batch(config) if rows is None else Setup.block(config, rows)).to(device)
         self.rule = self.setup.rule

@@ -139,7 +139,10 @@ def read_record(line: bytes | str) -> RunStart | RoundRecord | RunEnd:
 
 def finite(values: torch.Tensor | np.ndarray | list[float]) -> list[Value]:
     """Values as a JSON-ready list with 6 significant digits (a line stays short; a consensus distance
-    of 1e-9 stays 1e-9), None for a value that is not finite."""
+    of 1e-9 stays 1e-9), None for a value that is not finite. (A round's per-peer values may be on the
+    run's device: they come to the host here.)"""
+    if isinstance(values, torch.Tensor):
+        values = values.cpu()
     return [float(f"{v:.6g}") if math.isfinite(v) else None for v in np.asarray(values, dtype=float).tolist()]
 
 

@@ -124,20 +124,22 @@ class Mixing:
         row, sender, weight = row[order], sender[order], weight[order]
         slot = rank_within(row, n_rows)
         width = int(slot.max()) + 1 if row.numel() else 0
+        device = params.device  # the layout is worked out on the host, where the plan was drawn
         values = params.new_zeros(n_rows, width, params.shape[1])
-        values[row, slot] = params[sender]
+        values[row.to(device), slot.to(device)] = params[sender.to(device)]
         mask = torch.zeros(n_rows, width, dtype=torch.bool)
         mask[row, slot] = True
         weights = torch.zeros(n_rows, width, dtype=torch.float64)
         weights[row, slot] = weight.double()
         ids = torch.full((n_rows, width), -1, dtype=torch.long)
         ids[row, slot] = self.sender_peers()[keep][order]
-        return Neighbourhoods(values, mask, weights, ids)
+        return Neighbourhoods(values, mask.to(device), weights.to(device), ids.to(device))
 
 
 @dataclass(frozen=True)
 class Neighbourhoods:
-    """What each receiver heard in one step, padded to the widest row: values [R, M, D], mask [R, M]."""
+    """What each receiver heard in one step, padded to the widest row: values [R, M, D], mask [R, M]; all
+    on the parameters' device. (A sender's id is -1 exactly where the mask is False.)"""
 
     values: torch.Tensor
     mask: torch.Tensor
