@@ -162,3 +162,17 @@ def test_peer_blocks_cover_every_peer_once_in_near_equal_runs(n, ranks):
 def test_what_cannot_be_sharded_is_refused_by_name(config, ranks, phrase):
     with pytest.raises(ConfigError, match=phrase):
         check_shardable(ExperimentConfig.model_validate(config), ranks)
+
+
+@pytest.mark.slow
+def test_four_gloo_ranks_give_the_single_process_run_for_the_rules_the_issue_names(tmp_path):
+    """4 ranks on 7 peers (blocks of 2, 2, 2 and 1): FedAvg, consensus on a ring, gossip, learned trust."""
+    named = ("fedavg", "consensus-ring", "gossip", "learned-trust")
+    configs = {name: {**SMALL, **CASES[name]} for name in named}
+    sharded = sharded_runs(configs, 4, tmp_path)
+    for name, config in configs.items():
+        assert_same_run(Simulation(ExperimentConfig.model_validate(config)).run(), sharded[name][0])
+    d = sharded["consensus-ring"][0].params.shape[1]
+    # rank 0 holds peers 0 and 1 of the ring: each consensus step it sends peer 0's row to rank 3 and
+    # peer 1's row to rank 1
+    assert sharded["consensus-ring"][1]["mixing"] == SMALL["rounds"] * 2 * 2 * d * 4
