@@ -233,6 +233,12 @@ def test_fixed_point_round_trip(x):
     assert to_fixed(from_fixed(to_fixed(x))) == to_fixed(x)
 
 
+@pytest.mark.parametrize("x", [float("nan"), float("inf"), -float("inf")])
+def test_a_score_that_is_not_finite_has_no_fixed_point(x):
+    with pytest.raises(ValueError, match="finite"):
+        to_fixed(x)
+
+
 def test_content_hash_is_sha256():
     assert content_hash(b"abc") == hashlib.sha256(b"abc").digest() and len(H1) == 32
 

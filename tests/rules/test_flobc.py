@@ -1,6 +1,7 @@
 """FLoBC: roles, parity of the batched and per-peer forms, validation gating, reward-penalty scores."""
 
 import itertools
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -10,19 +11,21 @@ import ppaia
 from ppaia.learning import MODELS, LocalData
 from ppaia.learning.holdout import PeerLearning
 from ppaia.ledger import content_hash, encode
+from ppaia.ledger import to_fixed as ledger_fixed
 from ppaia.rules import RULES, RoundContext, apply_plan, apply_step_per_peer
+from ppaia.rules.flobc import SCORE_SCALE, fixed_mean, to_fixed
 from ppaia.topology import MIXINGS, TOPOLOGIES, build_graph
 
 HELD = 40  # held-out samples per peer
 
 
-def context(n=8, round_=1):
+def context(n=8, round_=1, held=HELD):
     """N peers whose held-out labels are y = [x₀ > 0] + 2·[x₁ > 0]; a logistic model (D = 24)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n * HELD, 5, generator=g)
+    x = torch.randn(n * held, 5, generator=g)
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
     model = MODELS.create("logistic").build((5,), 4)
-    holdout = LocalData.from_parts(x, y, [np.arange(i * HELD, (i + 1) * HELD) for i in range(n)])
+    holdout = LocalData.from_parts(x, y, [np.arange(i * held, (i + 1) * held) for i in range(n)])
     graph = build_graph(TOPOLOGIES.create("complete"), n, seed=0)
     randomness = torch.Generator().manual_seed(round_)
     learner = PeerLearning(model, holdout)
@@ -272,3 +275,37 @@ def test_sync_schemes_drive_the_rounds_on_a_simulated_clock(sync, times, tmp_pat
     assert (tmp_path / "out" / "accuracy_vs_time.png").exists()
     header = (tmp_path / "out" / "metrics.csv").read_text().splitlines()[0]
     assert "sim_time" in header.split(",")
+
+
+def test_the_fixed_point_is_pythons_round_and_the_ledger_clients():
+    """The rule's quantisation (the ledger client's too) is the nearest multiple of 10⁻⁶, ties to even,
+    over accuracies k/n, exact ties and random values; its mean is the exact mean, rounded once."""
+    g = torch.Generator().manual_seed(4)
+    values = [k / n for n in (1, 3, 7, 40, 360, 999_983) for k in range(0, n + 1, max(1, n // 97))]
+    values += [(2 * k + 1) / 2e6 for k in range(200)] + torch.rand(
+        500, generator=g, dtype=torch.float64
+    ).tolist()
+    fixed = to_fixed(torch.tensor(values, dtype=torch.float64))
+    assert fixed.dtype == torch.int64 and fixed.tolist() == [round(x * SCORE_SCALE) for x in values]
+    assert [ledger_fixed(x) for x in values] == fixed.tolist()
+    for count in (1, 2, 3, 5, 9):
+        rows = fixed[: 60 * count].view(60, count)
+        means = fixed_mean(rows, dim=1)
+        exact = [float(Fraction(sum(row), count * SCORE_SCALE)) for row in rows.tolist()]
+        assert means.dtype == torch.float64 and means.tolist() == exact
+        assert torch.equal(fixed_mean(rows.flip(1).T), means)  # any order, any layout
+    assert fixed_mean(torch.zeros(0, dtype=torch.long)).item() == 0.0
+
+
+def test_scores_move_by_the_fixed_point_accuracies_the_ledger_records():
+    """Accuracies on 7 held-out samples are not multiples of 10⁻⁶: the scores use their fixed point."""
+    ctx = context(held=7)
+    g = torch.Generator().manual_seed(3)
+    params = round_params(HALF, [HALF + 0.5 * torch.randn(24, generator=g) for _ in range(5)])
+    rule = fresh("flobc(decay=0)")
+    apply_plan(rule, rule.plan(ctx), params, ctx)
+    last = rule.last_round
+    assert not torch.equal(to_fixed(last.accuracy).double() / SCORE_SCALE, last.accuracy)  # rounding acts
+    gain = fixed_mean(to_fixed(last.accuracy)) - fixed_mean(to_fixed(last.reference))
+    expected, _ = rule.rescore(torch.full((5,), 0.2, dtype=torch.float64), last.trainers, gain, last.accepted)
+    assert torch.equal(rule.scores[:5], expected)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,9 @@ from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
+from ppaia.rules import flobc
+from ppaia.rules.flobc import SCORE_SCALE
+
 __all__ = [
     "SCORE_SCALE",
     "Ledger",
@@ -37,7 +41,6 @@ __all__ = [
 ]
 
 RAW_REVERT = re.compile(r"reverted(?: with reason string '([^']*)')?")
-SCORE_SCALE = 10**6  # scores are fixed-point integers on chain: 1.0 is stored as 10**6, as in Registry.vy
 
 
 class LedgerError(ValueError):
@@ -66,8 +69,12 @@ class Version(NamedTuple):
 
 
 def to_fixed(x: float) -> int:
-    """A score as the contract stores it (nearest multiple of 1 / SCORE_SCALE)."""
-    return round(x * SCORE_SCALE)
+    """A score as the contract stores it: the nearest multiple of 1 / SCORE_SCALE (10**6, as in
+    Registry.vy), by the FLoBC rule's own quantisation (:func:`ppaia.rules.flobc.to_fixed`), so that the
+    simulator scores with the numbers a committee records. ValueError for a value that is not finite."""
+    if not math.isfinite(x):
+        raise ValueError(f"a fixed-point score is finite, not {x}")
+    return int(flobc.to_fixed(x))
 
 
 def from_fixed(value: int) -> float:

@@ -11,8 +11,10 @@ a stale update is judged and applied as θ + Δᵢ. Each validator v scores ever
 on its own held-out data (accuracy), S[v, i] and g[v], and finds update i valid iff S[v, i] ≥ decay · g[v].
 An update is accepted iff at least ⌊2V/3⌋ + 1 validators find it valid. Each contributor's score moves by
 the mean accuracy gain of its candidate, sᵢ ← max(sᵢ + (meanᵥ S[v, i] − meanᵥ g[v]), 0); the scores of
-all registered trainers are then normalised to sum 1 (uniform if all are 0). The new global model, which
-every peer receives, is
+all registered trainers are then normalised to sum 1 (uniform if all are 0). The means are of the
+accuracies as a ledger records them, in fixed point (:func:`to_fixed`, 10⁻⁶; :func:`fixed_mean`): the
+numbers a committee can put on a chain, from which the ledger parties (:mod:`ppaia.ledger.parties`)
+recompute the scores. The new global model, which every peer receives, is
 
     θ ← θ + Σ_{i accepted} wᵢ · Δᵢ,  wᵢ = sᵢ / Σ_{j accepted} sⱼ
 
@@ -23,7 +25,9 @@ Updates with NaN/Inf entries are always rejected (in both modes) and score 0 acc
 ``reward_penalty = false`` keeps every score at 1/T, so accepted updates are simply averaged.
 
 The aggregation is a fixed sequence of float operations over the committee's inputs in peer-id order, so
-every validator computing it gets bit-identical parameters and hence the same model hash (tested).
+every validator computing it gets bit-identical parameters and hence the same model hash (tested); the
+ledger parties run the same operations (:meth:`FLoBC.rescore`, :meth:`FLoBC.apply_updates`), so a ledger
+run whose every update is accepted releases the simulator's models bit for bit.
 Validators never train and hold the global model, which the rule takes from the first validator (an
 attacking validator therefore corrupts it: FLoBC trusts its validator committee). Scores start at 1/T
 for the T trainers; the original reset every score to 1/N whenever a peer registered. A release counts
@@ -55,10 +59,25 @@ from ppaia.rules.base import (
 from ppaia.rules.sync import SYNC_SCHEMES, Release, SyncScheme
 from ppaia.topology.mixing import Mixing
 
-__all__ = ["CommitteeRound", "FLoBC"]
+__all__ = ["SCORE_SCALE", "CommitteeRound", "FLoBC", "fixed_mean", "to_fixed"]
 
 VERSION_NAME = re.compile(r"version\.(0|[1-9][0-9]{0,9})")  # a released model's name in a state
 SCORE_SUM_TOLERANCE = 1e-6  # the trainers' scores are normalised to sum 1
+SCORE_SCALE = 10**6  # a ledger's fixed point: 1.0 is recorded as 10**6 (the registry contract's SCORE_SCALE)
+
+
+def to_fixed(values: torch.Tensor | float) -> torch.Tensor:
+    """Accuracies or scores as a ledger records them: int64 multiples of 1 / SCORE_SCALE, the nearest
+    (ties to even, as Python's ``round``), computed in float64. The one quantisation of the simulator's
+    FLoBC and the ledger (:func:`ppaia.ledger.client.to_fixed`)."""
+    return torch.round(torch.as_tensor(values, dtype=torch.float64) * SCORE_SCALE).long()
+
+
+def fixed_mean(fixed: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The mean of fixed-point values along `dim`, as float64 (0 over none): the integers' exact sum
+    divided once, so the result does not depend on the order or grouping in which a party reads them."""
+    count = max(fixed.shape[dim], 1)
+    return fixed.sum(dim).double() / (count * SCORE_SCALE)
 
 
 @dataclass(frozen=True)
@@ -163,7 +182,8 @@ class FLoBC(CooperationRule):
 
     def reset(self, n_peers: int, rows: torch.Tensor | None = None) -> None:
         trainers = self.roles(n_peers)
-        self._scores = torch.where(trainers, 1.0 / int(trainers.sum()), float("nan")).double()
+        scores = torch.full((n_peers,), float("nan"), dtype=torch.float64)
+        self._scores = scores.masked_fill_(trainers, 1.0 / int(trainers.sum()))  # 1/T in float64
         self._start = self._scores.clone()
         self._round = None
         self._releases, self._versions, self._last = [], {}, None
@@ -287,6 +307,16 @@ class FLoBC(CooperationRule):
         mass = (own * accepted).sum()
         return scores, own * accepted / mass if bool(mass > 0) else torch.zeros_like(own)
 
+    @staticmethod
+    def apply_updates(model: torch.Tensor, deltas: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """θ + Σ wᵢ Δᵢ over the accepted updates only (`deltas` [A, D] in trainer order, `weights` [A]
+        float64, cast to the model's dtype); θ itself (a copy) if none was accepted. The one float
+        arithmetic of a release, the simulator's and every ledger party's: a party holds the accepted
+        updates alone, so a rejected update's zero weight must not enter the sum here either."""
+        if not deltas.shape[0]:
+            return model.clone()
+        return model + torch.einsum("t,td->d", weights.to(deltas.device, model.dtype), deltas)
+
     def _base_model(self, version: int, round_: int, global_model: torch.Tensor) -> torch.Tensor:
         """The global model of `version`, which a contributor of round `round_` trained from."""
         if version == round_ - 1:
@@ -365,16 +395,16 @@ class FLoBC(CooperationRule):
         votes = (scored >= self.threshold * reference.unsqueeze(1)) & finite
         accepted = votes.sum(0) >= self.quorum
 
-        # reward-penalty (the ledger parties run the same rescore); the trainers are peers 0..T-1
+        # reward-penalty from the accuracies as a ledger records them (the parties read them from the
+        # chain and run the same rescore); the trainers are peers 0..T-1
         scores_all = self._start.clone()
         trainers = int(roles.sum())
-        gain = scored.mean(0) - reference.mean()
+        gain = fixed_mean(to_fixed(scored)) - fixed_mean(to_fixed(reference))
         scores_all[:trainers], weights = self.rescore(self._start[:trainers], trainer_ids, gain, accepted)
         scores = scores_all[trainer_ids]
         self._scores = scores_all
 
-        update = torch.einsum("t,td->d", weights.to(deltas.device, params.dtype), deltas)
-        model = global_model + update
+        model = self.apply_updates(global_model, deltas[accepted.to(deltas.device)], weights[accepted])
         self._last = CommitteeRound(
             ctx.round,
             trainer_ids,

@@ -1,8 +1,8 @@
 """The aggregation rules as computed from the chain: what every validator proposes and the auditor checks.
 
 **FLoBC from on-chain votes.** The simulator's rule (:mod:`ppaia.rules.flobc`) scores candidates with
-exact float accuracies; on the ledger the same quantities are the fixed-point numbers the validators
-recorded, so any party can recompute them. For round r ≥ 1, as of position `cut` in the chain (its
+the fixed-point accuracies (10⁻⁶) a committee records; on the ledger they are the numbers the validators
+recorded, so any party can recompute the scores. For round r ≥ 1, as of position `cut` in the chain (its
 release, or now for a round still open):
 
 - the *contributors* are round r's updates submitted before the first vote on any of them (or the first
@@ -21,16 +21,17 @@ release, or now for a round still open):
   update was submitted makes it invalid: every honest validator votes it so (score 0);
 - Sᵢ is the mean score of the votes on update i before `cut` (0 if none); G is the mean score of the
   proposals that released round r − 1 (each validator proposes a model with its accuracy of it, so G
-  is the committee's accuracy of the model the round started from);
+  is the committee's accuracy of the model the round started from; with a quorum below V, that of the
+  quorum that released it, where the simulator's is every validator's). Both means are the rule's
+  (:func:`~ppaia.rules.flobc.fixed_mean`: the exact sum of the integers, divided once);
 - update i is *accepted* iff its UpdateAccepted event came before `cut` (the contract counted a quorum of
   valid votes from registered validators);
 - scores as the rule: sᵢ ← max(sᵢ + Sᵢ − G, 0) for the contributors, then normalised over every
   registered trainer (uniform if all are 0); they start at 1/T. Weights: sᵢ over the accepted,
   normalised over them (``faithful``: sᵢ · accepted, unnormalised); ``reward_penalty = false`` keeps
   every score at 1/T;
-- the new model is θ_{r−1} + Σ wᵢ (θᵢ − θ_bᵢ) over the accepted updates only, in trainer order, with
-  the same float operations as the simulator (an einsum in the model's dtype). The score arithmetic is
-  the simulator's own (:meth:`FLoBC.rescore`).
+- the new model is θ_{r−1} + Σ wᵢ (θᵢ − θ_bᵢ) over the accepted updates only, in trainer order, by the
+  simulator's own arithmetic (:meth:`FLoBC.apply_updates`), as is the scores' (:meth:`FLoBC.rescore`).
 
 **Sync on the wall clock** (:func:`barrier_period`). A validator's barrier for round r opens when it has
 adopted release r − 1 and passes at the first vote on a round-r update, or when every registered trainer
@@ -47,9 +48,10 @@ submitted one, or:
 A trainer trains from the newest release b and submits for the first round after it whose barrier has
 not closed yet, with base b.
 
-The fixed-point rounding (10⁻⁶) of scores is the one difference from the simulator's arithmetic; with
-every update accepted the released models equal the simulator's to within float rounding (tested), and
-every party computing from the same chain gets the same bits.
+The parties thus compute the simulator's numbers with the simulator's operations: with every update
+accepted, BSP and honest parties, the released models equal the simulator's bit for bit (tested; the
+simulator on one thread, as every party process runs, for its batched training to round as each
+trainer's alone), and every party computing from the same chain gets the same bits.
 
 **FedAvg** (the publisher flow): the sample-weighted mean of every client's model, computed with the
 FedAvg rule's own server step as the simulator runs it (:func:`fedavg_aggregate`).
@@ -64,9 +66,9 @@ import torch
 
 from ppaia.experiment import Setup
 from ppaia.experiment.local import round_context
-from ppaia.ledger.client import SCORE_SCALE, LedgerError
+from ppaia.ledger.client import LedgerError
 from ppaia.ledger.parties.chain import LedgerState, UpdateRecord
-from ppaia.rules.flobc import FLoBC
+from ppaia.rules.flobc import FLoBC, fixed_mean
 from ppaia.rules.sync import BAP, SSP
 
 __all__ = [
@@ -139,7 +141,8 @@ def barrier_period(rule: FLoBC) -> float | None:
 
 
 def _mean(values: Sequence[int]) -> float:
-    return sum(values) / len(values) if values else 0.0
+    """The mean of on-chain fixed-point scores as the rule takes it (0 over none)."""
+    return float(fixed_mean(torch.tensor(values, dtype=torch.long)))
 
 
 def reference_score(state: LedgerState, round_: int) -> float:
@@ -150,7 +153,7 @@ def reference_score(state: LedgerState, round_: int) -> float:
     scores = [
         p.score for p in state.proposals_of(round_ - 1) if p.digest == release.digest and p.seq < release.seq
     ]
-    return sum(scores) / len(scores) / SCORE_SCALE
+    return _mean(scores)
 
 
 def flobc_rounds(state: LedgerState, rule: FLoBC, open_round: int | None = None) -> list[RoundOutcome]:
@@ -167,7 +170,7 @@ def flobc_rounds(state: LedgerState, rule: FLoBC, open_round: int | None = None)
         idx = torch.tensor([index[u.trainer] for u in contributors], dtype=torch.long)
         accepted = torch.tensor([u.accepted_before(cut) for u in contributors], dtype=torch.bool)
         means = [_mean([v.score for v in u.votes_before(cut)]) for u in contributors]
-        mean_scores = torch.tensor(means, dtype=torch.float64) / SCORE_SCALE
+        mean_scores = torch.tensor(means, dtype=torch.float64)
         reference = reference_score(state, round_)
         scores, weights = rule.rescore(scores, idx, mean_scores - reference, accepted)
         outcomes.append(
@@ -194,11 +197,11 @@ def aggregate(
 ) -> torch.Tensor:
     """θ + Σ wᵢ (θᵢ − θ_bᵢ) over the accepted updates `trained` (flat, in trainer order) with `weights`,
     each rebased from the model it trained from (`bases`; default θ, every update fresh), with the
-    simulator's float operations."""
-    if not len(trained):
-        return model.clone()
-    deltas = torch.stack(list(trained)) - (model if bases is None else torch.stack(list(bases)))
-    return model + torch.einsum("t,td->d", weights.to(model.dtype), deltas)
+    simulator's float operations (:meth:`FLoBC.apply_updates`)."""
+    deltas = model.new_empty(0, model.numel())
+    if len(trained):
+        deltas = torch.stack(list(trained)) - (model if bases is None else torch.stack(list(bases)))
+    return FLoBC.apply_updates(model, deltas, weights)
 
 
 def fedavg_aggregate(view: Setup, round_: int, models: Sequence[torch.Tensor]) -> torch.Tensor:
