@@ -1,29 +1,39 @@
 """Open swarms on this machine: joining a running swarm, peers per host process, traffic as it grows.
 
 Digits (a Dirichlet(1) split written as each peer's own file by ``ppaia launch --open``), MLP 64-32-10,
-learned trust with k = 3, synchronous, peers hosted several to a process
-(:class:`ppaia.network.openlaunch.OpenSwarm`). Figures:
+learned trust with k = 3 (``examples/open_swarm.toml``, without its schedule), synchronous, peers hosted
+several to a process (:class:`ppaia.network.openlaunch.OpenSwarm`). Figures:
 
 - join: a 16-peer swarm runs; one more peer is due at round 6 (its own process). From the launcher
   starting its process to its first completed round (the first round line in its log), and the round
   it joined at.
-- swarm of N (25, 50, 100) in 4 host processes, 6 rounds: wall time; bytes per peer per round of model
-  bodies fetched and of membership traffic (view exchanges, both ways), from each peer's last status;
-  membership bytes per peer per minute; the consensus distance (mean distance of the peers' models to
-  their mean) after round 1 and after the last round, from the peers' checkpoints.
+- swarm of N (25, 50, 100) in 4 host processes, ``--rounds`` rounds: wall time; bytes per peer per round
+  of model bodies fetched and of membership traffic (view exchanges, both ways), from each peer's last
+  status; membership bytes per peer per minute; the consensus distance (1/N)Σ‖θᵢ − θ̄‖² of the peers'
+  models after each round (from their checkpoints), as the simulator computes it, and the simulator's
+  for the same config and seed (k random live partners a round, as an open swarm samples them): after
+  round 1, at its peak and after the last round. Every peer starts from the same initial model, so the
+  distance first grows while the models move away from it on different data, and falls only once the
+  partners' mixing outweighs what training pulls apart: a run of a few rounds shows only the growth.
+  Also the distinct partners each peer met against what k uniform picks a round would meet (the
+  simulator's sampling): partners drawn from a view that changes slowly repeat, and mix the swarm
+  more slowly.
 - peers per host process: the resident memory of one host process (``/proc``) holding M peers, for
   M = 1, 8 and 32, and what that makes per peer.
 
-    python benchmarks/open_swarm.py [--quick]
+    python benchmarks/open_swarm.py [--quick] [--rounds R] [--sizes 25,50,100] [--only join,grow,memory]
+                                    [--view V] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import tempfile
 import time
+import tomllib
 from datetime import datetime
 from pathlib import Path
 
@@ -35,18 +45,13 @@ from safetensors.torch import load_file
 import ppaia
 from ppaia.network.checkpoint import round_file
 from ppaia.network.openlaunch import OpenSwarm
+from ppaia.simulation.engine import run as simulate
+from ppaia.simulation.metrics import consensus_distance
 
-BASE = {
-    "rounds": 6,
-    "seed": 3,
-    "model": "mlp(hidden=[32])",
-    "lr": 0.2,
-    "local_epochs": 1,
-    "batch_size": 16,
-    "holdout": 0.2,
-    "partition": "dirichlet(1.0)",
+EXAMPLE = Path(__file__).parents[1] / "examples" / "open_swarm.toml"
+# the example's swarm (digits, Dirichlet(1), learned trust k = 3) without its schedule
+BASE = {key: value for key, value in tomllib.loads(EXAMPLE.read_text()).items() if key != "churn"} | {
     "min_samples": 10,
-    "rule": "learned_trust(partners=3)",
     "eval_every": 100,  # the last round only: evaluation is not what is measured
 }
 SAMPLING = {"view": 12, "shuffle": 6, "period": 1.0}
@@ -72,35 +77,73 @@ def join_time(root: Path) -> tuple[float, int]:
     return stamp(first) - run.started[group], joined
 
 
-def distance(root: Path, peers: int, round_: int) -> float:
-    models = []
-    for i in range(peers):
-        path = round_file(root / "peers" / str(i), round_)
-        if path.exists():
-            models.append(torch.cat([t.flatten() for _, t in sorted(load_file(path).items())]))
-    stacked = torch.stack(models)
-    return float((stacked - stacked.mean(0)).norm(dim=1).mean())
+def distances(root: Path, peers: int, rounds: int) -> list[float]:
+    """The consensus distance after each round 1..`rounds`, over the peers' checkpoints of that round."""
+    out = []
+    for round_ in range(1, rounds + 1):
+        models = []
+        for i in range(peers):
+            path = round_file(root / "peers" / str(i), round_)
+            if path.exists():
+                models.append(torch.cat([t.flatten() for _, t in sorted(load_file(path).items())]))
+        stacked = torch.stack(models)
+        out.append(consensus_distance(stacked, torch.ones(len(models), dtype=torch.bool)))
+    return out
 
 
-def growth(root: Path, peers: int) -> dict[str, float]:
-    run = swarm(root, peers, -(-peers // 4))
+def simulated(peers: int, rounds: int) -> list[float]:
+    """The simulator's consensus distance after each round, same config and seed, k random partners."""
+    changes = {"peers": peers, "rounds": rounds, "churn": {}, "eval_every": 1}  # a history row per round
+    config = ppaia.ExperimentConfig.model_validate(BASE | changes)
+    rows = {row["round"]: row["consensus_distance"] for row in simulate(config).history}
+    return [rows[r] for r in range(1, rounds + 1)]
+
+
+def growth(root: Path, peers: int, rounds: int) -> dict:
+    run = swarm(root, peers, -(-peers // 4), rounds=rounds)
     started = time.monotonic()
     run.run()
     wall = time.monotonic() - started
     traffic = run.summary()["traffic"]
-    rounds = BASE["rounds"]
     models = statistics.mean(t["model_bytes_received"] for t in traffic.values()) / rounds
     membership = statistics.mean(t["membership_bytes"] for t in traffic.values())
-    finished = sum(row["round"] == rounds for row in run.final().values())
+    final = run.final()
+    unfinished = [i for i in range(peers) if final.get(i, {}).get("round") != rounds]
     return {
         "wall_s": wall,
-        "finished": finished,
+        "finished": peers - len(unfinished),
+        "unfinished": {i: final.get(i, {}).get("round") for i in unfinished},  # peer -> its last round
+        "errors": [
+            line
+            for log in sorted(root.glob("host-*.log"))
+            for line in log.read_text().splitlines()
+            if line.startswith("error:")
+        ],
         "models_per_round": models,
         "membership_per_round": membership / rounds,
         "membership_per_minute": membership / (wall / 60),
-        "distance_first": distance(root, peers, 1),
-        "distance_last": distance(root, peers, rounds),
+        "distance": distances(root, peers, rounds),
+        "simulated": simulated(peers, rounds),
+        "partners": partners_met(root, peers, rounds),
     }
+
+
+def partners_met(root: Path, peers: int, rounds: int, k: int = 3) -> tuple[float, float]:
+    """Distinct partners each peer met (its last trust row), on average, and what k uniform picks a
+    round among the other peers would meet: fewer means partners drawn from a view that changes slowly
+    (the simulator draws them uniformly)."""
+    met = []
+    for i in range(peers):
+        states = sorted((root / "peers" / str(i) / "rounds").glob("learner-*.json"))
+        if states:
+            met.append(len(json.loads(states[-1].read_text())["rule"]))
+    return statistics.mean(met), (peers - 1) * (1 - (1 - k / (peers - 1)) ** rounds)
+
+
+def course(values: list[float]) -> str:
+    """After round 1, at the peak (its round) and after the last round."""
+    peak = max(range(len(values)), key=values.__getitem__)
+    return f"{values[0]:.3f} / {values[peak]:.3f} (r{peak + 1}) / {values[-1]:.3f}"
 
 
 def resident(pid: int) -> int:
@@ -128,36 +171,59 @@ def memory(root: Path, hosted: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="25 and 50 peers only; M up to 8")
+    parser.add_argument("--rounds", type=int, default=18, help="rounds of the growing swarms")
+    parser.add_argument("--sizes", default=None, help="swarm sizes to grow, e.g. 25,50,100")
+    parser.add_argument("--only", default="join,grow,memory", help="which figures: join, grow, memory")
+    parser.add_argument("--view", type=int, default=SAMPLING["view"], help="members each peer's view holds")
+    parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     args = parser.parse_args()
-    console = Console()
+    SAMPLING["view"] = args.view
+    only = set(args.only.split(","))
+    sizes = (
+        [int(n) for n in args.sizes.split(",")] if args.sizes else [25, 50] if args.quick else [25, 50, 100]
+    )
+    console = Console(width=180)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        seconds, joined = join_time(tmp / "join")
-        console.print(
-            f"join: a new peer completes its first round {seconds:.1f} s after its process starts "
-            f"(joined at round {joined}; a running 16-peer swarm in 4 processes)"
-        )
-        table = Table(title="open swarm growing (4 host processes, 6 rounds)")
-        for column in (
-            "peers", "finished", "wall s", "model B/peer/round", "membership B/peer/round",
-            "membership B/peer/min", "distance r1", f"distance r{BASE['rounds']}",
-        ):  # fmt: skip
-            table.add_column(column, justify="right")
-        for peers in (25, 50) if args.quick else (25, 50, 100):
-            f = growth(tmp / f"grow{peers}", peers)
-            table.add_row(
-                str(peers), str(f["finished"]), f"{f['wall_s']:.1f}", f"{f['models_per_round']:,.0f}",
-                f"{f['membership_per_round']:,.0f}", f"{f['membership_per_minute']:,.0f}",
-                f"{f['distance_first']:.3f}", f"{f['distance_last']:.3f}",
-            )  # fmt: skip
-        console.print(table)
-        rows = Table(title="peers per host process (resident memory)")
-        for column in ("peers in the process", "resident MiB", "MiB per peer"):
-            rows.add_column(column, justify="right")
-        for hosted in (1, 8) if args.quick else (1, 8, 32):
-            peak = memory(tmp / f"mem{hosted}", hosted)
-            rows.add_row(str(hosted), f"{peak / 2**20:.0f}", f"{peak / 2**20 / hosted:.0f}")
-        console.print(rows)
+        tmp = args.out or Path(tmp)
+        if "join" in only:
+            seconds, joined = join_time(tmp / "join")
+            console.print(
+                f"join: a new peer completes its first round {seconds:.1f} s after its process starts "
+                f"(joined at round {joined}; a running 16-peer swarm in 4 processes)"
+            )
+        if "grow" in only:
+            table = Table(title=f"open swarm growing (4 host processes, {args.rounds} rounds)")
+            for column in (
+                "peers", "finished", "wall s", "model B/peer/round", "membership B/peer/round",
+                "membership B/peer/min", "distance r1 / peak / last", "simulator r1 / peak / last",
+            ):  # fmt: skip
+                table.add_column(column, justify="right")
+            for peers in sizes:
+                f = growth(tmp / f"grow{peers}", peers, args.rounds)
+                table.add_row(
+                    str(peers), str(f["finished"]), f"{f['wall_s']:.1f}", f"{f['models_per_round']:,.0f}",
+                    f"{f['membership_per_round']:,.0f}", f"{f['membership_per_minute']:,.0f}",
+                    course(f["distance"]), course(f["simulated"]),
+                )  # fmt: skip
+                console.print(
+                    f"{peers} peers, distance after each round: {[round(d, 4) for d in f['distance']]}"
+                )
+                console.print(f"  the simulator's: {[round(d, 4) for d in f['simulated']]}")
+                met, uniform = f["partners"]
+                console.print(
+                    f"  distinct partners met per peer: {met:.1f} (k uniform picks a round: {uniform:.1f})"
+                )
+                if f["unfinished"]:
+                    console.print(f"  did not finish (peer: last round): {f['unfinished']}; {f['errors']}")
+            console.print(table)
+        if "memory" in only:
+            rows = Table(title="peers per host process (resident memory)")
+            for column in ("peers in the process", "resident MiB", "MiB per peer"):
+                rows.add_column(column, justify="right")
+            for hosted in (1, 8) if args.quick else (1, 8, 32):
+                peak = memory(tmp / f"mem{hosted}", hosted)
+                rows.add_row(str(hosted), f"{peak / 2**20:.0f}", f"{peak / 2**20 / hosted:.0f}")
+            console.print(rows)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import statistics
 
 import pytest
 import tomli_w
+from open_parts import CONFIG as OPEN
 from typer.testing import CliRunner
 
 from ppaia.cli.main import app
@@ -21,17 +22,8 @@ from ppaia.config import load_config
 from ppaia.simulation.engine import run
 
 runner = CliRunner()
-CONFIG = {
+CONFIG = OPEN | {
     "peers": 8,
-    "rounds": 12,
-    "seed": 3,
-    "model": "mlp(hidden=[32])",
-    "lr": 0.2,
-    "local_epochs": 1,
-    "batch_size": 16,
-    "holdout": 0.2,
-    "partition": "dirichlet(1.0)",
-    "rule": "learned_trust(partners=2)",
     "churn": {"joins": {"5": 3, "6": 3, "7": 5}, "leaves": {"2": 6, "3": 6}, "returns": {"2": 8}},
 }
 

@@ -69,6 +69,8 @@ MESSAGES = [
     ),
     seal(PEER, "not_ready", round=3, step=1, latest=[2, 0], nonce=NONCE),
     seal(PEER, "status", nonce=NONCE, info={"peers": 3, "latest": {"round": 2, "cid": cid_of(b"")}}),
+    seal(PEER, "request", want="link", round=0, step=0, nonce=NONCE, link={"op": "keep", "degree": 2}),
+    seal(PEER, "link", nonce=NONCE, linked=True, degree=2),
 ]
 VALUES = [
     None,

@@ -16,6 +16,7 @@ from ppaia.network.records import PeerRecord
 from ppaia.network.wire import (
     DOMAIN,
     MAX_INFO_BYTES,
+    LinkReply,
     ModelHeader,
     NotReadyReply,
     Request,
@@ -47,6 +48,7 @@ FIELDS = {
     "not_ready": {"round": 3, "step": 1, "latest": [2, 0], "nonce": NONCE},
     "status": {"nonce": NONCE, "info": {"peers": 4, "name": "p", "loss": 0.25, "ok": True, "x": None}},
     "view": {"nonce": NONCE, "records": ["00ff" * 8, "ab"]},
+    "link": {"nonce": NONCE, "linked": True, "degree": 3},
 }
 
 
@@ -124,6 +126,7 @@ def test_a_stream_that_ends_early_is_truncated_or_closed() -> None:
         ("model", ModelHeader),
         ("not_ready", NotReadyReply),
         ("status", StatusReply),
+        ("link", LinkReply),
     ],
 )
 def test_seal_and_open_round_trip(kind: str, cls: type) -> None:

@@ -124,7 +124,9 @@ def peer(
 
     Without --partition the peer joins the open swarm named --swarm through any --bootstrap member: it
     needs its own --data, knows no N and no index (its identity is its key), and picks random live
-    partners each round (docs/network.md, "Open swarms")."""
+    partners each round; topology rules (consensus, p2pl, median, ...) mix over an overlay of links both
+    ends agreed to, at most the config's random_regular k (else 4) a peer; fedavg is refused
+    (docs/network.md, "Open swarms")."""
     # force: an imported library (opacus) already called basicConfig at WARNING, which would make this a
     # no-op and drop the peer's INFO lines (resumes, ...); kademlia's INFO is one line per RPC
     logging.basicConfig(

@@ -34,7 +34,8 @@ class Reason(StrEnum):
 
     Wire (frames and messages): CLOSED, TRUNCATED, OVERSIZED, MALFORMED, UNKNOWN_KIND, UNEXPECTED_KIND,
     WRONG_DOMAIN, BAD_KEY, BAD_SIGNATURE. Replies: WRONG_SENDER, REPLAY, WRONG_VERSION, BAD_CID,
-    WRONG_CID, BAD_TENSORS, BAD_STATUS, BAD_RECORD (an open swarm's view exchange).
+    WRONG_CID, BAD_TENSORS, BAD_STATUS, BAD_RECORD (an open swarm's view exchange), BAD_LINK and
+    LINK_FLOOD (an open swarm's overlay links, :mod:`ppaia.network.overlay`).
 
     Server side, held against the remote address as a strike: IDLE, SLOW_REQUEST, SLOW_READER,
     CROWDED. Not strikes (capacity, or not the client's doing): BUSY, BANNED, EVICTED, DISCONNECTED,
@@ -60,6 +61,8 @@ class Reason(StrEnum):
     BAD_TENSORS = "bad_tensors"  # not exactly the model's finite tensors
     BAD_STATUS = "bad_status"  # a signed status that is not a valid PeerStatus
     BAD_RECORD = "bad_record"  # a member record in a view exchange that is forged, malformed or expired
+    BAD_LINK = "bad_link"  # an overlay link message out of range, or about a link never agreed to
+    LINK_FLOOD = "link_flood"  # a link proposal repeated right after it was declined
     IDLE = "idle"  # no byte of a request within idle_timeout of connecting
     SLOW_REQUEST = "slow_request"  # the request not complete within request_timeout of connecting
     SLOW_READER = "slow_reader"  # the client took the reply slower than the pace

@@ -93,6 +93,7 @@ class Host:
         if not self.tasks:  # the first peer: its loop's worker threads are the host's
             asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=self.workers))
         peer = self.peers[name] = self.build(name, spec)
+        log.info("hosted peer %s (%s) is peer %s", name, spec.data_dir, peer.label)
         self.tasks[name] = asyncio.create_task(self._run(name, peer))
         return peer
 

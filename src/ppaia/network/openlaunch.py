@@ -20,7 +20,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ from ppaia.network.swarm import HOST, _forkserver, free_port
 from ppaia.network.transfer import fetch_status
 from ppaia.seeding import Stream, derive_seed
 
-__all__ = ["OpenSwarm", "write_own_data"]
+__all__ = ["Change", "Move", "OpenSwarm", "write_own_data"]
 
 
 def write_own_data(config: ExperimentConfig, root: Path) -> tuple[list[str], str]:
@@ -90,6 +92,27 @@ def run_host(
     sys.exit(1 if failed else 0)
 
 
+class Move(StrEnum):
+    """What the launcher does to a group of peers when the schedule says so."""
+
+    JOIN = "join"
+    BACK = "come back"  # with its data directory: it resumes
+    LEAVE = "leave (killed)"  # SIGKILL, as a crash
+
+
+@dataclass(frozen=True)
+class Change:
+    """A move the launcher made: when (unix time), at which swarm round, to which peers."""
+
+    at: float
+    round: int
+    peers: tuple[int, ...]
+    move: Move
+
+    def __str__(self) -> str:
+        return f"round {self.round}: peers {list(self.peers)} {self.move}"
+
+
 @dataclass
 class OpenSwarm:
     """N open-swarm peers under `root`, `per_process` to a host process, following `config.churn`."""
@@ -118,6 +141,7 @@ class OpenSwarm:
         self.round = 0
         self.last: dict[int, PeerStatus] = {}  # each peer's last status seen (traffic, membership)
         self.started: dict[int, float] = {}  # group -> when (unix time) it was last started
+        self.changes: list[Change] = []  # what following the schedule did, in order
 
     def _groups(self) -> list[list[int]]:
         """Peers hosted together: those with the same schedule, at most `per_process` per group."""
@@ -190,15 +214,21 @@ class OpenSwarm:
             running = process is not None and process.is_alive()
             if due and not running and (process is None or process.exitcode != 0):
                 self.start(group)
-                events.append(f"round {round_}: peers {peers} {'join' if process is None else 'come back'}")
+                events.append(
+                    Change(time.time(), round_, tuple(peers), Move.JOIN if process is None else Move.BACK)
+                )
             elif not due and running:
                 self.kill(group)
-                events.append(f"round {round_}: peers {peers} leave (killed)")
+                events.append(Change(time.time(), round_, tuple(peers), Move.LEAVE))
         self.round = round_
-        return events
+        self.changes += events
+        return [str(event) for event in events]
 
-    def run(self, poll: float = 0.3) -> list[str]:
-        """Run the swarm to the end, following the schedule; the events, in order."""
+    def run(
+        self, poll: float = 0.3, watch: Callable[[dict[int, PeerStatus | None]], None] | None = None
+    ) -> list[str]:
+        """Run the swarm to the end, following the schedule; the events, in order. `watch`, if given, sees
+        every poll's statuses (None: the peer did not answer)."""
         events = self.follow(1)
         started = time.monotonic()
         try:
@@ -206,6 +236,8 @@ class OpenSwarm:
                 if time.monotonic() - started > self.timeout:
                     raise TimeoutError(f"the open swarm did not finish within {self.timeout:.0f} s")
                 statuses = asyncio.run(self.statuses())
+                if watch is not None:
+                    watch(statuses)
                 self.last |= {i: status for i, status in statuses.items() if status is not None}
                 rounds = [status.round for status in statuses.values() if status is not None]
                 if rounds and max(rounds) > self.round:

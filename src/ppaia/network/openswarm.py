@@ -11,11 +11,13 @@ keeps):
   topology: :data:`~ppaia.network.agreement.OPEN_SWARM`) is checked against every member it meets. A peer
   whose config is incompatible with every member it found is refused when it joins
   (:class:`AgreementError` naming the fields, exit 2), before any round.
-- **Rules.** Only rules whose partners may be anyone run here (:data:`OPEN_RULES`): ``learned_trust``
-  pulls from k random live members (its ``partners``) and weighs them by its trust, ``gossip`` averages
-  with one random live member, as its pairwise averaging does, and ``isolated`` trains alone. Rules on a
-  fixed topology (consensus, P2PL, the robust neighbourhood rules) and FedAvg (it has a server; no
-  member is elected) are refused with a message (:func:`check_open`).
+- **Rules.** Rules whose partners may be anyone (:data:`OPEN_RULES`) pick them from the view each round:
+  ``learned_trust`` pulls from k random live members (its ``partners``) and weighs them by its trust,
+  ``gossip`` averages with one random live member, as its pairwise averaging does, and ``isolated``
+  trains alone. Rules on a topology (consensus, P2PL, the robust neighbourhood rules) run on an overlay
+  the peers build from their views (:mod:`ppaia.network.overlay`: a few links per peer that both ends
+  agreed to, mixing weights from the degrees they announce); the swarm agrees on its degree. FedAvg (it
+  has a server; no member is elected) is refused with a message (:func:`check_open`).
 - **Partners by position.** The round loop works on integer positions: position 0 is the peer itself,
   and each member met gets the next position for the life of the process (:class:`Roster`). Learned
   trust is keyed by peer id in checkpoints, so a restarted peer gets its trust back whatever positions
@@ -45,16 +47,27 @@ from ppaia.network.agreement import Agreement, describe
 from ppaia.network.dht import Address
 from ppaia.network.errors import AgreementError, ProtocolError
 from ppaia.network.identity import Identity
-from ppaia.network.learner import StepRole
+from ppaia.network.learner import StepRole, check_supported
+from ppaia.network.overlay import Overlay, overlay_degree, overlay_roles
 from ppaia.network.peer import LOOPBACK, Peer, PeerOptions
 from ppaia.network.records import PeerRecord
 from ppaia.network.sampling import Sampler, View
-from ppaia.network.status import Membership, PeerStatus, Phase, Stuck
+from ppaia.network.status import MAX_LISTED, Membership, PeerStatus, Phase, Stuck
 from ppaia.network.transfer import NotReady
 from ppaia.network.wire import MAX_OFFER
+from ppaia.topology import TOPOLOGIES
 from ppaia.topology.mixing import Mixing
 
-__all__ = ["OPEN_RULES", "OpenOptions", "OpenPeer", "Roster", "check_open", "members_topic", "open_row"]
+__all__ = [
+    "OPEN_RULES",
+    "OpenOptions",
+    "OpenPeer",
+    "Roster",
+    "check_open",
+    "members_topic",
+    "on_overlay",
+    "open_row",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +75,7 @@ OPEN_RULES = frozenset({"learned_trust", "gossip", "isolated"})
 RECORD_TTL = 300.0  # seconds a member record handed around in view exchanges stays valid
 STATUS_WAIT = 5.0  # seconds a joining peer waits for a member's status before asking again
 EXCHANGE_WAIT = 5.0  # seconds a view exchange may take (peers hosted many to a process answer slower)
+SETTLE = 3.0  # periods of upkeep without a new or lost link after which an overlay short of links trains
 
 
 def members_topic(swarm: str) -> str:
@@ -77,16 +91,20 @@ def check_open(config: ExperimentConfig) -> None:
             "rule 'fedavg' has a server, and an open swarm elects none: use learned_trust or gossip, "
             "which pick random live partners"
         )
-    if rule not in OPEN_RULES:
-        raise ConfigError(
-            f"rule {rule!r} runs on a fixed topology, and an open swarm has no member list to build one "
-            f"from: use one of {sorted(OPEN_RULES)} (or --partition i/N with a members list)"
-        )
+    check_supported(config)
+    if on_overlay(config):
+        overlay_degree(config)
     if config.privacy is not None or config.attack is not None:
         raise ConfigError(
             "privacy and attack are keyed by a peer's index, which a peer of an open swarm does not have: "
             "run them with --partition i/N"
         )
+
+
+def on_overlay(config: ExperimentConfig) -> bool:
+    """Whether `config`'s rule mixes over a topology, which an open swarm builds as an overlay (consensus,
+    P2PL, the robust neighbourhood rules), rather than over partners sampled from the view."""
+    return config.rule.uses_topology and config.rule.name not in OPEN_RULES
 
 
 def partners_of(config: ExperimentConfig) -> int:
@@ -123,13 +141,15 @@ class Roster:
 
 class OpenBook:
     """Where members serve, as an :class:`~ppaia.network.addressbook.AddressBook` says it for the round
-    loop: from the view, i.e. each member's own signed record as its last exchange gave it. Every
-    position is pinned to its member's key (in an open swarm a peer's identity is its key). A member not
-    in the view is not reachable now."""
+    loop: from the view, i.e. each member's own signed record as its last exchange gave it, else from
+    the `overlay` link to it (an overlay neighbour may have left a bounded view). Every position is
+    pinned to its member's key (in an open swarm a peer's identity is its key). A member in neither is
+    not reachable now."""
 
-    def __init__(self, roster: Roster, view: View) -> None:
+    def __init__(self, roster: Roster, view: View, overlay: Overlay | None = None) -> None:
         self.roster = roster
         self.view = view
+        self.overlay = overlay
         self.pinned: Mapping[int, str] = _Pins(roster)
 
     def _id(self, index: int) -> str | None:
@@ -137,7 +157,10 @@ class OpenBook:
 
     async def address(self, index: int, timeout: float = 5.0) -> Address | None:
         peer_id = self._id(index)
-        return None if peer_id is None else self.view.address(peer_id)
+        if peer_id is None:
+            return None
+        linked = None if self.overlay is None else self.overlay.address(peer_id)
+        return self.view.address(peer_id) or linked
 
     def forget(self, index: int) -> None:
         """Nothing: a member that did not answer a round's request in time may only be slow (peers
@@ -194,8 +217,13 @@ class OpenPeer(Peer):
         check_open(config)
         sampling = sampling or OpenOptions()
         self.swarm_config = config
-        super().__init__(config.model_copy(update={"peers": 1}), replace(options, index=0), identity, own)
+        # this peer's row alone: its topology is the overlay, so the rule builds none of its own
+        alone = {"peers": 1, "topology": TOPOLOGIES.create("complete")}
+        super().__init__(config.model_copy(update=alone), replace(options, index=0), identity, own)
         facts = {"inputs": list(own.train.input_shape), "classes": own.train.n_classes}
+        degree = overlay_degree(config) if on_overlay(config) else None
+        if degree is not None:
+            facts["overlay_degree"] = degree  # the swarm agrees on it: it bounds every peer's links
         self.agreement = Agreement.of(config, own_data=True, data=facts, open_swarm=True)
         self.k = partners_of(config)
         self.roster = Roster(self.identity.peer_id)
@@ -213,12 +241,49 @@ class OpenPeer(Peer):
         )
         self.server.view = self.sampler.answer
         self.server.max_request_bytes = 8192  # an offer of MAX_OFFER records
-        self.book = OpenBook(self.roster, self.view)  # type: ignore[assignment]
+        self.overlay = None if degree is None else self._overlay(degree, sampling.period)
+        self.book = OpenBook(self.roster, self.view, self.overlay)  # type: ignore[assignment]
+        self.row_weights: dict[str, float] = {}  # each overlay neighbour's weight in the last round's row
         self.stuck: Stuck | None = None
         self._placed = 1  # roster positions the rule's state was last placed over (see _roles)
         self._alone = False  # the last round found no partner: the next one does not wait for one
-        self.name = self.label = self.identity.peer_id[:8]
+        self.name = self.label  # its id's first 8 hex digits (see _label)
         self.size = "(open: no member list)"
+
+    def _label(self) -> str:
+        """An open swarm's peer has no index: the log names it by its id's first 8 hex digits."""
+        return self.identity.peer_id[:8]
+
+    def _partner(self, index: int) -> str:
+        """Partner `index` (a position in this peer's roster) by its id's first 8 hex digits."""
+        return self.roster.ids[index][:8] if 0 <= index < len(self.roster.ids) else f"#{index}"
+
+    def _overlay(self, degree: int, period: float) -> Overlay:
+        """The overlay this peer holds its links in, answering link requests through its server."""
+
+        async def vet(peer_id: str) -> bool:  # runs this peer's config (its status is asked at first)
+            return await self._address(self.roster.position(peer_id), EXCHANGE_WAIT) is not None
+
+        overlay = Overlay(
+            self.identity,
+            self.view,
+            self._own_record,
+            self.strikes,
+            degree=degree,
+            usable=self._linkable,
+            vet=vet,
+            period=period,
+            timeout=EXCHANGE_WAIT,
+            label=self.label,
+        )
+        self.server.link = overlay.answer
+        return overlay
+
+    def _linkable(self, peer_id: str) -> bool:
+        """Whether a member may hold an overlay link: not banned, not known to run another config (a
+        proposer not met yet gets no roster position: made-up ids must not grow the roster)."""
+        index = self.roster.positions.get(peer_id)
+        return not self.strikes.is_banned(peer_id) and (index is None or not self._excluded(index))
 
     def _own_record(self) -> PeerRecord:
         host = self.options.listen[0]
@@ -239,16 +304,20 @@ class OpenPeer(Peer):
             exchanges=sampler.exchanges,
             sent=sampler.sent,
             received=sampler.received,
+            degree=None if self.overlay is None else len(self.overlay.links),
+            links=dict(list(self.row_weights.items())[:MAX_LISTED]),
         )
         return (
             super().status().model_copy(update={"index": None, "stuck": self.stuck, "membership": membership})
         )
 
     def _say(self, stuck: Stuck | None, detail: str = "") -> None:
-        """Set why this peer cannot make progress now, and log each change."""
-        if stuck != self.stuck and stuck is not None:
+        """Set why this peer cannot make progress now, and log each change (but joining: every peer's
+        start, said in its status only)."""
+        quiet = (None, Stuck.JOINING)
+        if stuck != self.stuck and stuck not in quiet:
             log.warning("peer %s: %s%s", self.name, stuck.value.replace("_", " "), detail)
-        elif stuck is None and self.stuck is not None:
+        elif stuck in quiet and self.stuck not in quiet:
             log.info("peer %s: making progress again (was: %s)", self.name, self.stuck.value)
         self.stuck = stuck
 
@@ -257,12 +326,19 @@ class OpenPeer(Peer):
 
     async def _join(self, host: str) -> None:
         await super()._join(host)  # the DHT: bootstrap, announce, provide the members topic
+        partners = (
+            f"{self.k} partners a round"
+            if self.overlay is None
+            else f"overlay of degree {self.overlay.degree}"
+        )
         log.info(
-            "peer %s (%s) joins open swarm %r (shared config %s; %s, %d partners a round)",
+            "peer %s (%s) joins open swarm %r (shared config %s; %s, %s)",
             self.name, self.identity.peer_id, self.options.swarm, self.agreement.digest[:16],
-            self.config.rule.name, self.k,
+            self.config.rule.name, partners,
         )  # fmt: skip
         self.sampler.start()
+        if self.overlay is not None:
+            self.overlay.start()
 
     async def _discover(self) -> None:
         """Candidates from the DHT's members topic (a start when no seed gave any)."""
@@ -294,6 +370,7 @@ class OpenPeer(Peer):
         """Wait (at most `wait`) until a member that runs this config is found; stop with
         AgreementError, naming the fields, if every member found runs another one."""
         self.progress.phase = Phase.WAITING
+        self._say(Stuck.JOINING)
         loop = asyncio.get_running_loop()
         until = loop.time() + self.options.wait
         looked = 0.0
@@ -305,7 +382,8 @@ class OpenPeer(Peer):
             asking = min(STATUS_WAIT, max(until - loop.time(), 0.05))  # all at once: none holds up others
             await asyncio.gather(*(self._address(index, asking) for index in members))
             if any(i not in self.refused for i in self.agreed):
-                self._say(None)
+                self._say(Stuck.JOINING)  # until it knows its members' round (_adopt)
+                await self._settle(until)
                 return
             found = {self.roster.position(peer_id) for peer_id in self.view.ids()}
             if self.refused and found <= set(self.refused):
@@ -321,16 +399,34 @@ class OpenPeer(Peer):
             await asyncio.sleep(0.2)
         log.warning("peer %s: no partner found within %g s; starting anyway", self.name, self.options.wait)
 
+    async def _settle(self, until: float) -> None:
+        """Before the first round, on an overlay: wait (until `until`) for every slot to be taken or for
+        the links to stay the same a while, so that the first rounds mix over the overlay they keep."""
+        overlay = self.overlay
+        if overlay is None:
+            return
+        loop = asyncio.get_running_loop()
+        while not overlay.settled(SETTLE * overlay.period) and loop.time() < until:
+            await asyncio.sleep(0.1)
+        log.info("peer %s: %d overlay links to start with", self.name, len(overlay.links))
+
+    def _partners(self) -> list[str]:
+        """This round's partners: the usable overlay neighbours, else k random usable members of the view."""
+        if self.overlay is not None:
+            return [peer_id for peer_id in sorted(self.overlay.links) if self._usable(peer_id)]
+        return self.view.sample(self.k, self._usable)
+
     async def _roles(self, ctx) -> tuple[bool, list[StepRole]]:
-        """This round's row: k random usable members of the view, waiting up to the timing deadline for
-        one to appear; alone after that, said in the status. Like an absent sender, a swarm without
-        partners costs one deadline, once: while it stays alone the next rounds do not wait."""
-        if self.k == 0:
+        """This round's row: over k random usable members of the view, or over the overlay neighbours,
+        waiting up to the timing deadline for one to appear; alone after that, said in the status. Like
+        an absent sender, a swarm without partners costs one deadline, once: while it stays alone the
+        next rounds do not wait."""
+        if self.k == 0 and self.overlay is None:
             return True, [StepRole(open_row(self.config, []))]
         loop = asyncio.get_running_loop()
         until = loop.time() + (0.0 if self._alone else self.timing.deadline())
         while True:
-            chosen = self.view.sample(self.k, self._usable)
+            chosen = self._partners()
             if chosen or loop.time() >= until:
                 break
             self._say(self._why_alone())
@@ -340,7 +436,26 @@ class OpenPeer(Peer):
         self._alone = not chosen
         self._place()
         self._say(None if chosen else self._why_alone())
-        return True, [StepRole(open_row(self.config, [self.roster.position(i) for i in chosen]))]
+        if self.overlay is None:
+            return True, [StepRole(open_row(self.config, [self.roster.position(i) for i in chosen]))]
+        return True, self._overlay_roles(self.overlay, ctx)
+
+    def _overlay_roles(self, overlay: Overlay, ctx) -> list[StepRole]:
+        """The rule's round over every `overlay` link held now (one whose end is banned, refused or
+        absent is a missing sender), with the degrees the neighbours announced."""
+        degrees = {self.roster.position(peer_id): d for peer_id, d in overlay.degrees().items()}
+        roles = overlay_roles(self.learner.rule, ctx, degrees)
+        row = roles[0].row if roles else None
+        self.row_weights = (
+            {}
+            if row is None
+            else {
+                self.roster.ids[int(sender)]: float(weight)
+                for sender, weight in zip(row.sender_peers().tolist(), row.weights.tolist(), strict=True)
+                if sender != 0
+            }
+        )
+        return roles
 
     def _place(self) -> None:
         """Give the rule's per-partner state (learned trust, keyed by id) the positions members have
@@ -380,6 +495,7 @@ class OpenPeer(Peer):
             if status is not None and status.completed is not None and i not in self.refused
         }
         if not done or max(v.round for v in done.values()) < first:
+            self._say(None)
             return first
         target = max(v.round for v in done.values())
         self._say(Stuck.CATCHING_UP, f": members are at round {target}, this peer at {first - 1}")
@@ -398,8 +514,8 @@ class OpenPeer(Peer):
                 log.info(
                     "peer %s: no model from %s to start from: %s", self.name, self.roster.ids[index], err
                 )
-        self._say(None)
         if not models:
+            self._say(None)
             return first
         learner = self.learner
         if fresh:
@@ -415,6 +531,7 @@ class OpenPeer(Peer):
             "peer %s %s at round %d: starts from %d members' verified round-%d models",
             self.name, "joins" if fresh else "catches up", target + 1, len(models), target,
         )  # fmt: skip
+        self._say(None)
         return target + 1
 
     async def _linger(self) -> None:
@@ -438,3 +555,5 @@ class OpenPeer(Peer):
             await super().run()
         finally:
             await self.sampler.stop()
+            if self.overlay is not None:
+                await self.overlay.stop()

@@ -127,6 +127,7 @@ class Peer:
         self.config = config
         self.options = options
         self.identity = identity or Identity.load_or_create(options.data_dir)
+        self.label = self._label()  # how the log names this peer
         self.learner = PeerLearner(config, options.index, own)
         self.expected = self.learner.layout.expected()
         encoded = len(codec.encode(self.learner.tensors()))  # every honest model has exactly this size
@@ -138,7 +139,7 @@ class Peer:
         )
         self.agreement = Agreement.of(config, own_data=own is not None, data=facts)
         self.progress = Progress()
-        self.strikes = Strikes(options.index)
+        self.strikes = Strikes(self.label, names=self._partner)
         self.server = ModelServer(
             self.identity,
             options.listen[0],
@@ -152,12 +153,13 @@ class Peer:
         pins = initial_pins(options.members, config.peers, options.index, self.identity.peer_id)
         self.book = AddressBook(self.dht, options.swarm, options.index, pins)
         self.timing = Timing(
-            options.index,
+            self.label,
             synchronous=options.synchronous,
             wait=options.wait,
             min_wait=options.min_wait,
             deadline=options.deadline,
             max_staleness=options.max_staleness,
+            names=self._partner,
         )
         self.agreed: dict[int, Address] = {}  # partner -> the address its agreeing status came from
         self.refused: dict[int, list[Difference]] = {}  # partner -> how the config it runs differs
@@ -168,8 +170,15 @@ class Peer:
         self.received: Counter[str] = Counter()
         self.completed: ModelVersion | None = None
         self.trust: dict[str, float] = {}
-        self.label = str(options.index)  # how the log names this peer
         self.size = f"of {config.peers} peers"  # how the log sizes its swarm
+
+    def _label(self) -> str:
+        """How the log names this peer: by the index it plays."""
+        return str(self.options.index)
+
+    def _partner(self, index: int) -> str:
+        """How the log names partner `index`: by its index."""
+        return str(index)
 
     def status(self) -> PeerStatus:
         """What ``ppaia status``, the launcher and the other peers see."""
@@ -312,7 +321,7 @@ class Peer:
                 self.trust = resumed.learner.rule
             progress.epsilon = learner.epsilon()
             restored = learner.describe_state(ids)
-            log.info("peer %d resumes after round %d%s", self.options.index, resumed.round, restored)
+            log.info("peer %s resumes after round %d%s", self.label, resumed.round, restored)
             first = await self._catch_up(first)
         else:
             self.checkpoint.save(0, learner.tensors())
@@ -344,7 +353,7 @@ class Peer:
             record = RoundRecord(
                 round_, trained - started, mixed - trained, received, missing, stale, evaluated
             )
-            record_round(self.options.data_dir, self.options.index, self.config.rounds, record, progress)
+            record_round(self.options.data_dir, self.label, self.config.rounds, record, progress)
             state = learner.state(self._partner_ids())  # after the round's row: see ppaia.network.progress
             await asyncio.to_thread(self.checkpoint.save, round_, final.data, state)  # the bytes just served
             self.trust = state.rule
@@ -439,13 +448,13 @@ class Peer:
         if not differences:
             self.agreed[index] = address
             if self.refused.pop(index, None) is not None:
-                log.info("peer %d: peer %d now runs this swarm's config", self.options.index, index)
+                log.info("peer %s: peer %s now runs this swarm's config", self.label, self._partner(index))
             return True
         self.agreed.pop(index, None)
         if self.refused.get(index) != differences:  # logged once per difference
             log.warning(
-                "peer %d: refusing peer %d (%s): it runs another config (%s); not training with it",
-                self.options.index, index, status.peer_id, describe(differences),
+                "peer %s: refusing peer %s (%s): it runs another config (%s); not training with it",
+                self.label, self._partner(index), status.peer_id, describe(differences),
             )  # fmt: skip
         self.refused[index] = differences
         return False
@@ -511,11 +520,12 @@ class Peer:
             return None, False
         if self.timing.skips(index, lambda: self._probe(index)):
             return await self._substitute(index, round_, self.timing.absent[index], substitute)
+        started = time.monotonic()
         model, latest, ran_out = await self._wait(index, round_, step)
         if model is not None:
             return model, False
         if ran_out:
-            self.timing.went_absent(index, (round_, step), latest)
+            self.timing.went_absent(index, (round_, step), latest, time.monotonic() - started)
         return await self._substitute(index, round_, latest, substitute)
 
     async def _wait(
@@ -580,7 +590,9 @@ class Peer:
                 address, self.book.pinned.get(index), latest[0], latest[1], max(options.deadline, 1.0)
             )
         except (NotReady, ProtocolError) as err:
-            log.warning("peer %d: stale substitute from peer %d failed: %s", options.index, index, err)
+            log.warning(
+                "peer %s: stale substitute from peer %s failed: %s", self.label, self._partner(index), err
+            )
             return None, False
         return model, True
 

@@ -54,7 +54,7 @@ class RoundRecord:
     evaluated: bool
 
 
-def record_round(data_dir: Path, me: int, rounds: int, record: RoundRecord, progress: Progress) -> None:
+def record_round(data_dir: Path, me: int | str, rounds: int, record: RoundRecord, progress: Progress) -> None:
     """Append `record` to the peer's metrics.csv (with the accuracy of its last evaluation) and log it."""
     path = Path(data_dir) / "metrics.csv"
     new = not path.exists()
@@ -76,7 +76,7 @@ def record_round(data_dir: Path, me: int, rounds: int, record: RoundRecord, prog
     if progress.epsilon is not None:
         measured += f"{',' if measured else ':'} epsilon {progress.epsilon:.3f}"
     log.info(
-        "peer %d: round %d/%d%s; %.2f s (train %.2f s, mix %.2f s); received %d, left out %d, stale %d",
+        "peer %s: round %d/%d%s; %.2f s (train %.2f s, mix %.2f s); received %d, left out %d, stale %d",
         me, record.round, rounds, measured, record.train_s + record.mix_s, record.train_s, record.mix_s,
         record.received, record.missing, record.stale,
     )  # fmt: skip

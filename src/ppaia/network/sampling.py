@@ -30,7 +30,6 @@ exchange.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -43,6 +42,7 @@ from ppaia.network.identity import Identity
 from ppaia.network.records import PeerRecord, RecordError, decode_record
 from ppaia.network.strikes import Strikes
 from ppaia.network.transfer import exchange_view
+from ppaia.network.upkeep import Upkeep
 from ppaia.network.wire import MAX_OFFER
 
 __all__ = ["Entry", "Sampler", "View", "verified_records"]
@@ -197,7 +197,7 @@ class View:
         return sum(entry.record.host == record.host for entry in others) < max(1, self.size // HOST_SHARE)
 
 
-class Sampler:
+class Sampler(Upkeep):
     """Keeps `view` fresh by exchanges every `period` seconds (see the module docstring).
 
     `own_record` makes this peer's current signed record; `seeds` are addresses to start from (a
@@ -227,16 +227,8 @@ class Sampler:
         self.timeout = timeout
         self.clock = clock
         self.sent = self.received = self.exchanges = 0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self.rng = view.rng
+        self.what = "peer sampling"
 
     def answer(self, sender: str, offer: list[bytes]) -> list[bytes]:
         """The server side of an exchange: take `sender`'s offer as candidates, answer with this peer's
@@ -287,11 +279,3 @@ class Sampler:
         candidate = view.candidate()
         if candidate is not None:
             await self.exchange(view.candidates[candidate].address, candidate)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:  # a bug in upkeep must not end the peer's membership silently
-                log.exception("peer sampling failed; trying again")
-            await asyncio.sleep(self.period * (0.5 + self.view.rng.random()))

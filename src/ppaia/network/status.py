@@ -78,12 +78,16 @@ class Stuck(StrEnum):
     ALL_BANNED = "all_banned"  # every member it found is banned
     ALL_REFUSED = "all_refused"  # every member it found runs another config
     CATCHING_UP = "catching_up"  # behind its partners: fetching their newest models to start from there
+    JOINING = "joining"  # before its first round: finding members that run its config, and their round
     WAITING_FOR_PARTNERS = "waiting_for_partners"  # its partners have not reached its round yet
 
 
 class Membership(BaseModel):
     """An open swarm peer's view of the members (:mod:`ppaia.network.sampling`): how many it holds
-    verified and as candidates, its view exchanges, and their bytes (membership traffic, not models)."""
+    verified and as candidates, its view exchanges, and their bytes (membership traffic, not models).
+    A peer of a topology rule also says its overlay degree (:mod:`ppaia.network.overlay`; None: it runs
+    no overlay) and the mixing weight each of its overlay neighbours had in its last round's row
+    (by peer id)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -92,6 +96,8 @@ class Membership(BaseModel):
     exchanges: Count = 0
     sent: Bytes = 0
     received: Bytes = 0
+    degree: Count | None = None
+    links: Annotated[dict[PeerId, Weight], Field(max_length=MAX_LISTED)] = Field(default_factory=dict)
 
 
 class Latest(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from ppaia.network.errors import ProtocolError, Reason
 from ppaia.network.transfer import BanList
@@ -25,10 +26,12 @@ LOOK_AGAIN = frozenset({Reason.UNREACHABLE, Reason.TIMEOUT, Reason.CLOSED, Reaso
 
 
 class Strikes:
-    """Peer `me`'s refusals of what other peers sent: `rejections` by reason, and the `bans`."""
+    """Peer `me`'s refusals of what other peers sent: `rejections` by reason, and the `bans`. The log
+    names peer `index` as `names` says (an open swarm's peer: by its id, having no index)."""
 
-    def __init__(self, me: int, bans: BanList | None = None) -> None:
+    def __init__(self, me: int | str, bans: BanList | None = None, names: Callable[[int], str] = str) -> None:
         self.me = me
+        self.names = names
         self.bans = bans if bans is not None else BanList()
         self.rejections: Counter[str] = Counter()  # by Reason
 
@@ -44,7 +47,8 @@ class Strikes:
                 self.rejections[err.reason] += 1
             return True
         self.rejections[err.reason] += 1
-        log.warning("peer %d: rejected a %s from peer %d (%s): %s", self.me, what, index, err.reason, err)
+        sender = self.names(index) if index >= 0 else (peer_id or "unknown")[:8]
+        log.warning("peer %s: rejected a %s from peer %s (%s): %s", self.me, what, sender, err.reason, err)
         if peer_id is not None and self.bans.strike(peer_id, err.reason):
-            log.warning("peer %d: peer %d (%s) is banned", self.me, index, peer_id)
+            log.warning("peer %s: peer %s (%s) is banned", self.me, sender, peer_id)
         return False

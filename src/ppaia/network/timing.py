@@ -48,15 +48,17 @@ class Timing:
 
     def __init__(
         self,
-        me: int,
+        me: int | str,
         *,
         synchronous: bool = True,
         wait: float = 60.0,
         min_wait: float = 2.0,
         deadline: float = 2.0,
         max_staleness: int = 2,
+        names: Callable[[int], str] = str,
     ) -> None:
         self.me = me
+        self.names = names  # how the log names peer `index` (an open swarm's: by its id)
         self.synchronous = synchronous
         self.wait = wait
         self.min_wait = min_wait
@@ -87,14 +89,18 @@ class Timing:
         """Whether a sender's newest version `latest` may stand in for its round-`round_` one."""
         return not self.synchronous and latest is not None and latest[0] >= round_ - self.max_staleness
 
-    def went_absent(self, index: int, wanted: Version, latest: Version | None) -> None:
-        """The wait for peer `index`'s version `wanted` ran out; its newest version was `latest`."""
+    def went_absent(self, index: int, wanted: Version, latest: Version | None, waited: float) -> None:
+        """The wait for peer `index`'s version `wanted` ran out after `waited` seconds; its newest version
+        was `latest`."""
         self.absent[index] = latest
         log.warning(
-            "peer %d: no version %s from peer %d in time; left out until it progresses",
+            "peer %s: no version %s from peer %s in time (%.1f s, deadline %.1f s); left out until it "
+            "progresses",
             self.me,
             wanted,
-            index,
+            self.names(index),
+            waited,
+            self.deadline(),
         )
 
     def skips(self, index: int, probe: Probe) -> bool:
@@ -103,8 +109,8 @@ class Timing:
         if index not in self.absent or self._returned(index, probe):
             return False
         log.info(
-            "peer %d: peer %d is absent (newest version %s); left out without waiting",
-            self.me, index, self.absent[index],
+            "peer %s: peer %s is absent (newest version %s); left out without waiting",
+            self.me, self.names(index), self.absent[index],
         )  # fmt: skip
         return True
 
@@ -120,12 +126,14 @@ class Timing:
         latest = None
         if asking is not None and not asking.cancelled():
             if asking.exception() is not None:
-                log.warning("peer %d: asking peer %d failed: %r", self.me, index, asking.exception())
+                log.warning(
+                    "peer %s: asking peer %s failed: %r", self.me, self.names(index), asking.exception()
+                )
             else:
                 latest = asking.result()
         if latest is not None and latest != self.absent[index]:
             del self.absent[index]
-            log.info("peer %d: peer %d is back (newest version %s)", self.me, index, latest)
+            log.info("peer %s: peer %s is back (newest version %s)", self.me, self.names(index), latest)
             return True
         self.probes[index] = asyncio.create_task(probe())
         return False

@@ -48,6 +48,8 @@ from ppaia.network.wire import (
     LENGTH,
     MAX_CHUNK,
     MAX_VERSION,
+    LinkClaim,
+    LinkReply,
     ModelHeader,
     NotReadyReply,
     Request,
@@ -62,6 +64,7 @@ __all__ = [
     "DEFAULT_PACE",
     "BanList",
     "Fetched",
+    "LinkHandler",
     "ModelServer",
     "ModelVersion",
     "NotReady",
@@ -72,6 +75,7 @@ __all__ = [
     "exchange_view",
     "fetch_model",
     "fetch_status",
+    "request_link",
     "verify_body",
 ]
 
@@ -87,6 +91,9 @@ T = TypeVar("T")
 # An open swarm's view exchange, server side: (the client's peer id, the records it offered) -> the
 # records to answer with; it raises ProtocolError (``bad_record``) for an offer that holds a bad one.
 ViewHandler = Callable[[str, list[bytes]], list[bytes]]
+# An open swarm's overlay link, server side: (the client's peer id, its claim, the records it offered) ->
+# (whether the server holds the link now, its degree); ProtocolError for a claim it refuses (a strike).
+LinkHandler = Callable[[str, LinkClaim, list[bytes]], tuple[bool, int]]
 
 
 # Rejections that are nobody's fault (or not the remote's): no strike against the remote address.
@@ -280,9 +287,10 @@ class ModelServer:
 
     `status` returns the peer's :class:`PeerStatus`, the answer to status requests (a server without
     one refuses them as "unexpected_kind"); `view`, likewise, answers an open swarm's view exchanges
-    (:data:`ViewHandler`; a bad offer strikes the client's peer id too). `bans` may be shared with the
-    peer loop, which can strike peer ids whose models fail verification; the server then refuses their
-    requests.
+    (:data:`ViewHandler`; a bad offer strikes the client's peer id too), and `link` its overlay's link
+    requests (:data:`LinkHandler`; a refused claim strikes the client's peer id too). `bans` may be
+    shared with the peer loop, which can strike peer ids whose models fail verification; the server then
+    refuses their requests.
 
     **Deadlines** (all counted as :class:`Reason` strikes against the client's address):
     the first byte of the request within `idle_timeout` of connecting (5 s: "idle"), the whole request
@@ -326,6 +334,7 @@ class ModelServer:
         max_request_bytes: int = 4096,
         status: Callable[[], PeerStatus] | None = None,
         view: ViewHandler | None = None,
+        link: LinkHandler | None = None,
         bans: BanList | None = None,
         max_connections: int = 64,
         max_pending_per_address: int = 4,
@@ -354,6 +363,7 @@ class ModelServer:
         self.max_request_bytes = max_request_bytes
         self.status = status
         self.view = view
+        self.link = link
         self.bans = bans if bans is not None else BanList()
         self.max_connections = max_connections
         self.max_pending_per_address = max_pending_per_address
@@ -577,6 +587,18 @@ class ModelServer:
             reply = seal(self.identity, "view", nonce=request.nonce, records=[r.hex() for r in records])
             await self._send(conn, writer, reply)
             return "view"
+        if request.want == "link":
+            if self.link is None or request.link is None:
+                raise ProtocolError(Reason.UNEXPECTED_KIND, "this server answers no overlay link requests")
+            offer = [bytes.fromhex(record) for record in request.offer]
+            try:
+                linked, degree = self.link(request.sender, request.link, offer)
+            except ProtocolError as err:
+                self.bans.strike(request.sender, err.reason)  # its key signed the refused claim
+                raise
+            reply = seal(self.identity, "link", nonce=request.nonce, linked=linked, degree=degree)
+            await self._send(conn, writer, reply)
+            return "link"
         version = self._versions.get((request.round, request.step))
         if version is None:
             reply = seal(
@@ -918,5 +940,43 @@ async def exchange_view(
         if reply.nonce != nonce:
             raise ProtocolError(Reason.REPLAY, f"view from {reply.sender} answers another request (nonce)")
         return reply.sender, [bytes.fromhex(record) for record in reply.records]
+
+    return await _exchange(host, port, request, timeout, pace, answer)
+
+
+async def request_link(
+    host: str,
+    port: int,
+    *,
+    identity: Identity,
+    claim: LinkClaim,
+    offer: list[bytes],
+    timeout: float,
+    expect_sender: str,
+    max_bytes: int = 4096,
+    pace: Pace = DEFAULT_PACE,
+) -> LinkReply:
+    """Say `claim` about this peer's overlay link to `expect_sender` at host:port (a proposal offers this
+    peer's own signed record in `offer`); its answer, signed by it and answering this request:
+    ProtocolError otherwise (see :mod:`ppaia.network.overlay` for what the answer may say)."""
+    nonce = secrets.token_hex(16)
+    request = seal(
+        identity,
+        "request",
+        want="link",
+        round=0,
+        step=0,
+        nonce=nonce,
+        offer=[record.hex() for record in offer],
+        link=claim.model_dump(),
+    )
+
+    async def answer(incoming: _Reply) -> LinkReply:
+        reply = cast(LinkReply, open_message(await incoming.first_frame(max_bytes), kinds=("link",)))
+        if reply.sender != expect_sender:
+            raise ProtocolError(Reason.WRONG_SENDER, f"link signed by {reply.sender}, not by {expect_sender}")
+        if reply.nonce != nonce:
+            raise ProtocolError(Reason.REPLAY, f"link from {reply.sender} answers another request (nonce)")
+        return reply
 
     return await _exchange(host, port, request, timeout, pace, answer)

@@ -33,6 +33,11 @@ this protocol can never verify as this message.
   :mod:`ppaia.network.sampling`) — ``nonce``, ``records``: at most :data:`MAX_OFFER` members' own signed
   ``peer:`` records (hex of :attr:`ppaia.network.records.PeerRecord.signed`). The request carries the
   client's own offer of as many in ``offer`` (empty for the other wants).
+- ``link`` (reply to a request that wants "link": an open swarm's overlay, see
+  :mod:`ppaia.network.overlay`) — ``nonce``, ``linked`` (whether the server holds the link with the
+  client now) and ``degree`` (its overlay degree now, at most :data:`MAX_DEGREE`). The request carries
+  ``link``: ``op`` ("propose", "keep" or "drop") and the client's own ``degree``; a proposal also offers
+  the client's own signed ``peer:`` record in ``offer``, so the server knows where it serves.
 
 **Replays.** A reply must echo the nonce of the request it answers, so a recorded reply cannot be passed
 off as a fresh one.
@@ -56,8 +61,11 @@ from ppaia.network.identity import Identity, peer_id_of, verify_signature
 __all__ = [
     "DOMAIN",
     "KINDS",
+    "MAX_DEGREE",
     "MAX_INFO_BYTES",
     "MAX_OFFER",
+    "LinkClaim",
+    "LinkReply",
     "Message",
     "ModelHeader",
     "NotReadyReply",
@@ -85,6 +93,7 @@ MAX_DIM = 2**40
 MAX_INFO_BYTES = 32 << 10
 MAX_NESTING = 32  # JSON depth a message may have; deeper input could overflow the C parser's stack
 MAX_OFFER = 8  # member records one view exchange carries each way (a Cyclon shuffle's length)
+MAX_DEGREE = 64  # overlay links a peer may hold (its degree), as a link message can say it
 MAX_RECORD_HEX = 1024  # hex characters of one signed record in a view exchange (a peer record is ~480)
 
 
@@ -165,16 +174,27 @@ class Message(BaseModel):
         return bytes.fromhex(self.key)
 
 
+class LinkClaim(BaseModel):
+    """What a client says about its overlay link with the server: `op` on it, and its own degree (links
+    held, this one included when it holds or proposes it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    op: Literal["propose", "keep", "drop"]
+    degree: Annotated[int, Field(ge=0, le=MAX_DEGREE)]
+
+
 class Request(Message):
-    """A client's request for a model version, for the server's status, or for a view exchange (then
-    with the client's `offer` of member records)."""
+    """A client's request for a model version, for the server's status, for a view exchange (then
+    with the client's `offer` of member records) or about an overlay link (then with its `link`)."""
 
     kind: Literal["request"]
-    want: Literal["model", "status", "view"]
+    want: Literal["model", "status", "view", "link"]
     round: Version
     step: Version
     nonce: Nonce
     offer: Records = []
+    link: LinkClaim | None = None
 
 
 class ModelHeader(Message):
@@ -216,12 +236,22 @@ class ViewReply(Message):
     nonce: Nonce
 
 
+class LinkReply(Message):
+    """The server's answer about an overlay link: whether it holds it now, and its own degree."""
+
+    kind: Literal["link"]
+    linked: bool
+    degree: Annotated[int, Field(ge=0, le=MAX_DEGREE)]
+    nonce: Nonce
+
+
 KINDS: dict[str, type[Message]] = {
     "request": Request,
     "model": ModelHeader,
     "not_ready": NotReadyReply,
     "status": StatusReply,
     "view": ViewReply,
+    "link": LinkReply,
 }
 
 
