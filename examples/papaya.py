@@ -30,7 +30,7 @@ RULES = [
     "fedavg",
     "centralized",
     "learned_trust(partners=3, prior=0, reach=None)",
-    "learned_trust(partners=3, prior=0.3, reach=None)",
+    "learned_trust(partners=3, prior=0.3, reach=None, per_class=false)",
     "learned_trust(partners=3, faithful=true)",
 ]
 

@@ -282,16 +282,28 @@ SKEWED = {
 }
 
 
+def isolation_and_accuracy(config: dict) -> tuple[float, float]:
+    """The share of met partners trusted below 0.02 at the end, and the mean accuracy."""
+    sim = ppaia.Simulation(ppaia.ExperimentConfig.model_validate(config))
+    result = sim.run()
+    trust = sim.rule.state_dict()
+    return float((trust["trust"][trust["met"]] < 0.02).double().mean()), result.summary()["acc_mean"]
+
+
 def test_anchored_trust_does_not_isolate_peers_on_skewed_data_where_the_unanchored_fit_does():
     """On label-skewed data each peer's held-out data has few classes, so fitting trust on it alone
     pushes honest partners to 0 (the peers end up alone); anchored trust keeps them near 1/(k+1)."""
-    outcomes = {}
-    for spec in ("learned_trust", "learned_trust(prior=0, reach=None)"):
-        sim = ppaia.Simulation(ppaia.ExperimentConfig.model_validate({**SKEWED, "rule": spec}))
-        result = sim.run()
-        trust = sim.rule.state_dict()
-        met = trust["trust"][trust["met"]]
-        outcomes[spec] = (float((met < 0.02).double().mean()), result.summary()["acc_mean"])
-    anchored, unanchored = outcomes["learned_trust"], outcomes["learned_trust(prior=0, reach=None)"]
+    anchored = isolation_and_accuracy({**SKEWED, "rule": "learned_trust"})
+    unanchored = isolation_and_accuracy({**SKEWED, "rule": "learned_trust(prior=0, reach=None)"})
     assert anchored[0] < 0.4 < 0.6 < unanchored[0]  # share of met partners trusted below 0.02
     assert anchored[1] > unanchored[1] + 0.08
+
+
+def test_a_prior_scaled_by_the_classes_a_peer_lacks_keeps_two_class_peers_together():
+    """With 2 classes per peer the held-out loss speaks for 2 of 10 classes: a fixed λ loses to it and
+    the peers drift apart; λ·C/c keeps the partners' trust and most of consensus's accuracy."""
+    shards = {**SKEWED, "partition": "shards(k=2)"}
+    scaled = isolation_and_accuracy({**shards, "rule": "learned_trust"})
+    fixed = isolation_and_accuracy({**shards, "rule": "learned_trust(per_class=false)"})
+    assert scaled[0] < 0.2 < 0.3 < fixed[0]
+    assert scaled[1] > fixed[1] + 0.2

@@ -21,6 +21,13 @@ one, keep a consensus-like weight unless the data speaks against them; a far mod
 sign, a scaled model) is anchored at 0 from its first meeting, before its harm shows in the loss, and
 only the data can give it trust. (A soft anchor, min(1, r·d₀/dₚ)/(k+1), held a flipped-sign attacker
 at a small constant trust whose pull adds up over rounds: 0.858 against 0.869 on the complete graph.)
+How hard the prior pulls depends on how much of the task the held-out data can test: its loss speaks
+only for the cᵢ classes among peer i's held-out labels, so with ``per_class`` (the default) λᵢ =
+``prior`` · C / cᵢ for a C-class model. A peer holding 2 classes of 10 (``shards(k=2)``) pulls 5 times as
+hard as one whose held-out data has them all; with a fixed λ its data term wins and it isolates again
+(0.462 against consensus's 0.856, 50 peers, random 6-regular graph; λ·C/c: 0.835; see
+``docs/byzantine_sparse.md``).
+
 A partner first met starts at its anchor. ``reach = None`` anchors every partner at 1/(k+1) and
 ``prior = 0`` removes the pull: together they are the unanchored fit, which isolates on skewed data.
 ``faithful = true`` reproduces the original prototype: lr 1e-4, s treated as a constant (detached), no
@@ -96,7 +103,13 @@ class LearnedTrust(CooperationRule):
         "(None: all at 1/(k+1))",
     )
 
-    local_options: ClassVar[frozenset[str]] = frozenset({"steps", "lr", "prior", "reach"})
+    per_class: bool = Field(
+        default=True,
+        description="scale λ by C / (classes in the peer's held-out labels): the prior carries the classes "
+        "the peer cannot test a partner on",
+    )
+
+    local_options: ClassVar[frozenset[str]] = frozenset({"steps", "lr", "prior", "reach", "per_class"})
 
     # trust of each receiver this executor plays (rows: every peer in the simulator, itself on a peer)
     # in every peer (columns); `_rows` are the receivers' ids, None while they are all peers 0..R-1
@@ -142,6 +155,16 @@ class LearnedTrust(CooperationRule):
         if self.prior is not None:
             return self.prior
         return 0.0 if self.faithful else 3.0
+
+    def _strengths(self, y: torch.Tensor, valid: torch.Tensor, classes: int) -> torch.Tensor:
+        """Each receiver's λ [R]: `strength`, times C / cᵢ with ``per_class`` (cᵢ: the classes among
+        receiver i's held-out labels, C: the model's), since its held-out loss speaks for cᵢ of C classes
+        and the prior must carry the rest."""
+        strength = torch.full(y.shape[:1], self.strength, dtype=torch.float64, device=y.device)
+        if not self.per_class:
+            return strength
+        seen = (F.one_hot(y.clamp(0, classes - 1), classes) * valid.unsqueeze(-1)).amax(1)
+        return strength * classes / seen.sum(1).clamp(min=1)
 
     @property
     def learning_rate(self) -> float:
@@ -321,13 +344,14 @@ class LearnedTrust(CooperationRule):
         logits = ctx.learner.logits(values, x).double()  # [R, M, H, C]
         own_logits = (own[..., None, None] * logits).sum(1)  # [R, H, C]
         counts = valid.sum(1).clamp(min=1)
+        strength = self._strengths(y, valid, logits.shape[-1])
 
         def losses(weights: torch.Tensor, detach_share: bool = False) -> torch.Tensor:
             weights = weights * partner
             share = weights.sum(1).detach() if detach_share else weights.sum(1)
             mixture = (1 - share)[:, None, None] * own_logits + torch.einsum("rm,rmhc->rhc", weights, logits)
             each = F.cross_entropy(mixture.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
-            pull = 0.5 * self.strength * ((weights - anchor) * partner).square().sum(1)
+            pull = 0.5 * strength * ((weights - anchor) * partner).square().sum(1)
             return (each * valid).sum(1) / counts + pull  # one regularised held-out loss per receiver
 
         def gradient(weights: torch.Tensor) -> torch.Tensor:
