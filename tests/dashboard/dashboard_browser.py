@@ -112,6 +112,7 @@ class Process:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env={**os.environ, "COLUMNS": "200"},
+            preexec_fn=_hear_ctrl_c,
         )
 
     def output(self) -> str:
@@ -142,6 +143,13 @@ class Process:
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait(10)
         self.handle.close()
+
+
+def _hear_ctrl_c() -> None:
+    """In the child: SIGINT back to its default. A suite started in the background (``make test &``)
+    ignores SIGINT, every child inherits that, and Python then installs no Ctrl-C handler: the process
+    would never see the Ctrl-C :meth:`Process.interrupt` sends, as it does from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signed_as(identity: Identity, make: Callable[[], Any]) -> Callable[[], Any]:
