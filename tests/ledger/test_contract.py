@@ -113,12 +113,35 @@ def test_roles_are_enforced(ledger, roles):
 
 def test_one_update_per_trainer_per_round(ledger, roles):
     _, _, (alice, bob) = roles
+    assert ledger.quota() == 1
     first = ledger.submit_update(1, H1, sender=alice)
-    with reverts("already submitted"):
+    with reverts("round's quota used"):
         ledger.submit_update(1, H2, sender=alice)
     assert ledger.submit_update(1, H2, sender=bob) == first + 1
     assert ledger.submit_update(2, H2, sender=alice) == first + 2
     assert ledger.update(first) == Update(alice, 1, 0, H1, 0, False)
+
+
+@pytest.mark.parametrize("quota", [2, 3])
+def test_up_to_the_quota_of_updates_per_trainer_and_round(ledger, quota):
+    """BAP's resubmissions: the owner sets the quota before any update; no trainer exceeds it in a round."""
+    owner, alice, bob = ledger.accounts[:3]
+    with reverts("not owner"):
+        ledger.set_quota(quota, sender=alice)
+    with reverts("quota below 1"):
+        ledger.set_quota(0, sender=owner)
+    ledger.set_quota(quota, sender=owner)
+    for trainer in (alice, bob):
+        ledger.register_trainer(trainer, sender=owner)
+    ids = [ledger.submit_update(1, H1, sender=alice) for _ in range(quota)]
+    assert [ledger.update(i).trainer for i in ids] == [alice] * quota
+    with reverts("round's quota used"):
+        ledger.submit_update(1, H2, sender=alice)
+    assert ledger.submit_update(1, H2, sender=bob) == ids[-1] + 1  # a quota per trainer and round
+    assert ledger.submit_update(2, H2, sender=alice) == ids[-1] + 2
+    with reverts("updates already submitted"):  # fixed once the run started: one quota for every round
+        ledger.set_quota(quota + 1, sender=owner)
+    assert ledger.quota() == quota
 
 
 def test_an_update_names_the_round_it_trained_from_which_precedes_its_round(ledger, roles):

@@ -179,12 +179,14 @@ def register(
     contract: ContractOption,
     trainer: Annotated[list[str] | None, typer.Option(help="a trainer's (client's) account")] = None,
     validator: Annotated[list[str] | None, typer.Option(help="a validator's (publisher's) account")] = None,
+    quota: Annotated[int, typer.Option(min=1, help="updates per trainer and round: BAP's quota")] = 1,
 ) -> None:
-    """As the registry's owner: fund the parties' accounts and register their roles, in the order given."""
+    """As the registry's owner: set the quota, fund the parties' accounts and register their roles, in the
+    order given."""
     try:
         ledger = Ledger(Web3(Web3.HTTPProvider(chain)), Web3.to_checksum_address(contract))
         checked = [[Web3.to_checksum_address(a) for a in accounts or []] for accounts in (trainer, validator)]
-        register_parties(ledger, *checked)
+        register_parties(ledger, *checked, quota)
     except (*LEDGER_ERRORS, ValueError) as err:
         raise fail(err) from None
     console.print(f"{len(checked[0])} trainers and {len(checked[1])} validators registered")

@@ -5,6 +5,8 @@
         and which model versions a quorum of validators released. The quorum is floor(2V/3) + 1 of the
         V registered validators, so a third of them cannot accept or release anything by themselves.
         Scores are fixed-point integers: a score of 1.0 is stored as SCORE_SCALE = 10**6.
+        A trainer may submit up to `quota` updates per round (1 unless the owner set more before the
+        first update: BAP's resubmissions), so the quota is one for the whole run and every round.
 """
 
 SCORE_SCALE: public(constant(int256)) = 10**6
@@ -30,6 +32,9 @@ event TrainerRegistered:
 
 event ValidatorRegistered:
     validator: indexed(address)
+
+event QuotaSet:
+    quota: uint256
 
 event UpdateSubmitted:
     update_id: indexed(uint256)
@@ -70,9 +75,10 @@ is_trainer: public(HashMap[address, bool])
 is_validator: public(HashMap[address, bool])
 validator_count: public(uint256)
 
+quota: public(uint256)  # updates a trainer may submit per round
 update_count: public(uint256)
 updates: HashMap[uint256, Update]
-submitted: HashMap[address, HashMap[uint256, bool]]  # trainer -> round -> submitted
+submitted: HashMap[address, HashMap[uint256, uint256]]  # trainer -> round -> updates submitted
 voted: HashMap[uint256, HashMap[address, bool]]  # update id -> validator -> voted
 
 version_count: public(uint256)
@@ -88,6 +94,7 @@ scores: public(HashMap[address, int256])  # trainer -> last reward-penalty score
 @deploy
 def __init__():
     self.owner = msg.sender
+    self.quota = 1
 
 
 @internal
@@ -125,15 +132,29 @@ def register_validator(validator: address):
 
 
 @external
+def set_quota(quota: uint256):
+    """
+    @notice Let each trainer submit up to `quota` updates per round (owner only, before the first update
+            is submitted, so that no round runs under two quotas). The latest one a round aggregates
+            supersedes the trainer's earlier ones: the protocol's rule, not this contract's.
+    """
+    assert msg.sender == self.owner, "not owner"
+    assert quota >= 1, "quota below 1"
+    assert self.update_count == 0, "updates already submitted"
+    self.quota = quota
+    log QuotaSet(quota=quota)
+
+
+@external
 def submit_update(round: uint256, update_hash: bytes32, base_round: uint256) -> uint256:
     """
-    @notice Record a trainer's update for a round (one per trainer per round), trained from the model
-            released for `base_round` (round - 1 when fresh, older when stale); returns its id.
+    @notice Record a trainer's update for a round (at most `quota` per trainer and round), trained
+            from the model released for `base_round` (round - 1 when fresh, older when stale); returns its id.
     """
     assert self.is_trainer[msg.sender], "not a trainer"
     assert base_round < round, "base is not before the round"
-    assert not self.submitted[msg.sender][round], "already submitted"
-    self.submitted[msg.sender][round] = True
+    assert self.submitted[msg.sender][round] < self.quota, "round's quota used"
+    self.submitted[msg.sender][round] += 1
     update_id: uint256 = self.update_count
     self.updates[update_id] = Update(
         trainer=msg.sender,

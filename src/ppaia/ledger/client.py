@@ -197,9 +197,18 @@ class Ledger:
         """Owner only; an account is a trainer or a validator, never both."""
         self._transact("register_validator", validator, sender=sender)
 
+    def quota(self) -> int:
+        """Updates a trainer may submit per round (1 unless the owner set more)."""
+        return self._call("quota")
+
+    def set_quota(self, quota: int, *, sender: str) -> None:
+        """Owner only, before the first update: let each trainer submit up to `quota` updates per round
+        (BAP's resubmissions), one quota for every round."""
+        self._transact("set_quota", quota, sender=sender)
+
     def submit_update(self, round: int, update_hash: bytes, *, base: int | None = None, sender: str) -> int:
-        """Record a trainer's update for a round (one per trainer per round), trained from the model
-        released for round `base` (default round − 1: a fresh update; older: a stale one, which
+        """Record a trainer's update for a round (at most the quota per trainer and round), trained from
+        the model released for round `base` (default round − 1: a fresh update; older: a stale one, which
         asynchronous sync schemes aggregate); returns the update id."""
         base = round - 1 if base is None else base
         receipt = self._transact("submit_update", round, update_hash, base, sender=sender)

@@ -5,6 +5,8 @@ provider, verified), then checks, in chain order, and stops at the first discrep
 (:class:`AuditError`):
 
 - every vote, proposal and score came from an account registered as a validator before it;
+- the registry's quota of updates per trainer and round is the config's, and no trainer exceeded it in
+  any round (BAP's resubmissions: :func:`~ppaia.ledger.parties.rules.quota_of`);
 - every accepted update had a quorum of valid votes, and every release a quorum of proposals of its
   hash, from registered validators, before it;
 - round 0 released the config's initial model;
@@ -20,6 +22,7 @@ It returns one :class:`AuditRow` per release: the summary table ``ppaia ledger a
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -30,7 +33,7 @@ from ppaia.config import ExperimentConfig
 from ppaia.experiment import Setup
 from ppaia.ledger.client import LedgerError, content_hash, from_fixed, to_fixed
 from ppaia.ledger.parties.chain import LedgerState
-from ppaia.ledger.parties.rules import RoundOutcome, aggregate, fedavg_aggregate, flobc_rounds
+from ppaia.ledger.parties.rules import RoundOutcome, aggregate, fedavg_aggregate, flobc_rounds, quota_of
 from ppaia.rules.flobc import FLoBC
 
 __all__ = ["AuditError", "AuditRow", "Auditor", "audit"]
@@ -62,6 +65,19 @@ def _check_senders(state: LedgerState) -> None:
     for what, sender, seq in sorted(events, key=lambda e: e[2]):
         if sender not in state.validators_at(seq):
             raise AuditError(f"a {what} (event {seq}) from {sender}, which is not a registered validator")
+
+
+def _check_quota(state: LedgerState, quota: int) -> None:
+    if state.quota != quota:
+        raise AuditError(
+            f"the registry's quota is {state.quota} updates per trainer and round; the config's {quota}"
+        )
+    counts = Counter((u.trainer, u.round) for u in state.updates.values())
+    for (trainer, round_), count in sorted(counts.items(), key=lambda item: item[0][1]):
+        if count > quota:
+            raise AuditError(
+                f"trainer {trainer} submitted {count} updates in round {round_}; the quota is {quota}"
+            )
 
 
 def _check_quorums(state: LedgerState) -> None:
@@ -120,6 +136,7 @@ class Auditor:
         config, view, layout, flobc = self.config, self.view, self.layout, self.flobc
         expected = layout.expected()
         _check_senders(state)
+        _check_quota(state, quota_of(config.rule))
         _check_quorums(state)
 
         async def model(digest: bytes) -> torch.Tensor:

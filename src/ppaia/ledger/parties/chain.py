@@ -87,12 +87,15 @@ def fund(ledger: Ledger, sender: str, accounts: Iterable[str], wei: int = FUNDIN
         w3.eth.wait_for_transaction_receipt(tx)
 
 
-def register(ledger: Ledger, trainers: Iterable[str], validators: Iterable[str]) -> None:
-    """As the registry's owner (an account of the node): fund the parties' accounts and register them,
+def register(ledger: Ledger, trainers: Iterable[str], validators: Iterable[str], quota: int = 1) -> None:
+    """As the registry's owner (an account of the node): set the trainers' `quota` of updates per round
+    (more than 1: BAP's resubmissions; before any update), fund the parties' accounts and register them,
     trainers then validators, each in the order given (the order is their index: trainer i is the i-th
     registered trainer)."""
     owner = ledger.owner()
     trainers, validators = list(trainers), list(validators)
+    if quota != ledger.quota():
+        ledger.set_quota(quota, sender=owner)
     fund(ledger, owner, [*trainers, *validators])
     for account in trainers:
         ledger.register_trainer(account, sender=owner)
@@ -209,6 +212,7 @@ class LedgerState:
     proposals: list[Proposal] = field(default_factory=list)
     releases: list[Release] = field(default_factory=list)
     score_sets: list[ScoreSet] = field(default_factory=list)
+    quota: int = 1  # updates a trainer may submit per round
     seq: int = 0  # one past the last event folded in
 
     def apply(self, events: Iterable[ChainEvent]) -> None:
@@ -240,6 +244,8 @@ class LedgerState:
             self.releases.append(Release(a["version"], a["round"], bytes(a["model_hash"]), a["score"], seq))
         elif name == "ScoreSet":
             self.score_sets.append(ScoreSet(a["trainer"], a["validator"], a["score"], seq))
+        elif name == "QuotaSet":
+            self.quota = a["quota"]
 
     def quorum(self, validators: int | None = None) -> int:
         """⌊2V/3⌋ + 1 of the V registered validators (as the contract computes it)."""
@@ -261,6 +267,10 @@ class LedgerState:
         """Round `round_`'s updates, in trainer registration order."""
         order = {trainer: i for i, trainer in enumerate(self.trainers)}
         return sorted((u for u in self.updates.values() if u.round == round_), key=lambda u: order[u.trainer])
+
+    def submitters(self, round_: int) -> set[str]:
+        """The trainers with an update in round `round_` (each counted once, however many it submitted)."""
+        return {u.trainer for u in self.updates.values() if u.round == round_}
 
     def proposals_of(self, round_: int) -> list[Proposal]:
         return [p for p in self.proposals if p.round == round_]

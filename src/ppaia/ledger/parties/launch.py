@@ -46,7 +46,7 @@ from ppaia.ledger.parties.audit import Auditor, AuditRow
 from ppaia.ledger.parties.chain import ChainLog, LedgerState, load_account, register
 from ppaia.ledger.parties.party import STATS_FILE, Behaviour, PartyOptions
 from ppaia.ledger.parties.process import Role, party_process
-from ppaia.ledger.parties.rules import barrier_period
+from ppaia.ledger.parties.rules import quota_of
 from ppaia.ledger.parties.storage import BlobPeer
 from ppaia.network.identity import Identity
 from ppaia.network.swarm import free_port
@@ -173,8 +173,6 @@ class LedgerSystem:
         return self
 
     def _start(self) -> None:
-        if isinstance(self.config.rule, FLoBC):
-            barrier_period(self.config.rule)  # refuses a sync scheme that does not run on the ledger
         url = self.chain_url or self._stack.enter_context(dev_node())
         self.chain_url = url
         self.ledger = Ledger.connect(url)
@@ -186,6 +184,7 @@ class LedgerSystem:
             self.ledger,
             [accounts[p.name] for p in self.parties if not p.committee],
             [accounts[p.name] for p in self.parties if p.committee],
+            quota_of(self.config.rule),
         )
         seed_port = free_port()
         self.seed = f"127.0.0.1:{seed_port}"

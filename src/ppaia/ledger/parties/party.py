@@ -36,6 +36,7 @@ from ppaia.config import ExperimentConfig
 from ppaia.experiment import OwnData, Setup
 from ppaia.ledger.client import LedgerError
 from ppaia.ledger.parties.chain import ChainLog, LedgerState, Release, attach, load_account
+from ppaia.ledger.parties.rules import quota_of
 from ppaia.ledger.parties.storage import BlobPeer
 from ppaia.network.identity import Identity
 
@@ -205,7 +206,9 @@ class Party:
     async def registered(self, accounts: Callable[[LedgerState], list[str]], index: int) -> None:
         """Wait until the owner registered this party among `accounts` of its role, at position `index`:
         the i-th registered trainer is trainer i of the rule (its weights, scores, the order of the
-        aggregate), so it must be the party holding peer i's data."""
+        aggregate), so it must be the party holding peer i's data. The registry's quota of updates per
+        trainer and round, set before anyone registered, must be the config's (:func:`quota_of`), so that
+        every party plays the same sync scheme."""
         if not await self.wait_for(lambda s: self.address in accounts(s)):
             raise Halted(
                 f"{self.address} was not registered as a {self.role} within {self.options.timeout:g} s"
@@ -215,6 +218,11 @@ class Party:
             raise Halted(
                 f"{self.address} is registered as {self.role} {position}, but holds the data of {self.role} "
                 f"{index} (peer {self.options.peer}): register the parties in peer order"
+            )
+        if self.state.quota != quota_of(self.config.rule):
+            raise Halted(
+                f"the registry lets a trainer submit {self.state.quota} updates per round, the config "
+                f"{quota_of(self.config.rule)}: set its quota before registering the parties"
             )
 
     # --- models as blobs --------------------------------------------------------------------------

@@ -6,15 +6,17 @@ recorded, so any party can recompute the scores. For round r ≥ 1, as of positi
 release, or now for a round still open):
 
 - the *contributors* are round r's updates submitted before the first vote on any of them (or the first
-  proposal for round r, if none came in time), in trainer registration order: the first vote closes the
-  round's barrier for everyone, so every party draws the same set from the chain (a later update of
-  round r is ignored). A validator that votes before the barrier closes it early: it cannot get an
-  update accepted or rejected alone (the quorum still decides), but it can cut the round short of slower
-  trainers, whose updates then reach the next round stale rather than being lost (a trainer submits to
-  the first round still open). Not closed by a quorum of voters instead: the set would stay open after
-  the first validators voted, each would have to keep voting on late arrivals until the quorum's last
-  voter, and a round whose quorum of voters never forms would neither close nor release, which the
-  timeout already decides;
+  proposal for round r, if none came in time), each trainer's latest one (BAP: a resubmission supersedes
+  the trainer's earlier updates of the round, as the simulator's release takes each trainer's latest
+  submission), in trainer registration order: the first vote closes the round's barrier for everyone,
+  so every party draws the same set from the chain (a later update of round r is ignored). A
+  validator that votes before the barrier closes it early: it cannot get an update accepted or rejected
+  alone (the quorum still decides), but it can cut the round short of slower trainers, whose updates
+  then reach the next round stale rather than being lost (a trainer submits to the first round still
+  open). Not closed by a quorum of voters instead: the set would stay open after the first validators
+  voted, each would have to keep voting on late arrivals until the quorum's last voter, and a round
+  whose quorum of voters never forms would neither close nor release, which the timeout already
+  decides;
 - each update names the round whose release it trained from, its *base* b ≤ r − 1 (r − 1: fresh;
   older: stale, a straggler's that missed a barrier). Its update is Δᵢ = θᵢ − θ_b, judged and applied
   as θ_{r−1} + Δᵢ, as the simulator rebases a stale update. A base that was not released before the
@@ -42,16 +44,22 @@ submitted one, or:
 - SSP(period): after `period` wall seconds, or, with m of T trainers missing then, period · m / T
   seconds later, with the updates that arrived by then (the simulator's SSP barrier); a straggler's
   update arrives later for the next open round, stale;
-- BAP(quota = 1): as BSP: a release once every trainer submitted. With one submission per trainer and
-  round on chain, BAP's resubmissions (quota > 1) do not run on the ledger (:class:`LedgerError`).
+- BAP(quota): as BSP, a release once every trainer submitted (at least once). The contract lets each
+  trainer submit up to `quota` updates per round (:func:`quota_of`: the config the parties agree on
+  carries it, the owner sets it on the registry before the first update, and every party refuses to
+  play on a registry whose quota differs); a trainer that submitted while others are still missing
+  retrains at once on the newest release and resubmits, until its quota is used, then waits for the
+  next release; the one whose update completes the round waits for the release (the simulator's trainer
+  submitting at the release instant trains on the new version). Its latest update counts.
 
 A trainer trains from the newest release b and submits for the first round after it whose barrier has
-not closed yet, with base b.
+not closed yet and whose quota it has not used, with base b.
 
 The parties thus compute the simulator's numbers with the simulator's operations: with every update
-accepted, BSP and honest parties, the released models equal the simulator's bit for bit (tested; the
-simulator on one thread, as every party process runs, for its batched training to round as each
-trainer's alone), and every party computing from the same chain gets the same bits.
+accepted, BSP or BAP (every resubmission in time) and honest parties, the released models equal the
+simulator's bit for bit (tested; the simulator on one thread, as every party process runs, for its
+batched training to round as each trainer's alone), and every party computing from the same chain gets
+the same bits.
 
 **FedAvg** (the publisher flow): the sample-weighted mean of every client's model, computed with the
 FedAvg rule's own server step as the simulator runs it (:func:`fedavg_aggregate`).
@@ -66,10 +74,10 @@ import torch
 
 from ppaia.experiment import Setup
 from ppaia.experiment.local import round_context
-from ppaia.ledger.client import LedgerError
 from ppaia.ledger.parties.chain import LedgerState, UpdateRecord
+from ppaia.rules.base import CooperationRule
 from ppaia.rules.flobc import FLoBC, fixed_mean
-from ppaia.rules.sync import BAP, SSP
+from ppaia.rules.sync import SSP
 
 __all__ = [
     "RoundOutcome",
@@ -79,6 +87,7 @@ __all__ = [
     "contributors_of",
     "fedavg_aggregate",
     "flobc_rounds",
+    "quota_of",
     "reference_score",
 ]
 
@@ -115,10 +124,14 @@ def _closing(state: LedgerState, round_: int) -> int | None:
 
 def contributors_of(state: LedgerState, round_: int, cut: int | None = None) -> list[UpdateRecord]:
     """Round `round_`'s updates submitted before its barrier closed (before `cut`, default now, if it has
-    not closed)."""
+    not closed), each trainer's latest, in trainer order."""
     close = _closing(state, round_)
     close = (state.seq if cut is None else cut) if close is None else close
-    return [u for u in state.updates_of(round_) if u.seq < close]
+    latest: dict[str, UpdateRecord] = {}  # a trainer's place is its first update's: trainer order
+    for update in state.updates_of(round_):
+        if update.seq < close:
+            latest[update.trainer] = update
+    return list(latest.values())
 
 
 def closed(state: LedgerState, round_: int) -> bool:
@@ -129,15 +142,15 @@ def closed(state: LedgerState, round_: int) -> bool:
 
 def barrier_period(rule: FLoBC) -> float | None:
     """SSP's period, the wall seconds a validator's barrier waits before its extension; None for BSP and
-    BAP, whose barrier waits for every trainer (bounded by the timeout). LedgerError for BAP with a
-    quota above 1 (see the module docstring)."""
+    BAP, whose barrier waits for every trainer (bounded by the timeout)."""
     scheme = rule.scheme()
-    if isinstance(scheme, BAP) and scheme.quota > 1:
-        raise LedgerError(
-            f"sync {rule.sync!r}: BAP's resubmissions do not run on the ledger (one update per trainer and "
-            "round on chain); use quota=1"
-        )
     return scheme.period if isinstance(scheme, SSP) else None
+
+
+def quota_of(rule: CooperationRule) -> int:
+    """Updates a trainer may submit per round on the registry: FLoBC's sync scheme's submissions between
+    releases (BAP: its quota), 1 for any other rule (the publisher flow)."""
+    return rule.scheme().submissions if isinstance(rule, FLoBC) else 1
 
 
 def _mean(values: Sequence[int]) -> float:

@@ -4,10 +4,19 @@ Each time a newer version is released on chain, the trainer fetches its blob by 
 party provides it, trains it on its own data (with round b + 1's data order, b that release's round, as
 the simulator's peer trains its row), serves the result and records its hash with
 ``submit_update(r, h, base=b)`` for the first round r after the newest release whose barrier has not
-closed yet (and that it has no update in): r = b + 1 unless it was too slow. A throttled trainer
+closed yet (and whose quota of updates it has not used): r = b + 1 unless it was too slow. A throttled trainer
 (``throttle`` seconds per update) is a real straggler: if it misses round b + 1's barrier its update
 reaches a later round stale (based on b), which the validators rebase as the simulator does; then, as
-the simulator's trainer, it waits for the next release and trains on it. The run ends for it when the last
+the simulator's trainer, it waits for the next release and trains on it.
+
+BAP's resubmissions (a quota q > 1 of updates per round, :func:`~ppaia.ledger.parties.rules.quota_of`):
+a trainer that submitted while other trainers have not submitted yet for that round (its barrier is
+still open) retrains at once on the newest release and resubmits, as the simulator's fast trainer,
+until it used its quota; the validators take each trainer's latest update of the round. The trainer
+whose update completes the round (every trainer submitted: the release is coming) waits for the release
+and trains on it, as the simulator's trainer that submits at the release instant. Training is
+deterministic in (model, round), so a resubmission from the same release carries the same parameters
+as the update it supersedes, in the simulator as here. The run ends for it when the last
 round is released (or every round's barrier closed), or halts if a release does not come within the
 timeout.
 
@@ -24,6 +33,7 @@ import torch
 
 from ppaia.codec import encode
 from ppaia.ledger.client import content_hash
+from ppaia.ledger.parties.chain import LedgerState
 from ppaia.ledger.parties.party import Behaviour, Party
 from ppaia.ledger.parties.rules import closed
 from ppaia.ledger.parties.storage import BlobUnavailable
@@ -48,7 +58,7 @@ class Trainer(Party):
 
     async def play(self) -> None:
         await self.registered(lambda s: s.trainers, self.options.peer)
-        last = self.config.rounds
+        last, quota = self.config.rounds, self.state.quota
         trained_for = 0
         while True:
             release = await self.release_of(trained_for)
@@ -79,12 +89,22 @@ class Trainer(Party):
                 digest = await self.publish(trained)
             state = await self.refresh()
             newest = state.latest.round if state.latest is not None else release.round
-            mine = {u.round for u in state.updates.values() if u.trainer == self.address}
-            open_rounds = (r for r in range(newest + 1, last + 1) if not (closed(state, r) or r in mine))
+            open_rounds = (
+                r
+                for r in range(newest + 1, last + 1)
+                if not (closed(state, r) or self.used(state, r) >= quota)
+            )
             target = next(open_rounds, None)
             if target is None:  # every round's barrier closed while it trained: the run is over
                 return
             await self.chain(
                 self.ledger.submit_update, target, digest, base=release.round, sender=self.address
             )
-            trained_for = newest + 1  # idle until the next release, as the simulator's trainer
+            state = await self.refresh()
+            waiting = len(state.submitters(target)) < len(state.trainers) and not closed(state, target)
+            # BAP: retrain at once on the newest release and resubmit; else idle until the next release
+            trained_for = newest if waiting and self.used(state, target) < quota else newest + 1
+
+    def used(self, state: LedgerState, round_: int) -> int:
+        """This trainer's updates in round `round_` on chain."""
+        return sum(1 for u in state.updates.values() if u.trainer == self.address and u.round == round_)

@@ -2,11 +2,12 @@
 
 Per round r, on the wall clock:
 
-1. **Barrier.** Wait until every registered trainer submitted its round-r update, or the first vote on
+1. **Barrier.** Wait until every registered trainer submitted a round-r update, or the first vote on
    one of them is on chain (another validator closed the barrier), or the sync scheme's wait passed (BSP
    and BAP: the timeout; SSP: its period, extended by period · missing / T:
    :mod:`~ppaia.ledger.parties.rules`). The first vote closes the round for everyone: the contributors
-   are the updates submitted before it (:func:`~ppaia.ledger.parties.rules.contributors_of`).
+   are the updates submitted before it, each trainer's latest (a BAP resubmission supersedes its
+   earlier ones: :func:`~ppaia.ledger.parties.rules.contributors_of`).
 2. **Vote.** Fetch each contributor's blob by its recorded hash (any provider; refused and the sender
    struck if the bytes do not match), rebase it onto the current model (θ + (θᵢ − θ_b) from the release
    b it trained from, as the simulator), score it on this validator's held-out data and vote valid iff
@@ -116,8 +117,8 @@ class Validator(Party):
 
     @staticmethod
     def barrier_passed(state: LedgerState, round_: int) -> bool:
-        """Every trainer submitted for `round_`, or its barrier closed."""
-        return len(state.updates_of(round_)) >= len(state.trainers) or closed(state, round_)
+        """Every trainer submitted for `round_` (once or more), or its barrier closed."""
+        return len(state.submitters(round_)) >= len(state.trainers) or closed(state, round_)
 
     async def barrier(self, round_: int) -> None:
         """Wait at `round_`'s barrier (see the module docstring)."""
@@ -129,7 +130,7 @@ class Validator(Party):
             await self.wait_for(passed)
         elif not await self.wait_for(passed, self.period):
             trainers = len(self.state.trainers)
-            missing = trainers - len(self.state.updates_of(round_))
+            missing = trainers - len(self.state.submitters(round_))
             await self.wait_for(passed, self.period * missing / trainers)
 
     @staticmethod
