@@ -284,9 +284,9 @@ def test_bap_resubmissions_on_the_wall_clock_equal_the_simulator_and_the_audit_p
     single update completes the round (as the simulator's trainer with a third of its compute time);
     the throttled one then waits for the release, as the simulator's that submits at the release
     instant, so every contribution is fresh and the run equals the simulator's."""
-    with LedgerSystem(
-        BAP, tmp_path, parties_of(BAP, throttle={1: 3.0}), chain=chain, timeout=PATIENT
-    ) as system:
+    # 5 s: room on a loaded machine for the fast trainer's two transactions before the slow one's
+    slow = parties_of(BAP, throttle={1: 5.0})
+    with LedgerSystem(BAP, tmp_path, slow, chain=chain, timeout=PATIENT) as system:
         outcome, state, blobs = run_system(system)  # the audit checks the quota and each round's latest
     assert outcome is Outcome.DONE and [r.round for r in state.releases] == [0, 1, 2] and state.quota == 2
     fast, slow = state.trainers
