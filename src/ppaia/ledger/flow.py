@@ -11,7 +11,8 @@ SHA-256. Each round r = 1..R:
 2. every client encodes its trained model, stores it, and records the hash with ``submit_update(r, h)``;
 3. the publisher reads each submitted update back from the ledger (``update(id)``: trainer, round,
    hash), fetches and verifies each blob, decodes it, and aggregates them with the FedAvg rule's own
-   server step (the sample-weighted mean);
+   server step (the sample-weighted mean; :func:`~ppaia.ledger.parties.rules.fedavg_aggregate`, as the
+   ledger parties' publisher and audit compute it);
 4. the publisher stores the new global model and proposes it with ``propose_model(r, h, score)``, where
    the score is its test accuracy in fixed point; with one validator that releases version r + 1.
 
@@ -34,10 +35,10 @@ import torch
 from ppaia.codec import BlobError, decode, encode
 from ppaia.config import ExperimentConfig
 from ppaia.experiment import Setup
-from ppaia.experiment.local import round_context
 from ppaia.learning import ParamLayout
 from ppaia.ledger.blobs import BlobStore
 from ppaia.ledger.client import Ledger, LedgerError, to_fixed
+from ppaia.ledger.parties.rules import fedavg_aggregate
 from ppaia.rules import RULES
 
 __all__ = ["FlowError", "FlowResult", "RoundRecord", "run_publisher_flow"]
@@ -153,13 +154,6 @@ def run_publisher_flow(
     expected = layout.expected()
     global_params = publisher_view.params[0].clone()
     client_index = {client: i for i, client in enumerate(clients)}
-    fedavg = publisher_view.rule
-
-    def aggregate(round_: int, received: dict[int, torch.Tensor]) -> torch.Tensor:
-        """The FedAvg server's step over the clients' models, as the simulator runs it."""
-        ctx = round_context(publisher_view, round_)
-        row = fedavg.plan(ctx).steps[0].for_peer(0)
-        return fedavg.combine(torch.stack([received[int(i)] for i in row.sender_ids]), row, ctx)[0]
 
     def release(round_: int, flat: torch.Tensor, update_ids=(), trained_from=()) -> RoundRecord:
         """The publisher stores the global model, scores it on its test set and proposes it."""
@@ -198,7 +192,7 @@ def run_publisher_flow(
                 )
             except BlobError as err:
                 raise BlobError(f"update {update_id} from {update.trainer}: {err}") from None
-        global_params = aggregate(round_, received)
+        global_params = fedavg_aggregate(publisher_view, round_, [received[i] for i in range(len(clients))])
         records.append(release(round_, global_params, update_ids, downloads))
 
     return FlowResult(

@@ -34,11 +34,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ppaia.config import ExperimentConfig
-from ppaia.experiment.setup import parts_of
+from ppaia.experiment.shares import write_shares
 from ppaia.ledger.client import Ledger, LedgerError
 from ppaia.ledger.devchain import dev_node
 from ppaia.ledger.parties import process as process_module
@@ -112,28 +109,14 @@ def parties_of(
 def write_data_files(
     config: ExperimentConfig, parties: list[PartySpec], data_dir: Callable[[PartySpec], Path], root: Path
 ) -> dict[str, tuple[str, str | None]]:
-    """Give each party but the publisher a data file of its own: peer i's share of the config's split,
-    so the run equals the simulator's (:meth:`Setup.own` on that file rebuilds exactly peer i's slice).
-    Returns each party's ``data`` and ``test`` specs; the number of classes is written into them, so a
-    share lacking a class still builds the run's model. Without a held-out share (holdout 0) a party with
-    its own data needs a test set: the config's, written once to ``root``."""
-    dataset = config.dataset.load(config.seed)
-    classes = dataset.n_classes
-    test = None
-    if config.holdout == 0:
-        path = root / "test.npz"
-        np.savez(path, x=dataset.x_test.numpy(), y=dataset.y_test.numpy())
-        test = f"npz({str(path)!r}, classes={classes})"
-    specs = {}
-    for party in parties:
-        if party.role is Role.PUBLISHER:
-            continue
-        (rows, *_), _, _ = parts_of(config, dataset, party.peer, None)
-        index = torch.as_tensor(rows, dtype=torch.long)
-        path = data_dir(party) / "data.npz"
-        np.savez(path, x=dataset.x_train[index].numpy(), y=dataset.y_train[index].numpy())
-        specs[party.name] = (f"npz({str(path)!r}, classes={classes})", test)
-    return specs
+    """Give each party but the publisher a data file of its own, ``data.npz`` in its data directory:
+    peer i's share of the config's split (:func:`~ppaia.experiment.shares.write_shares`). Returns each
+    party's ``data`` and ``test`` specs. Without a held-out share (holdout 0) a party with its own data
+    needs a test set: the config's, written once to ``root``."""
+    owners = [party for party in parties if party.role is not Role.PUBLISHER]
+    test = root / "test.npz" if config.holdout == 0 else None
+    data, test_spec = write_shares(config, [(party.peer, data_dir(party)) for party in owners], test)
+    return {party.name: (spec, test_spec) for party, spec in zip(owners, data, strict=True)}
 
 
 class LedgerSystem:
