@@ -153,6 +153,7 @@ INVALID = {
         {f"{k:040x}": 0.5 for k in range(MAX_LISTED + 1)},
         {GOOD["peer_id"]: 0.5},  # trust in itself
     ],
+    "pace": [-1.0, 86_401.0, "1.0", True, "inf", [1.0]],  # a round time: seconds, 0 .. a day
     "agreement": [
         None,
         {},

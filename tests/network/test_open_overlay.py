@@ -53,7 +53,7 @@ def test_a_topology_rule_runs_on_an_overlay_of_agreed_links_with_the_same_weight
     )
 
     async def scenario():
-        host = Host(cfg, f"overlay-{rule[:9]}", wait=20.0, linger=5.0, sampling=SAMPLING)
+        host = Host(cfg, f"overlay-{rule[:9]}", wait=20.0, linger=30.0, sampling=SAMPLING)
         ports: dict[str, int] = {}
         for i in range(6):
             host.join(f"p{i}", spec(tmp_path, f"p{i}", data[i], test, None if i == 0 else "p0", ports))

@@ -5,6 +5,7 @@ import contextlib
 import csv
 import logging
 import re
+import statistics
 import struct
 import time
 from collections import Counter
@@ -150,6 +151,25 @@ def test_the_deadline_follows_the_pace_between_min_wait_and_wait(tmp_path):
     peer.timing.history.clear()
     assert paced(peer, 100.0).timing.deadline() == 30.0  # never over wait
     assert make_peer(tmp_path, synchronous=False, deadline=1.5).timing.deadline() == 1.5
+
+
+@pytest.mark.parametrize(
+    ("paces", "deadline"),
+    [
+        ([1.0, 1.2, 0.8], 4.0),  # the members' median pace
+        ([1.0, 1.0, 1.0, 10_000.0, 86_400.0], 4.0),  # a few lying members move the median little
+        ([0.0] * 5, 0.5),  # never under min_wait
+        ([86_400.0] * 3, 30.0),  # never over wait
+        ([], 30.0),  # nobody says: the first-round wait
+    ],
+)
+def test_a_joiner_starts_its_deadlines_from_the_pace_its_members_report(tmp_path, paces, deadline):
+    peer = make_peer(tmp_path, wait=30.0, min_wait=0.5)
+    peer.timing.assume(paces)
+    assert peer.timing.deadline() == pytest.approx(deadline)
+    assert peer.status().pace == (statistics.median(paces) if paces else None)
+    peer.timing.assume([100.0])  # a peer that has timed rounds keeps its own pace
+    assert peer.timing.deadline() == pytest.approx(deadline)
 
 
 def test_a_dead_sender_costs_one_deadline_then_none_until_it_is_back(tmp_path, caplog):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ class Host:
         linger: float = 30.0,
         sampling: OpenOptions | None = None,
         workers: int = 1,
+        door: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.workers = workers
@@ -63,6 +65,7 @@ class Host:
         self.wait = wait
         self.linger = linger
         self.sampling = sampling
+        self.door = door  # each peer waits at it before it announces itself (see OpenPeer)
         self.peers: dict[str, OpenPeer] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, contextlib.ExitStack] = {}  # each peer's data directory, while it runs
@@ -86,7 +89,7 @@ class Host:
             wait=self.wait,
             linger=self.linger,
         )
-        return OpenPeer(self.config, options, own, sampling=self.sampling)
+        return OpenPeer(self.config, options, own, sampling=self.sampling, door=self.door)
 
     def join(self, name: str, spec: HostedPeer) -> OpenPeer:
         """Start peer `name` (again, with the same data directory, after it left)."""

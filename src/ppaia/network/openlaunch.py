@@ -6,9 +6,17 @@ Each peer gets its own data file, written up front from the config's dataset spl
 index or a member list. Peers are hosted ``per_process`` to a process (:class:`ppaia.network.host.Host`),
 each process forked from the same forkserver as ``ppaia launch``'s peers. The config's ``churn``
 schedule (:meth:`ppaia.churn.Churn.alive`, the simulator's own) says who is in the swarm in each round:
-the launcher follows the swarm's round (the newest round any peer is in) and starts the peers due to
+the launcher follows the swarm's round (the newest round any peer is in) and lets in the peers due to
 join or come back (with their data directory: they resume) and kills those due to leave (SIGKILL, as a
 crash). Peers that share a schedule share processes, so a process is killed or started whole.
+
+Starting a process takes seconds (torch, the data, the DHT's bootstrap, which waits on the nodes of
+killed peers), and a swarm of small models runs a round in a fraction of one: a peer started at its
+round would join many rounds late, or after the last. So a group due later is started ahead and held
+at the door (in the DHT, not yet a member: :class:`ppaia.network.openswarm.OpenPeer`'s `door`) until
+the swarm reaches its round; a killed group is started again, held, at once if it comes back. Every
+group starts held, and those of round 1 are let in together once all of them are at the door (at most
+`wait` seconds), as the simulator's first round has them all.
 """
 
 from __future__ import annotations
@@ -25,11 +33,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ppaia.churn import Churn
 from ppaia.config import ExperimentConfig, load_config
+from ppaia.experiment.shares import write_shares
 from ppaia.network.errors import ProtocolError
 from ppaia.network.host import Host, HostedPeer
 from ppaia.network.identity import Identity
@@ -37,36 +45,24 @@ from ppaia.network.openswarm import OpenOptions, check_open
 from ppaia.network.status import PeerStatus
 from ppaia.network.swarm import HOST, _forkserver, free_port
 from ppaia.network.transfer import fetch_status
-from ppaia.seeding import Stream, derive_seed
 
 __all__ = ["Change", "Move", "OpenSwarm", "write_own_data"]
 
 
 def write_own_data(config: ExperimentConfig, root: Path) -> tuple[list[str], str]:
     """Each peer's share of the config's dataset (split by its partition and seed, as the simulator
-    splits it) as its own file, and the test set: the ``--data`` specs and the ``--test`` spec."""
-    dataset = config.dataset.load(config.seed)
-    labels = dataset.y_train.numpy()
-    groups = None if dataset.groups_train is None else dataset.groups_train.numpy()
-    parts = config.partition.split(
-        labels, config.peers, derive_seed(config.seed, Stream.PARTITION), config.min_samples, groups=groups
-    )
-    root.mkdir(parents=True, exist_ok=True)
-    classes = dataset.n_classes
-    np.savez(root / "test.npz", x=dataset.x_test.numpy(), y=dataset.y_test.numpy())
-    specs = []
-    for i, part in enumerate(parts):
-        folder = root / "peers" / str(i)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "data.npz", x=dataset.x_train[part].numpy(), y=dataset.y_train[part].numpy())
-        specs.append(f"npz(path='{folder / 'data.npz'}', classes={classes})")
-    return specs, f"npz(path='{root / 'test.npz'}', classes={classes})"
+    splits it) as its own file (``peers/<i>/data.npz``), and the test set (``test.npz``): the ``--data``
+    specs and the ``--test`` spec."""
+    peers = [(i, root / "peers" / str(i)) for i in range(config.peers)]
+    return write_shares(config, peers, root / "test.npz")
 
 
 def run_host(
-    config_file: str, swarm: str, peers: list[tuple[str, HostedPeer]], options: dict, log: str
+    config_file: str, swarm: str, peers: list[tuple[str, HostedPeer]], options: dict, log: str, door, ready
 ) -> None:
-    """A host process's body: run `peers` (name, spec) until they end; output appended to `log`."""
+    """A host process's body: run `peers` (name, spec) until they end; output appended to `log`. The
+    peers enter the DHT at once, and the swarm when the launcher sets `door`; this process sets `ready`
+    once all of them wait at it (both multiprocessing Events)."""
     handle = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
@@ -79,8 +75,19 @@ def run_host(
     torch.set_num_threads(1)
     config = load_config(config_file)
 
+    waiting = 0
+
+    async def opened() -> None:
+        nonlocal waiting
+        waiting += 1
+        if waiting == len(peers):
+            ready.set()
+        while not door.is_set():
+            await asyncio.sleep(0.1)
+
     async def main() -> dict[str, BaseException | None]:
-        host = Host(config, swarm, sampling=OpenOptions(**options.get("sampling", {})), wait=options["wait"])
+        sampling = OpenOptions(**options.get("sampling", {}))
+        host = Host(config, swarm, sampling=sampling, wait=options["wait"], door=opened)
         for name, spec in peers:
             host.join(name, spec)
         return await host.wait_all(options["timeout"])
@@ -137,10 +144,12 @@ class OpenSwarm:
         self.alive = churn.alive(n, self.config.rounds, self.config.seed)
         self.groups = self._groups()
         self.processes: dict[int, object] = {}  # group -> its process
+        self.doors: dict[int, object] = {}  # group -> its process's door (set: its peers are let in)
+        self.ready: dict[int, object] = {}  # group -> set once its process's peers wait at the door
         self.identity = Identity.generate()  # the launcher's key, to sign status requests
         self.round = 0
         self.last: dict[int, PeerStatus] = {}  # each peer's last status seen (traffic, membership)
-        self.started: dict[int, float] = {}  # group -> when (unix time) it was last started
+        self.started: dict[int, float] = {}  # group -> when (unix time) it was last let in
         self.changes: list[Change] = []  # what following the schedule did, in order
 
     def _groups(self) -> list[list[int]]:
@@ -161,7 +170,9 @@ class OpenSwarm:
         running = [i for g, process in self.processes.items() if process.is_alive() for i in self.groups[g]]
         return tuple((HOST, self.ports[i]) for i in running if i not in exclude)[:3]
 
-    def start(self, group: int) -> None:
+    def start(self, group: int, *, held: bool = False) -> None:
+        """Start `group`'s process; its peers join the swarm at once, or when :meth:`admit`ted if
+        `held` (their start-up, seconds on a loaded machine, is then behind them)."""
         peers = self.groups[group]
         outside = self._seeds(peers)  # none: this group starts the swarm
         hosted = []
@@ -172,12 +183,29 @@ class OpenSwarm:
             )
         options = {"wait": self.wait, "timeout": self.timeout, "sampling": self.sampling}
         log = str(self.root / f"host-{group}.log")
+        door = self.doors[group] = _forkserver().Event()
+        ready = self.ready[group] = _forkserver().Event()
         process = _forkserver().Process(
-            target=run_host, args=(str(self.config_file), self.swarm, hosted, options, log)
+            target=run_host, args=(str(self.config_file), self.swarm, hosted, options, log, door, ready)
         )
         process.start()
         self.processes[group] = process
+        if not held:
+            self.admit(group)
+
+    def admit(self, group: int) -> None:
+        """Let `group`'s peers into the swarm."""
+        self.doors[group].set()
         self.started[group] = time.time()
+
+    def admitted(self, group: int) -> bool:
+        return self.doors[group].is_set()
+
+    def _startable(self, group: int) -> bool:
+        """Whether `group` has no process running: never started, killed or crashed (one that exited
+        with 0 finished)."""
+        process = self.processes.get(group)
+        return process is None or (not process.is_alive() and process.exitcode != 0)
 
     def kill(self, group: int) -> None:
         process = self.processes[group]
@@ -205,21 +233,27 @@ class OpenSwarm:
         return dict(zip(peers, answers, strict=True))
 
     def follow(self, round_: int) -> list[str]:
-        """Apply the schedule up to the swarm's round `round_`: start the groups due in, kill those due
-        out; what happened, for the log."""
+        """Apply the schedule up to the swarm's round `round_`: let in (or start) the groups due in,
+        kill those due out; a group due in later runs held until then (started ahead, so that its
+        start-up does not make it join rounds late). What happened, for the log."""
         events = []
+        now = max(round_, 1)
         for group, peers in enumerate(self.groups):
-            due = bool(self.alive[max(round_, 1), peers[0]])
-            process = self.processes.get(group)
-            running = process is not None and process.is_alive()
-            if due and not running and (process is None or process.exitcode != 0):
-                self.start(group)
-                events.append(
-                    Change(time.time(), round_, tuple(peers), Move.JOIN if process is None else Move.BACK)
-                )
-            elif not due and running:
+            due = bool(self.alive[now, peers[0]])
+            running = group in self.running()
+            move = Move.BACK if group in self.started else Move.JOIN
+            if due and (self._startable(group) or (running and not self.admitted(group))):
+                if running:
+                    self.admit(group)
+                else:
+                    self.start(group)
+                events.append(Change(time.time(), round_, tuple(peers), move))
+                continue
+            if not due and running and self.admitted(group):
                 self.kill(group)
                 events.append(Change(time.time(), round_, tuple(peers), Move.LEAVE))
+            if not due and self.alive[now + 1 :, peers[0]].any() and self._startable(group):
+                self.start(group, held=True)
         self.round = round_
         self.changes += events
         return [str(event) for event in events]
@@ -229,16 +263,21 @@ class OpenSwarm:
     ) -> list[str]:
         """Run the swarm to the end, following the schedule; the events, in order. `watch`, if given, sees
         every poll's statuses (None: the peer did not answer)."""
-        events = self.follow(1)
         started = time.monotonic()
         try:
-            while self.running():
+            for group, peers in enumerate(self.groups):  # all at once, held: start-up is behind them all
+                if self.alive[1:, peers[0]].any():
+                    self.start(group, held=True)
+            first = [g for g, peers in enumerate(self.groups) if self.alive[1, peers[0]]]
+            while time.monotonic() - started < self.wait:  # the first members start the swarm together
+                if all(self.ready[group].is_set() for group in first):
+                    break
+                time.sleep(poll)
+            events = self.follow(1)
+            while any(self.admitted(group) for group in self.running()):  # else the held wait for nothing
                 if time.monotonic() - started > self.timeout:
                     raise TimeoutError(f"the open swarm did not finish within {self.timeout:.0f} s")
-                statuses = asyncio.run(self.statuses())
-                if watch is not None:
-                    watch(statuses)
-                self.last |= {i: status for i, status in statuses.items() if status is not None}
+                statuses = self._poll(watch)
                 rounds = [status.round for status in statuses.values() if status is not None]
                 if rounds and max(rounds) > self.round:
                     events += self.follow(max(rounds))
@@ -246,6 +285,14 @@ class OpenSwarm:
         finally:
             self.stop()
         return events
+
+    def _poll(self, watch) -> dict[int, PeerStatus | None]:
+        """The hosted peers' statuses, shown to `watch` and kept (the last seen of each)."""
+        statuses = asyncio.run(self.statuses())
+        if watch is not None:
+            watch(statuses)
+        self.last |= {i: status for i, status in statuses.items() if status is not None}
+        return statuses
 
     def final(self) -> dict[int, dict[str, float]]:
         """Each peer's last round and accuracy, from its metrics.csv (peers that never ran: absent)."""

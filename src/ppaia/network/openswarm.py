@@ -27,6 +27,11 @@ keeps):
   at the round after the newest of them. A restarted peer (its data directory) resumes its checkpoint,
   key and rule state, and catches up the same way when its partners have moved on: then its own rule
   combines their models with its own (learned trust: by its trust).
+- **Held at the door.** A peer given a `door` (a launcher following a join schedule) bootstraps into the
+  DHT, then waits for the door to open before it serves and announces itself: its start-up (seconds on
+  a loaded machine, while a swarm of small models runs rounds in a fraction of one) is behind it when
+  its scheduled round comes. Until then the members see what they would of a peer that is down: a
+  restarted one, held, is not mistaken for a live peer that makes no progress.
 - **Saying why.** A peer that cannot make progress says why in its status (:class:`Stuck`: no partners,
   all banned, all refused, catching up, waiting for partners) and logs it once per change.
 """
@@ -36,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -50,6 +55,7 @@ from ppaia.network.identity import Identity
 from ppaia.network.learner import StepRole, check_supported
 from ppaia.network.overlay import Overlay, overlay_degree, overlay_roles
 from ppaia.network.peer import LOOPBACK, Peer, PeerOptions
+from ppaia.network.progress import RoundRecord, record_round
 from ppaia.network.records import PeerRecord
 from ppaia.network.sampling import Sampler, View
 from ppaia.network.status import MAX_LISTED, Membership, PeerStatus, Phase, Stuck
@@ -213,8 +219,10 @@ class OpenPeer(Peer):
         own: OwnData,
         identity: Identity | None = None,
         sampling: OpenOptions | None = None,
+        door: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         check_open(config)
+        self.door = door
         sampling = sampling or OpenOptions()
         self.swarm_config = config
         # this peer's row alone: its topology is the overlay, so the rule builds none of its own
@@ -325,7 +333,14 @@ class OpenPeer(Peer):
         return members_topic(self.options.swarm)
 
     async def _join(self, host: str) -> None:
-        await super()._join(host)  # the DHT: bootstrap, announce, provide the members topic
+        if self.door is None:
+            await self._serve(host)
+        await self._enter_dht()
+        if self.door is not None:  # a DHT node others route through; no member, serving nothing yet
+            log.info("peer %s: held until its launcher lets it in", self.name)
+            await self.door()
+            await self._serve(host)
+        await self._announce(host)  # provides the members topic: others find it from now on
         partners = (
             f"{self.k} partners a round"
             if self.overlay is None
@@ -498,6 +513,7 @@ class OpenPeer(Peer):
             self._say(None)
             return first
         target = max(v.round for v in done.values())
+        self.timing.assume([s.pace for s in statuses if s is not None and s.pace is not None])
         self._say(Stuck.CATCHING_UP, f": members are at round {target}, this peer at {first - 1}")
         models: dict[int, torch.Tensor] = {}
         for index, version in done.items():
@@ -527,12 +543,25 @@ class OpenPeer(Peer):
         state = learner.state(self._partner_ids())
         await asyncio.to_thread(self.checkpoint.save, target, learner.tensors(), state)
         self.trust = state.rule
-        log.info(
-            "peer %s %s at round %d: starts from %d members' verified round-%d models",
-            self.name, "joins" if fresh else "catches up", target + 1, len(models), target,
-        )  # fmt: skip
         self._say(None)
+        if target >= self.config.rounds:
+            await self._ends_with(target, len(models))
+        else:
+            log.info(
+                "peer %s %s at round %d: starts from %d members' verified round-%d models",
+                self.name, "joins" if fresh else "catches up", target + 1, len(models), target,
+            )  # fmt: skip
         return target + 1
+
+    async def _ends_with(self, last: int, received: int) -> None:
+        """Joined after the swarm's last round: this peer ends with what it made of the members' final
+        models (`received` of them), evaluated and recorded as its round `last`."""
+        log.info("peer %s came after the last round: ends with %d members' final models", self.name, received)
+        progress = self.progress
+        progress.round, progress.step = last, 0
+        progress.accuracy, progress.loss = await asyncio.to_thread(self.learner.evaluate)
+        record = RoundRecord(last, 0.0, 0.0, received, 0, 0, True)
+        record_round(self.options.data_dir, self.label, self.config.rounds, record, progress)
 
     async def _linger(self) -> None:
         """Keep serving until the members in the view report finished or stop answering, within

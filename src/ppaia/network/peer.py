@@ -209,20 +209,13 @@ class Peer:
             ),
             trust=trust_row(self.trust),
             agreement=self.agreement,
+            pace=self.timing.pace(),
         )
 
     async def run(self) -> None:
         """Join the swarm, run every remaining round, then linger until the others are done."""
-        await self.server.start()
         host = self.options.listen[0]
         await self.dht.start(host, self.options.listen[1] or 0)
-        dht = format_address(host, self.dht.port)
-        log.info(
-            "peer %s (%s) listens on TCP %s (models) and UDP %s (the DHT): others join it with "
-            "--bootstrap %s; swarm %r %s, %d rounds, shared config %s",
-            self.label, self.identity.peer_id, format_address(host, self.server.port), dht, dht,
-            self.options.swarm, self.size, self.config.rounds, self.agreement.digest[:16],
-        )  # fmt: skip
         try:
             await self._join(host)
             await self._rendezvous()
@@ -237,8 +230,26 @@ class Peer:
             await self.server.stop()
 
     async def _join(self, host: str) -> None:
-        """Bootstrap into the DHT, retrying while the seeds start, and announce this peer's index;
-        BootstrapError naming the seeds if none answered within `wait`."""
+        """Serve, bootstrap into the DHT and announce this peer (:meth:`_serve`, :meth:`_enter_dht`,
+        :meth:`_announce`)."""
+        await self._serve(host)
+        await self._enter_dht()
+        await self._announce(host)
+
+    async def _serve(self, host: str) -> None:
+        """Start the model server (models and statuses), and say where this peer listens."""
+        await self.server.start()
+        dht = format_address(host, self.dht.port)
+        log.info(
+            "peer %s (%s) listens on TCP %s (models) and UDP %s (the DHT): others join it with "
+            "--bootstrap %s; swarm %r %s, %d rounds, shared config %s",
+            self.label, self.identity.peer_id, format_address(host, self.server.port), dht, dht,
+            self.options.swarm, self.size, self.config.rounds, self.agreement.digest[:16],
+        )  # fmt: skip
+
+    async def _enter_dht(self) -> None:
+        """Bootstrap into the DHT, retrying while the seeds start; BootstrapError naming the seeds if
+        none answered within `wait`."""
         seeds = self.options.bootstrap
         if seeds:
             retrying = asyncio.ensure_future(self._bootstrap(seeds))
@@ -250,6 +261,9 @@ class Peer:
                     await retrying
                 raise
             await retrying  # a seed answered: the crawl through it ends
+
+    async def _announce(self, host: str) -> None:
+        """Announce where this peer serves, and provide its topic (its index in its swarm)."""
         await self.dht.announce(self.server.port, host)
         await self.dht.provide(self._topic())
 

@@ -45,6 +45,7 @@ MAX_BYTES = 2**62  # bound for a byte count
 Count = Annotated[int, Field(ge=0, le=MAX_VERSION)]
 Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
 BanKey = Annotated[str, Field(min_length=1, max_length=64)]  # a peer id, an address or an IPv6 /64
+MAX_PACE = 86_400.0  # seconds a round may say it takes (a day)
 Weight = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]  # a trust weight
 V = TypeVar("V", int, float)
 
@@ -150,7 +151,9 @@ class PeerStatus(BaseModel):
     the first); `traffic` the model bytes it moved; `trust` its rule's learned weight per partner peer
     id (learned trust: its trust row, at most :data:`MAX_LISTED` partners, the most trusted; empty for
     rules that learn none); `agreement` its shared config (:mod:`ppaia.network.agreement`); in an open
-    swarm, `stuck` says why it is not making progress (None: it is) and `membership` its view."""
+    swarm, `stuck` says why it is not making progress (None: it is) and `membership` its view; `pace`
+    the median seconds of its recent rounds (None before its first), which a peer joining the swarm
+    starts its deadlines from (:meth:`ppaia.network.timing.Timing.assume`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -176,6 +179,7 @@ class PeerStatus(BaseModel):
     agreement: Agreement
     stuck: Stuck | None = None  # an open swarm peer: why it cannot make progress now
     membership: Membership | None = None  # an open swarm peer: its sample of the members
+    pace: Annotated[float, Field(ge=0, le=MAX_PACE, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

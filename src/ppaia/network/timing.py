@@ -72,6 +72,18 @@ class Timing:
         """A round of this peer took `seconds`."""
         self.history.append(seconds)
 
+    def pace(self) -> float | None:
+        """The median of this peer's recent round times (None before its first round)."""
+        return statistics.median(self.history) if self.history else None
+
+    def assume(self, paces: list[float]) -> None:
+        """Joining a swarm in flight, with no round of its own timed: take the median of the `paces`
+        its members report as its first round time, so that a partner that died as it joined costs a
+        deadline from the swarm's pace, not `wait` (the median: a few lying members move it little,
+        and the deadline stays within `min_wait` .. `wait` whatever they say)."""
+        if paces and not self.history:
+            self.history.append(statistics.median(paces))
+
     def deadline(self) -> float:
         """Seconds to wait for a sender that does not answer (the whole step's wait, asynchronous)."""
         if not self.synchronous:
