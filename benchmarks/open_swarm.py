@@ -128,15 +128,17 @@ def growth(root: Path, peers: int, rounds: int) -> dict:
     }
 
 
-def partners_met(root: Path, peers: int, rounds: int, k: int = 3) -> tuple[float, float]:
+def partners_met(root: Path, peers: int, rounds: int, k: int = 3) -> tuple[float, float] | None:
     """Distinct partners each peer met (its last trust row), on average, and what k uniform picks a
     round among the other peers would meet: fewer means partners drawn from a view that changes slowly
-    (the simulator draws them uniformly)."""
+    (the simulator draws them uniformly). None for a rule that keeps no trust rows (gossip)."""
     met = []
     for i in range(peers):
         states = sorted((root / "peers" / str(i) / "rounds").glob("learner-*.json"))
         if states:
-            met.append(len(json.loads(states[-1].read_text())["rule"]))
+            met.append(len(json.loads(states[-1].read_text())["rule"] or {}))
+    if not any(met):
+        return None
     return statistics.mean(met), (peers - 1) * (1 - (1 - k / (peers - 1)) ** rounds)
 
 
@@ -175,9 +177,11 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="swarm sizes to grow, e.g. 25,50,100")
     parser.add_argument("--only", default="join,grow,memory", help="which figures: join, grow, memory")
     parser.add_argument("--view", type=int, default=SAMPLING["view"], help="members each peer's view holds")
+    parser.add_argument("--rule", default=BASE["rule"], help="e.g. gossip (default: the example's)")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     args = parser.parse_args()
     SAMPLING["view"] = args.view
+    BASE["rule"] = args.rule
     only = set(args.only.split(","))
     sizes = (
         [int(n) for n in args.sizes.split(",")] if args.sizes else [25, 50] if args.quick else [25, 50, 100]
@@ -192,7 +196,7 @@ def main() -> None:
                 f"(joined at round {joined}; a running 16-peer swarm in 4 processes)"
             )
         if "grow" in only:
-            table = Table(title=f"open swarm growing (4 host processes, {args.rounds} rounds)")
+            table = Table(title=f"open swarm growing ({args.rule}, 4 host processes, {args.rounds} rounds)")
             for column in (
                 "peers", "finished", "wall s", "model B/peer/round", "membership B/peer/round",
                 "membership B/peer/min", "distance r1 / peak / last", "simulator r1 / peak / last",
@@ -209,10 +213,11 @@ def main() -> None:
                     f"{peers} peers, distance after each round: {[round(d, 4) for d in f['distance']]}"
                 )
                 console.print(f"  the simulator's: {[round(d, 4) for d in f['simulated']]}")
-                met, uniform = f["partners"]
-                console.print(
-                    f"  distinct partners met per peer: {met:.1f} (k uniform picks a round: {uniform:.1f})"
-                )
+                if f["partners"] is not None:
+                    met, uniform = f["partners"]
+                    console.print(
+                        f"  distinct partners met per peer: {met:.1f} (k uniform picks: {uniform:.1f})"
+                    )
                 if f["unfinished"]:
                     console.print(f"  did not finish (peer: last round): {f['unfinished']}; {f['errors']}")
             console.print(table)

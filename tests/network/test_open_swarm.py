@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import logging
 import random
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from ppaia.network.dht import PeerDHT
 from ppaia.network.errors import AgreementError
 from ppaia.network.host import Host, HostedPeer
 from ppaia.network.identity import Identity
-from ppaia.network.openswarm import OpenOptions, OpenPeer, check_open
+from ppaia.network.openswarm import OpenOptions, OpenPeer, check_open, entry_weights
 from ppaia.network.peer import PeerOptions
 from ppaia.network.records import PeerRecord
 from ppaia.network.status import Phase, Stuck
@@ -76,7 +77,7 @@ def spec(root: Path, name: str, data: str, test: str, seed: int | None = None, p
 
 
 @pytest.mark.slow
-def test_peers_join_late_leave_and_come_back_and_every_live_peer_finishes(parts, tmp_path):
+def test_peers_join_late_leave_and_come_back_and_every_live_peer_finishes(parts, tmp_path, caplog):
     """5 peers start (the first alone: its status says it has no partners), 2 join once the swarm is
     past round 3 (through a member other than the first), one leaves past round 6 and comes back with
     its data directory past round 8. Every peer alive at the end finishes; the joiners start at the
@@ -106,7 +107,10 @@ def test_peers_join_late_leave_and_come_back_and_every_live_peer_finishes(parts,
         outcome = await host.wait_all(120)
         return alone, outcome, left_at
 
+    caplog.set_level(logging.INFO, logger="ppaia.network.openswarm")
     alone, outcome, left_at = asyncio.run(scenario())
+    joins = [r.getMessage() for r in caplog.records if "joins at round" in r.getMessage()]
+    assert len(joins) == 2 and all(m.endswith("(trust-weighted)") for m in joins), joins  # learned trust
     assert alone.stuck is Stuck.NO_PARTNERS and alone.phase is Phase.WAITING and alone.index is None
     assert alone.membership is not None and alone.membership.view == 0
     assert outcome == dict.fromkeys(outcome, None) and len(outcome) == 7, outcome
@@ -236,3 +240,42 @@ def test_an_open_peer_builds_from_its_own_data_and_agrees_without_peers_or_topol
         config(lr=0.1), PeerOptions(index=0, data_dir=tmp_path / "c"), OwnData.load(data[2], test, 3)
     )
     assert [d.field for d in a.agreement.differences(c.agreement)] == ["lr"]
+
+
+MEMBERS = [f"{k:040x}" for k in range(5)]
+
+
+def honest_rows(rng: random.Random, voters: int, shunned: str | None = None) -> list[dict[str, float]]:
+    """`voters` members' trust rows over the others (learned trust's: weights in [0, 1]); each gives
+    `shunned` (if any) a tenth of what it gives the rest at most."""
+    rows = []
+    for me in MEMBERS[:voters]:
+        row = {p: rng.uniform(0.1, 1.0) for p in MEMBERS if p != me}
+        if shunned in row:
+            row[shunned] = rng.uniform(0.0, 0.01)
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("rows", [[], [{}], [{"f" * 40: 0.9}], [dict.fromkeys(MEMBERS, 0.0)]])
+def test_a_joiner_weighs_evenly_when_no_member_votes(rows):
+    """Gossip keeps no trust, a row may name none of the models, or give them all 0: the plain mean."""
+    assert entry_weights(MEMBERS, rows).tolist() == [0.2] * 5
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_joiner_weighs_the_members_models_by_their_trust_in_each_other_and_a_liar_moves_little(seed):
+    rng = random.Random(seed)
+    shunned = rng.choice(MEMBERS)
+    voters = rng.randint(2, 5)
+    rows = honest_rows(rng, voters, shunned)
+    weights = entry_weights(MEMBERS, rows)
+    assert weights.sum().item() == pytest.approx(1.0) and (weights >= 0).all()
+    assert weights[MEMBERS.index(shunned)] < 0.2 / 5  # the swarm keeps away from it: so does the joiner
+    # a liar puts its whole vote on the shunned member (and names ids nobody has): one vote of voters + 1
+    liar = {shunned: 1.0} | {f"{k:040x}": 1.0 for k in range(100, 100 + rng.randint(0, 50))}
+    lied = entry_weights(MEMBERS, [*rows, liar])
+    assert lied[MEMBERS.index(shunned)] <= weights[MEMBERS.index(shunned)] + 1 / (voters + 1) + 1e-12
+    # nobody who votes trusts it at all: no weight
+    zeroed = [row | {shunned: 0.0} for row in rows]
+    assert entry_weights(MEMBERS, zeroed)[MEMBERS.index(shunned)] == 0.0

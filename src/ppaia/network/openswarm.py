@@ -23,8 +23,10 @@ keeps):
   trust is keyed by peer id in checkpoints, so a restarted peer gets its trust back whatever positions
   its partners have then.
 - **Join at round r.** A peer that starts afresh asks its members' statuses and, if they have completed
-  rounds, fetches and verifies each one's newest completed model, starts from their mean and continues
-  at the round after the newest of them. A restarted peer (its data directory) resumes its checkpoint,
+  rounds, fetches and verifies each one's newest completed model, starts from their mean weighted by
+  the members' trust in each other as their statuses list it (:func:`entry_weights`; learned trust:
+  a model the swarm distrusts counts little; gossip: the plain mean) and continues at the round after
+  the newest of them. A restarted peer (its data directory) resumes its checkpoint,
   key and rule state, and catches up the same way when its partners have moved on: then its own rule
   combines their models with its own (learned trust: by its trust).
 - **Held at the door.** A peer given a `door` (a launcher following a join schedule) bootstraps into the
@@ -41,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -70,6 +72,7 @@ __all__ = [
     "OpenPeer",
     "Roster",
     "check_open",
+    "entry_weights",
     "members_topic",
     "on_overlay",
     "open_row",
@@ -129,6 +132,27 @@ def open_row(config: ExperimentConfig, partners: list[int]) -> Mixing:
     weights = torch.full((n,), fill, dtype=torch.float64)
     zero = torch.zeros(1, dtype=torch.long)
     return Mixing(torch.zeros(n, dtype=torch.long), torch.arange(n), weights, 1, zero, zero, senders)
+
+
+def entry_weights(models: Sequence[str], trust_rows: Sequence[Mapping[str, float]]) -> torch.Tensor:
+    """How a peer that joins afresh weighs the members' `models` (by peer id) it starts from: by the
+    members' own trust in them (`trust_rows`, each member's status row, learned trust's), else evenly.
+
+    Each row is one vote: normalised over the `models` it names, so that a member lying about its
+    colluder moves that one's weight by at most 1/(rows that vote); rows naming none of them do not
+    vote. A model nobody who votes trusts gets no weight: the swarm has learned to keep away from it.
+    Evenly when no row votes (gossip keeps no trust) or every vote is 0."""
+    n = len(models)
+    votes = torch.zeros(n, dtype=torch.float64)
+    voters = 0
+    for row in trust_rows:
+        given = torch.tensor([float(row.get(peer_id, 0.0)) for peer_id in models], dtype=torch.float64)
+        if given.sum() > 0:
+            votes += given / given.sum()
+            voters += 1
+    if voters == 0:
+        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+    return votes / voters
 
 
 class Roster:
@@ -535,11 +559,16 @@ class OpenPeer(Peer):
             return first
         learner = self.learner
         if fresh:
-            learner.params = torch.stack(list(models.values())).mean(0)
+            ids = [self.roster.ids[index] for index in models]
+            weights = entry_weights(ids, [s.trust for s in statuses if s is not None and s.trust])
+            stacked = torch.stack(list(models.values()))
+            learner.params = (weights.to(stacked.dtype)[:, None] * stacked).sum(0)
+            how = "trust-weighted" if float(weights.max() - weights.min()) > 0 else "evenly weighted"
         else:
             self._place()
             row = open_row(self.config, list(models))
             learner.params = await asyncio.to_thread(learner.combine, row, models, learner.context(target))
+            how = "with its own, by its rule"
         state = learner.state(self._partner_ids())
         await asyncio.to_thread(self.checkpoint.save, target, learner.tensors(), state)
         self.trust = state.rule
@@ -548,8 +577,8 @@ class OpenPeer(Peer):
             await self._ends_with(target, len(models))
         else:
             log.info(
-                "peer %s %s at round %d: starts from %d members' verified round-%d models",
-                self.name, "joins" if fresh else "catches up", target + 1, len(models), target,
+                "peer %s %s at round %d: starts from %d members' verified round-%d models (%s)",
+                self.name, "joins" if fresh else "catches up", target + 1, len(models), target, how,
             )  # fmt: skip
         return target + 1
 
