@@ -165,7 +165,12 @@ class Checkpoint:
     data_dir: Path
     config: ExperimentConfig
     peer: int
+    label: str = ""  # how the log names the peer (an open swarm's: by its id); its index if empty
     _recorded: CheckpointState | None = field(default=None, init=False, repr=False)  # the state, once read
+
+    @property
+    def named(self) -> str:
+        return self.label or str(self.peer)
 
     @property
     def state_file(self) -> Path:
@@ -213,11 +218,11 @@ class Checkpoint:
             try:
                 model = self.load(round_, expected)
             except CheckpointError as err:
-                log.warning("peer %d: %s; trying the round before", self.peer, err)
+                log.warning("peer %s: %s; trying the round before", self.named, err)
                 refused.append(str(err))
                 continue
             if round_ != state.round:
-                log.warning("peer %d: falls back to its checkpoint of round %d", self.peer, round_)
+                log.warning("peer %s: falls back to its checkpoint of round %d", self.named, round_)
                 self._write_state(
                     round_, {r: h for r, h in state.sha256.items() if r <= round_}, state.learner
                 )
@@ -232,14 +237,14 @@ class Checkpoint:
             try:
                 learner = self.load_learner(round_)
             except CheckpointError as err:
-                log.warning("peer %d: %s; trying the round before", self.peer, err)
+                log.warning("peer %s: %s; trying the round before", self.named, err)
                 refused.append(str(err))
                 continue
             if refused:
                 log.warning(
-                    "peer %d: resumes with its learner state of round %d: trust learned and privacy spent "
+                    "peer %s: resumes with its learner state of round %d: trust learned and privacy spent "
                     "after it are not in it",
-                    self.peer,
+                    self.named,
                     round_,
                 )
             return learner

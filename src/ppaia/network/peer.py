@@ -132,7 +132,7 @@ class Peer:
         self.expected = self.learner.layout.expected()
         encoded = len(codec.encode(self.learner.tensors()))  # every honest model has exactly this size
         self.max_bytes = min(encoded + 4096, options.max_model_bytes)
-        self.checkpoint = Checkpoint(Path(options.data_dir), config, options.index)
+        self.checkpoint = Checkpoint(Path(options.data_dir), config, options.index, self.label)
         # peers with their own data agree on what their models are built from: inputs and classes
         facts = (
             None if own is None else {"inputs": list(own.train.input_shape), "classes": own.train.n_classes}
