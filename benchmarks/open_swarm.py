@@ -9,7 +9,10 @@ several to a process (:class:`ppaia.network.openlaunch.OpenSwarm`). Figures:
   it joined at.
 - swarm of N (25, 50, 100) in 4 host processes, ``--rounds`` rounds: wall time; bytes per peer per round
   of model bodies fetched and of membership traffic (view exchanges, both ways), from each peer's last
-  status; membership bytes per peer per minute; the consensus distance (1/N)Σ‖θᵢ − θ̄‖² of the peers'
+  status; membership bytes per peer per minute, per exchange, and exchanges per peer per minute (view
+  exchanges run every `period` seconds whatever the swarm's size, so a round that takes longer on a
+  busier machine carries more of them: per round, membership grows with the round's length, not with
+  N); the consensus distance (1/N)Σ‖θᵢ − θ̄‖² of the peers'
   models after each round (from their checkpoints), as the simulator computes it, and the simulator's
   for the same config and seed (k random live partners a round, as an open swarm samples them): after
   round 1, at its peak and after the last round. Every peer starts from the same initial model, so the
@@ -107,6 +110,7 @@ def growth(root: Path, peers: int, rounds: int) -> dict:
     traffic = run.summary()["traffic"]
     models = statistics.mean(t["model_bytes_received"] for t in traffic.values()) / rounds
     membership = statistics.mean(t["membership_bytes"] for t in traffic.values())
+    exchanges = statistics.mean(t["exchanges"] for t in traffic.values())
     final = run.final()
     unfinished = [i for i in range(peers) if final.get(i, {}).get("round") != rounds]
     return {
@@ -122,6 +126,8 @@ def growth(root: Path, peers: int, rounds: int) -> dict:
         "models_per_round": models,
         "membership_per_round": membership / rounds,
         "membership_per_minute": membership / (wall / 60),
+        "membership_per_exchange": membership / max(exchanges, 1),
+        "exchanges_per_minute": exchanges / (wall / 60),
         "distance": distances(root, peers, rounds),
         "simulated": simulated(peers, rounds),
         "partners": partners_met(root, peers, rounds),
@@ -199,7 +205,8 @@ def main() -> None:
             table = Table(title=f"open swarm growing ({args.rule}, 4 host processes, {args.rounds} rounds)")
             for column in (
                 "peers", "finished", "wall s", "model B/peer/round", "membership B/peer/round",
-                "membership B/peer/min", "distance r1 / peak / last", "simulator r1 / peak / last",
+                "membership B/peer/min", "B/exchange", "exchanges/peer/min", "distance r1 / peak / last",
+                "simulator r1 / peak / last",
             ):  # fmt: skip
                 table.add_column(column, justify="right")
             for peers in sizes:
@@ -207,6 +214,7 @@ def main() -> None:
                 table.add_row(
                     str(peers), str(f["finished"]), f"{f['wall_s']:.1f}", f"{f['models_per_round']:,.0f}",
                     f"{f['membership_per_round']:,.0f}", f"{f['membership_per_minute']:,.0f}",
+                    f"{f['membership_per_exchange']:,.0f}", f"{f['exchanges_per_minute']:.1f}",
                     course(f["distance"]), course(f["simulated"]),
                 )  # fmt: skip
                 console.print(

@@ -380,15 +380,20 @@ class OpenPeer(Peer):
             self.overlay.start()
 
     async def _discover(self) -> None:
-        """Candidates from the DHT's members topic (a start when no seed gave any)."""
+        """Members from the DHT's members topic (at most 20 listed), each met by a view exchange, all at
+        once: a start when no seed gave any, and before a fresh peer settles the round it joins at."""
         try:
             providers = await self.dht.find_providers(members_topic(self.options.swarm))
         except Exception as err:  # a hostile or broken DHT answer must not stop the peer
             log.warning("peer %s: members lookup failed: %r", self.name, err)
             return
-        for record in providers:
-            if record.peer_id != self.identity.peer_id and record.peer_id not in self.view.members:
-                await self.sampler.exchange((record.host, record.tcp_port), record.peer_id)
+        await asyncio.gather(
+            *(
+                self.sampler.exchange((record.host, record.tcp_port), record.peer_id)
+                for record in providers
+                if record.peer_id != self.identity.peer_id and record.peer_id not in self.view.members
+            )
+        )
 
     def _usable(self, peer_id: str) -> bool:
         """Whether a member may be a partner now: not banned, not refused, not absent."""
@@ -525,7 +530,13 @@ class OpenPeer(Peer):
     async def _adopt(self, first: int, *, fresh: bool) -> int:
         """The round to continue from: if members have completed round R ≥ `first`, fetch and verify
         each one's newest completed model and continue at R + 1 from them (afresh: their mean; resumed:
-        combined with this peer's own by its rule); else `first`."""
+        combined with this peer's own by its rule); else `first`.
+
+        A fresh peer first meets the members the DHT lists: peers let in together (a launcher's
+        joiners) find each other first, and from a view of joiners alone, all at round 0, it would take
+        the swarm for a new one and start a swarm of its own at round 1."""
+        if fresh:
+            await self._discover()
         members = [self.roster.position(peer_id) for peer_id in self.view.ids()]
         statuses = await asyncio.gather(*(self._status(i) for i in members))
         done = {
