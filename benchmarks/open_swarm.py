@@ -4,9 +4,9 @@ Digits (a Dirichlet(1) split written as each peer's own file by ``ppaia launch -
 learned trust with k = 3 (``examples/open_swarm.toml``, without its schedule), synchronous, peers hosted
 several to a process (:class:`ppaia.network.openlaunch.OpenSwarm`). Figures:
 
-- join: a 16-peer swarm runs; one more peer is due at round 6 (its own process). From the launcher
-  starting its process to its first completed round (the first round line in its log), and the round
-  it joined at.
+- join: a 16-peer swarm runs; one more peer is due at round 6 (its own process, started ahead and
+  held at the door). From being let in to its first completed round (the first round line in its
+  log), the round it joined at, and its process's start-up (first log line to waiting at the door).
 - swarm of N (25, 50, 100) in 4 host processes, ``--rounds`` rounds: wall time; bytes per peer per round
   of model bodies fetched and of membership traffic (view exchanges, both ways), from each peer's last
   status; membership bytes per peer per minute, per exchange, and exchanges per peer per minute (view
@@ -69,15 +69,18 @@ def stamp(line: str) -> float:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def join_time(root: Path) -> tuple[float, int]:
-    """Seconds from starting a 17th peer's process (due at round 6) to its first completed round."""
+def join_time(root: Path) -> tuple[float, float, int]:
+    """A 17th peer due at round 6: seconds from its process's first log line to its waiting at the door
+    (its start-up: data, model, DHT bootstrap; the launcher starts it ahead), and from being let in to
+    its first completed round (the join); the round it joined at."""
     run = swarm(root, 17, 4, rounds=14, churn={"joins": {"16": 6}})
     run.run()
     group = next(g for g, peers in enumerate(run.groups) if peers == [16])
     log = (root / f"host-{group}.log").read_text().splitlines()
+    held = next(line for line in log if "held until its launcher lets it in" in line)
     first = next(line for line in log if re.search(r"round \d+/\d+", line))
     joined = int(re.search(r"joins at round (\d+)", "\n".join(log))[1])
-    return stamp(first) - run.started[group], joined
+    return stamp(held) - stamp(log[0]), stamp(first) - run.started[group], joined
 
 
 def distances(root: Path, peers: int, rounds: int) -> list[float]:
@@ -196,10 +199,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = args.out or Path(tmp)
         if "join" in only:
-            seconds, joined = join_time(tmp / "join")
+            start_up, seconds, joined = join_time(tmp / "join")
             console.print(
-                f"join: a new peer completes its first round {seconds:.1f} s after its process starts "
-                f"(joined at round {joined}; a running 16-peer swarm in 4 processes)"
+                f"join: a new peer completes its first round {seconds:.1f} s after it is let in (joined at "
+                f"round {joined}; a running 16-peer swarm in 4 processes); its start-up before, at the "
+                f"door: {start_up:.1f} s"
             )
         if "grow" in only:
             table = Table(title=f"open swarm growing ({args.rule}, 4 host processes, {args.rounds} rounds)")

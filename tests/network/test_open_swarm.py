@@ -25,7 +25,7 @@ from ppaia.network.dht import PeerDHT
 from ppaia.network.errors import AgreementError
 from ppaia.network.host import Host, HostedPeer
 from ppaia.network.identity import Identity
-from ppaia.network.openswarm import OpenOptions, OpenPeer, check_open, entry_weights
+from ppaia.network.openswarm import OpenOptions, OpenPeer, check_open, entry_weights, exchange_period
 from ppaia.network.peer import PeerOptions
 from ppaia.network.records import PeerRecord
 from ppaia.network.status import Phase, Stuck
@@ -279,3 +279,12 @@ def test_a_joiner_weighs_the_members_models_by_their_trust_in_each_other_and_a_l
     # nobody who votes trusts it at all: no weight
     zeroed = [row | {shunned: 0.0} for row in rows]
     assert entry_weights(MEMBERS, zeroed)[MEMBERS.index(shunned)] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("pace", "every"), [(None, 1.0), (0.3, 1.0), (2.0, 1.0), (9.5, 4.75), (600.0, 300.0)]
+)
+def test_view_exchanges_run_every_period_or_twice_a_round_once_rounds_are_slower(pace, every):
+    """Before its first round and while rounds are fast: every `period`; then twice a round, so that
+    membership bytes per round do not grow with the round's length (a busier machine, a larger swarm)."""
+    assert exchange_period(1.0, pace) == every

@@ -73,6 +73,7 @@ __all__ = [
     "Roster",
     "check_open",
     "entry_weights",
+    "exchange_period",
     "members_topic",
     "on_overlay",
     "open_row",
@@ -85,6 +86,16 @@ RECORD_TTL = 300.0  # seconds a member record handed around in view exchanges st
 STATUS_WAIT = 5.0  # seconds a joining peer waits for a member's status before asking again
 EXCHANGE_WAIT = 5.0  # seconds a view exchange may take (peers hosted many to a process answer slower)
 SETTLE = 3.0  # periods of upkeep without a new or lost link after which an overlay short of links trains
+EXCHANGES_PER_ROUND = 2.0  # view exchanges a peer starts per round at most, once rounds are slower than 2 s
+
+
+def exchange_period(period: float, pace: float | None) -> float:
+    """Seconds between a peer's view exchanges: `period`, or, once its rounds take longer than
+    :data:`EXCHANGES_PER_ROUND` periods (`pace`: its median round time), a round's share. The view
+    serves the rounds (a few partners each): exchanged per round, it is as fresh in rounds on a busy
+    machine or a large swarm as on an idle one, and membership bytes per round do not grow with the
+    round's length."""
+    return max(period, (pace or 0.0) / EXCHANGES_PER_ROUND)
 
 
 def members_topic(swarm: str) -> str:
@@ -221,7 +232,7 @@ class _Pins(Mapping[int, str]):
 class OpenOptions:
     """How a peer takes part in an open swarm's peer sampling: at most `view` members (and as many
     candidates), `shuffle` records sent per exchange (at most :data:`MAX_OFFER`), one exchange about
-    every `period` seconds."""
+    every `period` seconds (every half round once rounds are slower: :func:`exchange_period`)."""
 
     view: int = 16
     shuffle: int = 6
@@ -262,6 +273,7 @@ class OpenPeer(Peer):
         self.view = View(
             self.identity.peer_id, size=sampling.view, shuffle=sampling.shuffle, shared_hosts=LOOPBACK
         )
+        self.exchanges_every = sampling.period
         self.sampler = Sampler(
             self.identity,
             self.view,
@@ -465,6 +477,7 @@ class OpenPeer(Peer):
         waiting up to the timing deadline for one to appear; alone after that, said in the status. Like
         an absent sender, a swarm without partners costs one deadline, once: while it stays alone the
         next rounds do not wait."""
+        self.sampler.period = exchange_period(self.exchanges_every, self.timing.pace())
         if self.k == 0 and self.overlay is None:
             return True, [StepRole(open_row(self.config, []))]
         loop = asyncio.get_running_loop()
