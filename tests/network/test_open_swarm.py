@@ -25,7 +25,14 @@ from ppaia.network.dht import PeerDHT
 from ppaia.network.errors import AgreementError
 from ppaia.network.host import Host, HostedPeer
 from ppaia.network.identity import Identity
-from ppaia.network.openswarm import OpenOptions, OpenPeer, check_open, entry_weights, exchange_period
+from ppaia.network.openswarm import (
+    OpenOptions,
+    OpenPeer,
+    check_open,
+    entry_weights,
+    exchange_period,
+    members_topic,
+)
 from ppaia.network.peer import PeerOptions
 from ppaia.network.records import PeerRecord
 from ppaia.network.status import Phase, Stuck
@@ -245,35 +252,42 @@ def test_an_open_peer_builds_from_its_own_data_and_agrees_without_peers_or_topol
 MEMBERS = [f"{k:040x}" for k in range(5)]
 
 
-def honest_rows(rng: random.Random, voters: int, shunned: str | None = None) -> list[dict[str, float]]:
-    """`voters` members' trust rows over the others (learned trust's: weights in [0, 1]); each gives
-    `shunned` (if any) a tenth of what it gives the rest at most."""
+def honest_rows(rng: random.Random, voters: int, shunned: str) -> list[dict[str, float]]:
+    """`voters` members' trust rows over the others (learned trust's: weights in [0, 1]), `shunned` not
+    among them; each gives `shunned` a tenth of what it gives the rest at most."""
     rows = []
-    for me in MEMBERS[:voters]:
+    for me in [member for member in MEMBERS if member != shunned][:voters]:
         row = {p: rng.uniform(0.1, 1.0) for p in MEMBERS if p != me}
-        if shunned in row:
-            row[shunned] = rng.uniform(0.0, 0.01)
+        row[shunned] = rng.uniform(0.0, 0.01)
         rows.append(row)
     return rows
 
 
-@pytest.mark.parametrize("rows", [[], [{}], [{"f" * 40: 0.9}], [dict.fromkeys(MEMBERS, 0.0)]])
-def test_a_joiner_weighs_evenly_when_no_member_votes(rows):
-    """Gossip keeps no trust, a row may name none of the models, or give them all 0: the plain mean."""
-    assert entry_weights(MEMBERS, rows).tolist() == [0.2] * 5
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [],
+        [{}, {}],  # gossip keeps no trust
+        [{"f" * 40: 0.9}],  # a row naming none of the models
+        [dict.fromkeys(MEMBERS, 0.0)],  # a row giving them all 0
+        [{}, {}, {}, {MEMBERS[0]: 1.0}],  # a row naming one: no opinion about the others
+    ],
+)
+def test_a_joiner_weighs_evenly_when_no_member_holds_one_model_above_another(rows):
+    assert entry_weights(MEMBERS, rows).tolist() == pytest.approx([0.2] * 5)
 
 
 @pytest.mark.parametrize("seed", range(8))
 def test_a_joiner_weighs_the_members_models_by_their_trust_in_each_other_and_a_liar_moves_little(seed):
     rng = random.Random(seed)
     shunned = rng.choice(MEMBERS)
-    voters = rng.randint(2, 5)
+    voters = rng.randint(2, 4)
     rows = honest_rows(rng, voters, shunned)
     weights = entry_weights(MEMBERS, rows)
     assert weights.sum().item() == pytest.approx(1.0) and (weights >= 0).all()
     assert weights[MEMBERS.index(shunned)] < 0.2 / 5  # the swarm keeps away from it: so does the joiner
     # a liar puts its whole vote on the shunned member (and names ids nobody has): one vote of voters + 1
-    liar = {shunned: 1.0} | {f"{k:040x}": 1.0 for k in range(100, 100 + rng.randint(0, 50))}
+    liar = dict.fromkeys(MEMBERS, 0.0) | {shunned: 1.0} | {f"{k:040x}": 1.0 for k in range(100, 150)}
     lied = entry_weights(MEMBERS, [*rows, liar])
     assert lied[MEMBERS.index(shunned)] <= weights[MEMBERS.index(shunned)] + 1 / (voters + 1) + 1e-12
     # nobody who votes trusts it at all: no weight
@@ -282,9 +296,48 @@ def test_a_joiner_weighs_the_members_models_by_their_trust_in_each_other_and_a_l
 
 
 @pytest.mark.parametrize(
-    ("pace", "every"), [(None, 1.0), (0.3, 1.0), (2.0, 1.0), (9.5, 4.75), (600.0, 300.0)]
+    ("pace", "every"),
+    [(None, 1.0), (0.1, 0.25), (0.6, 0.3), (2.0, 1.0), (9.5, 4.75), (86_400.0, 10.0), (0.0, 0.25)],
 )
-def test_view_exchanges_run_every_period_or_twice_a_round_once_rounds_are_slower(pace, every):
-    """Before its first round and while rounds are fast: every `period`; then twice a round, so that
-    membership bytes per round do not grow with the round's length (a busier machine, a larger swarm)."""
+def test_view_upkeep_runs_twice_a_round_within_a_range_of_the_period(pace, every):
+    """Before its first round: every `period`; then twice a round, so that membership bytes per round
+    do not grow with the round's length (a busier machine, a larger swarm), but never more often than
+    a quarter period, nor less than every 10 periods (a peer's rounds of a day)."""
     assert exchange_period(1.0, pace) == every
+
+
+def test_a_held_peer_serves_nothing_and_is_no_member_until_let_in_then_joins_at_the_swarms_round(
+    parts, tmp_path
+):
+    """A launcher's peer held at the door: in the DHT, but its port refuses connections (it is
+    reserved), nobody lists or samples it; once let in, it joins at the swarm's round and finishes."""
+    data, test = parts
+    cfg = config(rounds=6)
+
+    async def scenario():
+        reached, gate = asyncio.Event(), asyncio.Event()
+
+        async def door() -> None:
+            reached.set()
+            await gate.wait()
+
+        ports: dict[str, int] = {}
+        host = Host(cfg, "open-d", wait=10.0, linger=2.0, sampling=SAMPLING)
+        held_host = Host(cfg, "open-d", wait=10.0, linger=2.0, sampling=SAMPLING, door=door)
+        early = [host.join("p0", spec(tmp_path, "p0", data[0], test, ports=ports))]
+        early.append(host.join("p1", spec(tmp_path, "p1", data[1], test, "p0", ports)))
+        held = held_host.join("p2", spec(tmp_path, "p2", data[2], test, "p0", ports))
+        await asyncio.wait_for(reached.wait(), 20)
+        await until(lambda: min(p.progress.round for p in early) >= 3, 30, "the swarm at round 3")
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(HOST, ports["p2"])
+        providers = await early[0].dht.find_providers(members_topic("open-d"))
+        seen = {r.peer_id for r in providers} | {m for p in early for m in p.view.ids()}
+        gate.set()
+        outcome = await held_host.wait_all(60) | await host.wait_all(60)
+        return held.identity.peer_id, seen, outcome
+
+    held_id, seen, outcome = asyncio.run(scenario())
+    assert held_id not in seen
+    assert outcome == dict.fromkeys(["p0", "p1", "p2"], None), outcome
+    assert rounds_of(tmp_path / "p2")[0] >= 3 and rounds_of(tmp_path / "p2")[-1] == 6  # the swarm's round

@@ -5,7 +5,6 @@ import contextlib
 import csv
 import logging
 import re
-import statistics
 import struct
 import time
 from collections import Counter
@@ -167,9 +166,9 @@ def test_a_joiner_starts_its_deadlines_from_the_pace_its_members_report(tmp_path
     peer = make_peer(tmp_path, wait=30.0, min_wait=0.5)
     peer.timing.assume(paces)
     assert peer.timing.deadline() == pytest.approx(deadline)
-    assert peer.status().pace == (statistics.median(paces) if paces else None)
-    peer.timing.assume([100.0])  # a peer that has timed rounds keeps its own pace
-    assert peer.timing.deadline() == pytest.approx(deadline)
+    assert peer.status().pace is None  # the members' pace is not this peer's own
+    peer.timing.record(2.0)  # once it has timed a round, its own pace rules
+    assert peer.timing.deadline() == pytest.approx(8.0) and peer.status().pace == 2.0
 
 
 def test_a_dead_sender_costs_one_deadline_then_none_until_it_is_back(tmp_path, caplog):

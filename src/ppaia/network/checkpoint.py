@@ -170,6 +170,7 @@ class Checkpoint:
 
     @property
     def named(self) -> str:
+        """How the log names the peer."""
         return self.label or str(self.peer)
 
     @property

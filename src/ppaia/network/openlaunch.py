@@ -25,6 +25,7 @@ import asyncio
 import csv
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
@@ -38,7 +39,7 @@ import torch
 from ppaia.churn import Churn
 from ppaia.config import ExperimentConfig, load_config
 from ppaia.experiment.shares import write_shares
-from ppaia.network.errors import ProtocolError
+from ppaia.network.errors import NetworkError, ProtocolError
 from ppaia.network.host import Host, HostedPeer
 from ppaia.network.identity import Identity
 from ppaia.network.openswarm import OpenOptions, check_open
@@ -76,6 +77,7 @@ def run_host(
     config = load_config(config_file)
 
     waiting = 0
+    launcher = multiprocessing.parent_process()
 
     async def opened() -> None:
         nonlocal waiting
@@ -83,6 +85,8 @@ def run_host(
         if waiting == len(peers):
             ready.set()
         while not door.is_set():
+            if launcher is not None and not launcher.is_alive():  # nobody will let it in: end
+                raise LauncherGone("the launcher is gone before letting this peer in")
             await asyncio.sleep(0.1)
 
     async def main() -> dict[str, BaseException | None]:
@@ -97,6 +101,10 @@ def run_host(
     if failed:
         print(f"error: peers failed: {failed}", flush=True)
     sys.exit(1 if failed else 0)
+
+
+class LauncherGone(NetworkError):
+    """A held peer's launcher ended (killed, crashed) before letting it in."""
 
 
 class Move(StrEnum):
@@ -237,22 +245,22 @@ class OpenSwarm:
         kill those due out; a group due in later runs held until then (started ahead, so that its
         start-up does not make it join rounds late). What happened, for the log."""
         events = []
-        now = max(round_, 1)
+        now = min(max(round_, 1), self.config.rounds)
+        due = {group: bool(self.alive[now, peers[0]]) for group, peers in enumerate(self.groups)}
+        for group, peers in enumerate(self.groups):  # the kills first: nobody bootstraps from them
+            if not due[group] and group in self.running() and self.admitted(group):
+                self.kill(group)
+                events.append(Change(time.time(), round_, tuple(peers), Move.LEAVE))
         for group, peers in enumerate(self.groups):
-            due = bool(self.alive[now, peers[0]])
             running = group in self.running()
             move = Move.BACK if group in self.started else Move.JOIN
-            if due and (self._startable(group) or (running and not self.admitted(group))):
+            if due[group] and (self._startable(group) or (running and not self.admitted(group))):
                 if running:
                     self.admit(group)
                 else:
                     self.start(group)
                 events.append(Change(time.time(), round_, tuple(peers), move))
-                continue
-            if not due and running and self.admitted(group):
-                self.kill(group)
-                events.append(Change(time.time(), round_, tuple(peers), Move.LEAVE))
-            if not due and self.alive[now + 1 :, peers[0]].any() and self._startable(group):
+            elif not due[group] and self.alive[now + 1 :, peers[0]].any() and self._startable(group):
                 self.start(group, held=True)
         self.round = round_
         self.changes += events

@@ -86,16 +86,20 @@ RECORD_TTL = 300.0  # seconds a member record handed around in view exchanges st
 STATUS_WAIT = 5.0  # seconds a joining peer waits for a member's status before asking again
 EXCHANGE_WAIT = 5.0  # seconds a view exchange may take (peers hosted many to a process answer slower)
 SETTLE = 3.0  # periods of upkeep without a new or lost link after which an overlay short of links trains
-EXCHANGES_PER_ROUND = 2.0  # view exchanges a peer starts per round at most, once rounds are slower than 2 s
+EXCHANGES_PER_ROUND = 2.0  # view upkeep ticks a round, once a peer has timed its rounds
+EXCHANGE_RANGE = (0.25, 10.0)  # ... every this many `period`s at the least and at the most
 
 
 def exchange_period(period: float, pace: float | None) -> float:
-    """Seconds between a peer's view exchanges: `period`, or, once its rounds take longer than
-    :data:`EXCHANGES_PER_ROUND` periods (`pace`: its median round time), a round's share. The view
-    serves the rounds (a few partners each): exchanged per round, it is as fresh in rounds on a busy
-    machine or a large swarm as on an idle one, and membership bytes per round do not grow with the
-    round's length."""
-    return max(period, (pace or 0.0) / EXCHANGES_PER_ROUND)
+    """Seconds between a peer's view upkeep ticks: `period` until it has timed a round of its own
+    (`pace`: its median round time), then :data:`EXCHANGES_PER_ROUND` a round, within
+    :data:`EXCHANGE_RANGE` times `period`. The view serves the rounds (a few partners each): kept per
+    round, it is as fresh in rounds on a busy machine or in a large swarm as on an idle one, and
+    membership bytes per round do not grow with the round's length."""
+    if pace is None:
+        return period
+    low, high = EXCHANGE_RANGE
+    return min(max(pace / EXCHANGES_PER_ROUND, low * period), high * period)
 
 
 def members_topic(swarm: str) -> str:
@@ -147,23 +151,24 @@ def open_row(config: ExperimentConfig, partners: list[int]) -> Mixing:
 
 def entry_weights(models: Sequence[str], trust_rows: Sequence[Mapping[str, float]]) -> torch.Tensor:
     """How a peer that joins afresh weighs the members' `models` (by peer id) it starts from: by the
-    members' own trust in them (`trust_rows`, each member's status row, learned trust's), else evenly.
+    trust the members that answered it hold in them (`trust_rows`, one per member: its status's row,
+    learned trust's; empty for gossip), else evenly.
 
-    Each row is one vote: normalised over the `models` it names, so that a member lying about its
-    colluder moves that one's weight by at most 1/(rows that vote); rows naming none of them do not
-    vote. A model nobody who votes trusts gets no weight: the swarm has learned to keep away from it.
-    Evenly when no row votes (gossip keeps no trust) or every vote is 0."""
+    Every member votes once, its row normalised over the `models`: a model its row does not name
+    (a partner it has not met) gets the row's mean over those it names (no opinion), and a row naming
+    none, or giving them all 0, is an even vote. So a member lying about its colluder moves that one's
+    weight by at most 1/(members), and only trust that members hold low pulls a model down: a model
+    every member that met it distrusts gets almost none, as the swarm has learned to keep away."""
     n = len(models)
     votes = torch.zeros(n, dtype=torch.float64)
-    voters = 0
     for row in trust_rows:
-        given = torch.tensor([float(row.get(peer_id, 0.0)) for peer_id in models], dtype=torch.float64)
-        if given.sum() > 0:
-            votes += given / given.sum()
-            voters += 1
-    if voters == 0:
+        named = [float(row[peer_id]) for peer_id in models if peer_id in row]
+        mean = sum(named) / len(named) if named else 0.0
+        given = torch.tensor([float(row.get(peer_id, mean)) for peer_id in models], dtype=torch.float64)
+        votes += given / given.sum() if given.sum() > 0 else 1.0 / n
+    if not trust_rows:
         return torch.full((n,), 1.0 / n, dtype=torch.float64)
-    return votes / voters
+    return votes / len(trust_rows)
 
 
 class Roster:
@@ -232,7 +237,7 @@ class _Pins(Mapping[int, str]):
 class OpenOptions:
     """How a peer takes part in an open swarm's peer sampling: at most `view` members (and as many
     candidates), `shuffle` records sent per exchange (at most :data:`MAX_OFFER`), one exchange about
-    every `period` seconds (every half round once rounds are slower: :func:`exchange_period`)."""
+    every `period` seconds (then twice a round: :func:`exchange_period`)."""
 
     view: int = 16
     shuffle: int = 6
@@ -371,6 +376,8 @@ class OpenPeer(Peer):
     async def _join(self, host: str) -> None:
         if self.door is None:
             await self._serve(host)
+        else:
+            self.server.reserve()  # its port is taken, connections to it refused, until it is let in
         await self._enter_dht()
         if self.door is not None:  # a DHT node others route through; no member, serving nothing yet
             log.info("peer %s: held until its launcher lets it in", self.name)
@@ -392,19 +399,18 @@ class OpenPeer(Peer):
             self.overlay.start()
 
     async def _discover(self) -> None:
-        """Members from the DHT's members topic (at most 20 listed), each met by a view exchange, all at
-        once: a start when no seed gave any, and before a fresh peer settles the round it joins at."""
+        """Members from the DHT's members topic, a view's worth of them each met by a view exchange, all
+        at once: a start when no seed gave any, and before a fresh peer settles the round it joins at."""
         try:
             providers = await self.dht.find_providers(members_topic(self.options.swarm))
         except Exception as err:  # a hostile or broken DHT answer must not stop the peer
             log.warning("peer %s: members lookup failed: %r", self.name, err)
             return
+        known = {self.identity.peer_id, *self.view.members}
+        new = [record for record in providers if record.peer_id not in known]
+        # a view's worth: a DHT's answer merges what many nodes hold, and a hostile one may list thousands
         await asyncio.gather(
-            *(
-                self.sampler.exchange((record.host, record.tcp_port), record.peer_id)
-                for record in providers
-                if record.peer_id != self.identity.peer_id and record.peer_id not in self.view.members
-            )
+            *(self.sampler.exchange((r.host, r.tcp_port), r.peer_id) for r in new[: self.view.size])
         )
 
     def _usable(self, peer_id: str) -> bool:
@@ -552,16 +558,23 @@ class OpenPeer(Peer):
             await self._discover()
         members = [self.roster.position(peer_id) for peer_id in self.view.ids()]
         statuses = await asyncio.gather(*(self._status(i) for i in members))
+        answered = {
+            i: status
+            for i, status in zip(members, statuses, strict=True)
+            if status is not None and i not in self.refused and status.rounds == self.config.rounds
+        }
         done = {
             i: status.completed
-            for i, status in zip(members, statuses, strict=True)
-            if status is not None and status.completed is not None and i not in self.refused
+            for i, status in answered.items()
+            if status.completed is not None and status.completed.round <= self.config.rounds
         }
-        if not done or max(v.round for v in done.values()) < first:
+        rounds = sorted(v.round for v in done.values())
+        # the newest round two members completed: one member claiming a later one moves nothing
+        target = rounds[-2] if len(rounds) > 1 else rounds[-1] if rounds else 0
+        if target < first:
             self._say(None)
             return first
-        target = max(v.round for v in done.values())
-        self.timing.assume([s.pace for s in statuses if s is not None and s.pace is not None])
+        self.timing.assume([s.pace for s in answered.values() if s.pace is not None])
         self._say(Stuck.CATCHING_UP, f": members are at round {target}, this peer at {first - 1}")
         models: dict[int, torch.Tensor] = {}
         for index, version in done.items():
@@ -584,7 +597,7 @@ class OpenPeer(Peer):
         learner = self.learner
         if fresh:
             ids = [self.roster.ids[index] for index in models]
-            weights = entry_weights(ids, [s.trust for s in statuses if s is not None and s.trust])
+            weights = entry_weights(ids, [s.trust for s in answered.values()])
             stacked = torch.stack(list(models.values()))
             learner.params = (weights.to(stacked.dtype)[:, None] * stacked).sum(0)
             how = "trust-weighted" if float(weights.max() - weights.min()) > 0 else "evenly weighted"
@@ -608,7 +621,8 @@ class OpenPeer(Peer):
 
     async def _ends_with(self, last: int, received: int) -> None:
         """Joined after the swarm's last round: this peer ends with what it made of the members' final
-        models (`received` of them), evaluated and recorded as its round `last`."""
+        models (`received` of them), evaluated and recorded as its round `last` (not served: a peer
+        later still starts from the members that ran the round)."""
         log.info("peer %s came after the last round: ends with %d members' final models", self.name, received)
         progress = self.progress
         progress.round, progress.step = last, 0

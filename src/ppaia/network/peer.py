@@ -68,7 +68,16 @@ from ppaia.network.identity import Identity
 from ppaia.network.learner import PeerLearner, StepRole
 from ppaia.network.members import initial_pins
 from ppaia.network.progress import Progress, RoundRecord, forget_rounds_after, record_round
-from ppaia.network.status import MAX_LISTED, Latest, PeerStatus, Phase, Traffic, heaviest, trust_row
+from ppaia.network.status import (
+    MAX_LISTED,
+    MAX_PACE,
+    Latest,
+    PeerStatus,
+    Phase,
+    Traffic,
+    heaviest,
+    trust_row,
+)
 from ppaia.network.strikes import Strikes
 from ppaia.network.timing import Timing, Version
 from ppaia.network.transfer import (
@@ -209,7 +218,7 @@ class Peer:
             ),
             trust=trust_row(self.trust),
             agreement=self.agreement,
-            pace=self.timing.pace(),
+            pace=None if (pace := self.timing.pace()) is None else min(pace, MAX_PACE),
         )
 
     async def run(self) -> None:
@@ -272,7 +281,7 @@ class Peer:
         return index_topic(self.options.swarm, self.options.index)
 
     async def _bootstrap(self, seeds: tuple[Address, ...]) -> None:
-        """Ask the seeds until one answers (they may still be starting); :meth:`_join` bounds it."""
+        """Ask the seeds until one answers (they may still be starting); :meth:`_enter_dht` bounds it."""
         attempt = 0
         while not await self.dht.bootstrap(seeds):
             attempt += 1

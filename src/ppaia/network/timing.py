@@ -65,6 +65,7 @@ class Timing:
         self.step_deadline = deadline
         self.max_staleness = max_staleness
         self.history: deque[float] = deque(maxlen=ROUND_HISTORY)
+        self.assumed: float | None = None  # the members' pace, while this peer has timed no round
         self.absent: dict[int, Version | None] = {}
         self.probes: dict[int, asyncio.Task[Version | None]] = {}
 
@@ -77,20 +78,20 @@ class Timing:
         return statistics.median(self.history) if self.history else None
 
     def assume(self, paces: list[float]) -> None:
-        """Joining a swarm in flight, with no round of its own timed: take the median of the `paces`
-        its members report as its first round time, so that a partner that died as it joined costs a
+        """Joining a swarm in flight: until it has timed a round of its own, take the median of the
+        `paces` its members report for its deadlines, so that a partner that died as it joined costs a
         deadline from the swarm's pace, not `wait` (the median: a few lying members move it little,
-        and the deadline stays within `min_wait` .. `wait` whatever they say)."""
-        if paces and not self.history:
-            self.history.append(statistics.median(paces))
+        and the deadline stays within `min_wait` .. `wait` whatever they say). Only the deadlines use
+        it: it is not this peer's own pace (:meth:`pace`)."""
+        self.assumed = statistics.median(paces) if paces else None
 
     def deadline(self) -> float:
         """Seconds to wait for a sender that does not answer (the whole step's wait, asynchronous)."""
         if not self.synchronous:
             return self.step_deadline
-        if not self.history:  # the first round: no pace known yet, and peers start unevenly
+        if not self.history and self.assumed is None:  # no pace known yet, and peers start unevenly
             return self.wait
-        pace = WAIT_ROUNDS * statistics.median(self.history)
+        pace = WAIT_ROUNDS * (statistics.median(self.history) if self.history else self.assumed)
         return min(self.wait, max(self.min_wait, pace))
 
     def stuck(self) -> float:

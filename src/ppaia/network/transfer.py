@@ -379,6 +379,7 @@ class ModelServer:
         self._port = port
         self._versions: OrderedDict[tuple[int, int], ModelVersion] = OrderedDict()
         self._server: asyncio.Server | None = None
+        self._reserved: socket.socket | None = None  # bound, not listening: see reserve()
         self._connections: dict[asyncio.Task[Any], _Connection] = {}  # those holding a slot
         self._waiting: dict[asyncio.Task[Any], _Connection] = {}  # newcomers waiting for a slot
         self._left = asyncio.Event()  # set when a connection leaves its slot (then replaced)
@@ -410,18 +411,41 @@ class ModelServer:
             self._versions.popitem(last=False)
         return version
 
-    async def start(self) -> None:
-        """Listen on host:port (port 0: a free port, then available as :attr:`port`); ListenError if it
-        cannot."""
-        self._left = asyncio.Event()  # bound to the loop it is first awaited in: this one
+    def reserve(self) -> None:
+        """Bind host:port now without listening, until :meth:`start`: a connection is refused, as by a
+        peer that is down, and no other socket (an outgoing connection's ephemeral port) takes the
+        port meanwhile. ListenError if it cannot."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self._server = await asyncio.start_server(self._serve, self.host, self._port)
+            sock.bind((self.host, self._port))
+        except OSError as err:
+            sock.close()
+            raise ListenError("TCP", self.host, self._port, err) from err
+        self._reserved = sock
+        self._port = sock.getsockname()[1]
+
+    async def start(self) -> None:
+        """Listen on host:port (port 0: a free port, then available as :attr:`port`), or on the socket
+        :meth:`reserve` bound; ListenError if it cannot."""
+        self._left = asyncio.Event()  # bound to the loop it is first awaited in: this one
+        reserved, self._reserved = self._reserved, None
+        try:
+            if reserved is not None:
+                self._server = await asyncio.start_server(self._serve, sock=reserved)
+            else:
+                self._server = await asyncio.start_server(self._serve, self.host, self._port)
         except OSError as err:  # taken, not this machine's address, ...: say where, in one line
             raise ListenError("TCP", self.host, self._port, err) from err
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        """Stop listening and end the connections in progress."""
+        """Stop listening (or release the port :meth:`reserve` bound) and end the connections in
+        progress."""
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
         if self._server is None:
             return
         self._server.close()
