@@ -6,7 +6,7 @@ several to a process (:class:`ppaia.network.openlaunch.OpenSwarm`). Figures:
 
 - join: a 16-peer swarm runs; one more peer is due at round 6 (its own process, started ahead and
   held at the door). From being let in to its first completed round (the first round line in its
-  log), the round it joined at, and its process's start-up (first log line to waiting at the door).
+  log), the round it joined at, and its process's start-up (started to waiting at the door).
 - swarm of N (25, 50, 100) in 4 host processes, ``--rounds`` rounds: wall time; bytes per peer per round
   of model bodies fetched and of membership traffic (view exchanges, both ways), from each peer's last
   status; membership bytes per peer per minute, per exchange, and exchanges per peer per minute (view
@@ -70,9 +70,9 @@ def stamp(line: str) -> float:
 
 
 def join_time(root: Path) -> tuple[float, float, int]:
-    """A 17th peer due at round 6: seconds from its process's first log line to its waiting at the door
-    (its start-up: data, model, DHT bootstrap; the launcher starts it ahead), and from being let in to
-    its first completed round (the join); the round it joined at."""
+    """A 17th peer due at round 6: seconds from the launcher starting its process to its waiting at the
+    door (its start-up: process, data, model, DHT bootstrap; the launcher starts it ahead), and from
+    being let in to its first completed round (the join); the round it joined at."""
     run = swarm(root, 17, 4, rounds=14, churn={"joins": {"16": 6}})
     run.run()
     group = next(g for g, peers in enumerate(run.groups) if peers == [16])
@@ -80,7 +80,7 @@ def join_time(root: Path) -> tuple[float, float, int]:
     held = next(line for line in log if "held until its launcher lets it in" in line)
     first = next(line for line in log if re.search(r"round \d+/\d+", line))
     joined = int(re.search(r"joins at round (\d+)", "\n".join(log))[1])
-    return stamp(held) - stamp(log[0]), stamp(first) - run.started[group], joined
+    return stamp(held) - run.spawned[group], stamp(first) - run.started[group], joined
 
 
 def distances(root: Path, peers: int, rounds: int) -> list[float]:

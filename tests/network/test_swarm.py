@@ -13,6 +13,7 @@ import csv
 import json
 import re
 import secrets
+import socket
 import struct
 import threading
 import time
@@ -37,7 +38,7 @@ from ppaia.network.dht import PeerDHT
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
 from ppaia.network.status import PeerStatus
-from ppaia.network.swarm import HOST, Swarm, free_port
+from ppaia.network.swarm import HOST, Swarm, free_port, free_ports
 from ppaia.network.transfer import fetch_status
 from ppaia.network.wire import Request, canonical, open_message, read_frame, seal, write_frame
 from ppaia.simulation.report import write_outputs
@@ -509,3 +510,17 @@ def test_a_lying_peer_is_caught_banned_and_harmless(tmp_path):
     for i in honest:
         final = liar.layout.join(checkpointed(swarm, i)[config.rounds])
         torch.testing.assert_close(final, expected[i], rtol=1e-4, atol=1e-5)
+
+
+def test_a_launchers_ports_are_distinct_and_each_free_for_tcp_and_udp():
+    """A launcher gives each of its peers a port for both its TCP server and its UDP DHT node: 300 of
+    them, all different (the OS may hand out a probed port again), each bindable both ways."""
+    ports = free_ports(300)
+    assert len(set(ports)) == 300
+    for port in ports[:20]:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        ):
+            tcp.bind((HOST, port))
+            udp.bind((HOST, port))

@@ -44,7 +44,7 @@ from ppaia.network.host import Host, HostedPeer
 from ppaia.network.identity import Identity
 from ppaia.network.openswarm import OpenOptions, check_open
 from ppaia.network.status import PeerStatus
-from ppaia.network.swarm import HOST, _forkserver, free_port
+from ppaia.network.swarm import HOST, _forkserver, free_ports
 from ppaia.network.transfer import fetch_status
 
 __all__ = ["Change", "Move", "OpenSwarm", "write_own_data"]
@@ -147,7 +147,7 @@ class OpenSwarm:
         self.config_file = self.root / "config.toml"
         self.config_file.write_text(self.config.to_toml())
         n = self.config.peers
-        self.ports = [free_port() for _ in range(n)]
+        self.ports = free_ports(n)
         churn = self.config.churn or Churn()
         self.alive = churn.alive(n, self.config.rounds, self.config.seed)
         self.groups = self._groups()
@@ -158,6 +158,7 @@ class OpenSwarm:
         self.round = 0
         self.last: dict[int, PeerStatus] = {}  # each peer's last status seen (traffic, membership)
         self.started: dict[int, float] = {}  # group -> when (unix time) it was last let in
+        self.spawned: dict[int, float] = {}  # group -> when (unix time) its process was last started
         self.changes: list[Change] = []  # what following the schedule did, in order
 
     def _groups(self) -> list[list[int]]:
@@ -198,6 +199,7 @@ class OpenSwarm:
         )
         process.start()
         self.processes[group] = process
+        self.spawned[group] = time.time()
         if not held:
             self.admit(group)
 

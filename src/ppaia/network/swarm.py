@@ -43,7 +43,7 @@ from ppaia.network.status import PeerStatus
 from ppaia.network.transfer import fetch_status
 from ppaia.simulation.engine import BYTES_PER_VALUE, RunResult, measure
 
-__all__ = ["Swarm", "free_port"]
+__all__ = ["Swarm", "free_port", "free_ports"]
 
 HOST = "127.0.0.1"
 
@@ -66,6 +66,20 @@ def free_port(host: str = HOST) -> int:
                     continue
             return port
     raise OSError(f"no free TCP+UDP port on {host}")
+
+
+def free_ports(n: int, host: str = HOST) -> list[int]:
+    """`n` distinct ports, each free for TCP and UDP on `host` right now: :func:`free_port` alone may
+    hand out a port twice (the OS may reuse one as soon as its probe closes), and two peers of a
+    launcher on one port means one cannot listen."""
+    ports: dict[int, None] = {}
+    for _ in range(100 * n):
+        if len(ports) == n:
+            break
+        ports[free_port(host)] = None
+    if len(ports) < n:
+        raise OSError(f"no {n} distinct free TCP+UDP ports on {host}")
+    return list(ports)
 
 
 # What a peer imports: the CLI, and the modules that torch and the data loaders import lazily on first
@@ -120,7 +134,7 @@ class Swarm:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_file = self.root / "config.toml"
         self.config_file.write_text(self.config.to_toml())
-        self.ports = [free_port() for _ in range(self.config.peers)]
+        self.ports = free_ports(self.config.peers)
         self.identity = Identity.generate()  # the launcher's own key, to sign status requests
         # every peer's key, made now, so the swarm is closed: each peer follows only these keys
         self.members_file = self.root / "peers" / "members.toml"  # next to the peers' data directories
