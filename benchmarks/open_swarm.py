@@ -9,10 +9,11 @@ several to a process (:class:`ppaia.network.openlaunch.OpenSwarm`). Figures:
   log), the round it joined at, and its process's start-up (started to waiting at the door).
 - swarm of N (25, 50, 100) in 4 host processes, ``--rounds`` rounds: wall time; bytes per peer per round
   of model bodies fetched and of membership traffic (view exchanges, both ways), from each peer's last
-  status; membership bytes per peer per minute, per exchange, and exchanges per peer per minute (view
-  exchanges run every `period` seconds whatever the swarm's size, so a round that takes longer on a
-  busier machine carries more of them: per round, membership grows with the round's length, not with
-  N); the consensus distance (1/N)Σ‖θᵢ − θ̄‖² of the peers'
+  status, and membership per round in the rounds' steady state (from the statuses the launcher polls,
+  from a quarter in to the last round: without the join, when view exchanges are paced by the clock,
+  and the linger); membership bytes per peer per minute, per exchange, and exchanges per peer per
+  minute (a peer's view upkeep runs twice a round, within a quarter to ten `period`s); the consensus
+  distance (1/N)Σ‖θᵢ − θ̄‖² of the peers'
   models after each round (from their checkpoints), as the simulator computes it, and the simulator's
   for the same config and seed (k random live partners a round, as an open swarm samples them): after
   round 1, at its peak and after the last round. Every peer starts from the same initial model, so the
@@ -105,10 +106,39 @@ def simulated(peers: int, rounds: int) -> list[float]:
     return [rows[r] for r in range(1, rounds + 1)]
 
 
+class Steady:
+    """Each peer's membership bytes as its statuses show them from the round a quarter in to its last
+    round still in progress: membership per round in the rounds' steady state, without the join
+    (time-paced exchanges before the first round) and the linger after the last."""
+
+    def __init__(self, rounds: int) -> None:
+        self.window = (max(rounds // 4, 2), rounds - 1)
+        self.first: dict[int, tuple[int, int]] = {}  # peer -> (round, bytes) when first seen in the window
+        self.last: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, statuses) -> None:
+        for i, status in statuses.items():
+            low, high = self.window
+            if status is None or status.membership is None or not low <= status.round <= high:
+                continue
+            seen = (status.round, status.membership.sent + status.membership.received)
+            self.first.setdefault(i, seen)
+            self.last[i] = seen
+
+    def per_round(self) -> float:
+        spans = [
+            (self.last[i][1] - b) / (self.last[i][0] - r)
+            for i, (r, b) in self.first.items()
+            if self.last[i][0] > r
+        ]
+        return statistics.mean(spans) if spans else float("nan")
+
+
 def growth(root: Path, peers: int, rounds: int) -> dict:
     run = swarm(root, peers, -(-peers // 4), rounds=rounds)
+    steady = Steady(rounds)
     started = time.monotonic()
-    run.run()
+    run.run(watch=steady)
     wall = time.monotonic() - started
     traffic = run.summary()["traffic"]
     models = statistics.mean(t["model_bytes_received"] for t in traffic.values()) / rounds
@@ -128,6 +158,7 @@ def growth(root: Path, peers: int, rounds: int) -> dict:
         ],
         "models_per_round": models,
         "membership_per_round": membership / rounds,
+        "membership_steady": steady.per_round(),
         "membership_per_minute": membership / (wall / 60),
         "membership_per_exchange": membership / max(exchanges, 1),
         "exchanges_per_minute": exchanges / (wall / 60),
@@ -208,8 +239,9 @@ def main() -> None:
         if "grow" in only:
             table = Table(title=f"open swarm growing ({args.rule}, 4 host processes, {args.rounds} rounds)")
             for column in (
-                "peers", "finished", "wall s", "model B/peer/round", "membership B/peer/round",
-                "membership B/peer/min", "B/exchange", "exchanges/peer/min", "distance r1 / peak / last",
+                "peers", "finished", "wall s", "model B/peer/round", "membership B/peer/round (all)",
+                "membership B/peer/round, rounds", "membership B/peer/min", "B/exchange",
+                "exchanges/peer/min", "distance r1 / peak / last",
                 "simulator r1 / peak / last",
             ):  # fmt: skip
                 table.add_column(column, justify="right")
@@ -217,7 +249,8 @@ def main() -> None:
                 f = growth(tmp / f"grow{peers}", peers, args.rounds)
                 table.add_row(
                     str(peers), str(f["finished"]), f"{f['wall_s']:.1f}", f"{f['models_per_round']:,.0f}",
-                    f"{f['membership_per_round']:,.0f}", f"{f['membership_per_minute']:,.0f}",
+                    f"{f['membership_per_round']:,.0f}", f"{f['membership_steady']:,.0f}",
+                    f"{f['membership_per_minute']:,.0f}",
                     f"{f['membership_per_exchange']:,.0f}", f"{f['exchanges_per_minute']:.1f}",
                     course(f["distance"]), course(f["simulated"]),
                 )  # fmt: skip
