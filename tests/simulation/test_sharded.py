@@ -4,6 +4,7 @@ number of ranks. Real Gloo process groups on 127.0.0.1 (spawned processes); the 
 
 import pickle
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +48,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def gloo_threads() -> list[str]:
+    """The names of this process's threads that Gloo started (Linux: /proc)."""
+    names = (path.read_text().strip() for path in Path("/proc/self/task").glob("*/comm"))
+    return [name for name in names if "gloo" in name]
+
+
 def _rank(rank: int, world: int, port: int, configs: dict, out: str) -> None:
     """One rank: every case in turn in one process group; rank 0 pickles what it got."""
     torch.set_num_threads(1)
@@ -58,6 +65,9 @@ def _rank(rank: int, world: int, port: int, configs: dict, out: str) -> None:
             simulation = sharded_simulation(ExperimentConfig.model_validate(config))
             result = simulation.run()
             results[name] = (result, dict(simulation.axis.traffic))
+    # the group is gone with the block: no Gloo thread is left to meet the interpreter's shutdown
+    # (one that was aborted the process after the run, now and then)
+    assert not gloo_threads(), gloo_threads()
     if rank == 0:
         with open(out, "wb") as handle:
             pickle.dump(results, handle)

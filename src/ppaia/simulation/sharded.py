@@ -36,6 +36,7 @@ carries CPU tensors; with a CUDA device NCCL carries the device's.
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -106,6 +107,11 @@ def process_group(
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # Before the group exists: imported later (a model's first call under a tracing mode imports it),
+    # torch._dynamo's distributed modules keep the group alive past destroy_process_group, and Gloo's
+    # worker threads then free their last work during interpreter shutdown: SIGABRT in a rank that
+    # had finished (1 run in 10 or so on 2 loaded cores).
+    importlib.import_module("torch._dynamo")
     backend = "gloo" if device.type == "cpu" else "cpu:gloo,cuda:nccl"
     dist.init_process_group(
         backend,
