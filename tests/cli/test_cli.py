@@ -88,9 +88,11 @@ def test_missing_config_file_exits_2(tmp_path):
     assert result.exit_code == 2 and "nope.toml" in result.output
 
 
-def test_existing_output_folder_is_not_overwritten(tmp_path):
+@pytest.mark.parametrize("command", [["run", *QUICK], ["launch"], ["launch", "--open"]])
+def test_existing_output_folder_is_not_overwritten(tmp_path, command):
+    """Nor reused: an open swarm's peers would resume from the checkpoints of an earlier run there."""
     (tmp_path / "keep.txt").write_text("mine")
-    result = runner.invoke(app, ["run", *QUICK, "--out", str(tmp_path)])
+    result = runner.invoke(app, [*command, "--out", str(tmp_path)])
     assert result.exit_code == 2 and "not empty" in result.output
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
