@@ -21,6 +21,7 @@ from ppaia import codec
 from ppaia.network.content import cid_of
 from ppaia.network.errors import ProtocolError
 from ppaia.network.identity import Identity
+from ppaia.network.strikes import LOOK_AGAIN
 from ppaia.network.transfer import BanList, ModelServer, Pace, Reason, _address_key, fetch_model
 from ppaia.network.wire import Request, open_message, read_frame, seal
 
@@ -70,6 +71,22 @@ async def fetch(port: int, **options) -> None:
     await fetch_model(HOST, port, **(arguments | options))
 
 
+async def honest_fetch(port: int) -> str:
+    """One model fetched as a peer fetches it: "ok", or the reason of its last attempt. A connection
+    turned away while the server is full (it closes it: "unreachable" or "closed" here, reasons a peer
+    looks again after) is tried again, all within the fetch's 3 s."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 3.0
+    while True:
+        try:
+            await fetch(port, timeout=max(end - loop.time(), 0.01))
+            return "ok"
+        except ProtocolError as err:
+            if err.reason not in LOOK_AGAIN or loop.time() + 0.05 >= end:
+                return str(err.reason)
+        await asyncio.sleep(0.05)
+
+
 async def honest_fetches(port: int) -> list[tuple[str, float]]:
     """Fetch again and again, for HONEST_SECONDS and at least MIN_FETCHES times: each fetch's outcome
     ("ok" or a reason) and duration."""
@@ -80,11 +97,7 @@ async def honest_fetches(port: int) -> list[tuple[str, float]]:
         if loop.time() >= end and len(outcomes) >= MIN_FETCHES:
             break
         tick = loop.time()
-        try:
-            await fetch(port)
-            outcomes.append(("ok", loop.time() - tick))
-        except ProtocolError as err:
-            outcomes.append((str(err.reason), loop.time() - tick))
+        outcomes.append((await honest_fetch(port), loop.time() - tick))
         await asyncio.sleep(0.02)
     return outcomes
 
@@ -169,7 +182,7 @@ def test_honest_fetches_get_through_a_flood(name: str) -> None:
     ok = sum(outcome == "ok" for outcome, _ in outcomes)
     summary = f"{Counter(outcome for outcome, _ in outcomes)}; flood {counts}; server {rejections}"
     assert counts["connections"] >= flood.sources * flood.per_source, summary  # the flood did connect
-    assert ok >= 0.9 * len(outcomes), summary  # and each fetch ended within its 3 s timeout
+    assert ok >= 0.9 * len(outcomes), summary  # and each fetch got its model within its 3 s
     assert all(rejections[reason] > 0 for reason in flood.named), summary
     struck = set(bans._strikes) | set(bans.banned())
     assert struck and struck <= set(addresses), summary  # the attackers, never the honest peer
