@@ -341,3 +341,43 @@ def test_a_held_peer_serves_nothing_and_is_no_member_until_let_in_then_joins_at_
     assert held_id not in seen
     assert outcome == dict.fromkeys(["p0", "p1", "p2"], None), outcome
     assert rounds_of(tmp_path / "p2")[0] >= 3 and rounds_of(tmp_path / "p2")[-1] == 6  # the swarm's round
+
+
+@pytest.mark.slow
+def test_a_peer_that_comes_after_the_last_round_ends_with_the_members_final_models(parts, tmp_path, caplog):
+    """Two members finish the last round and linger (a third, on a slow machine, is still training it);
+    a peer that joins then runs no round: it ends with their final models, evaluated and recorded as
+    the last round, and everyone finishes."""
+    data, test = parts
+    cfg = config(rounds=4)
+
+    async def scenario():
+        # a worker thread each: the slow peer's training holds its own, as on a machine of its own
+        host = Host(cfg, "open-e", wait=2.0, linger=30.0, sampling=SAMPLING, workers=4)
+        ports: dict[str, int] = {}
+        early = [host.join("p0", spec(tmp_path, "p0", data[0], test, ports=ports))]
+        for name in ("p1", "p2"):
+            early.append(host.join(name, spec(tmp_path, name, data[int(name[1])], test, "p0", ports)))
+        train = early[2].learner.train
+
+        def slow_train(round_: int) -> None:  # its machine: the last round's training takes 8 s
+            if round_ == cfg.rounds:
+                time.sleep(8.0)
+            train(round_)
+
+        early[2].learner.train = slow_train
+        done = [tmp_path / "p0", tmp_path / "p1"]
+        await until(lambda: all(rounds_of(d)[-1:] == [cfg.rounds] for d in done), 40, "p0 and p1 done")
+        assert early[2].progress.phase is not Phase.FINISHED  # still training: the others linger
+        late = host.join("p3", spec(tmp_path, "p3", data[3], test, "p1", ports))
+        return await host.wait_all(60), late
+
+    caplog.set_level(logging.INFO, logger="ppaia.network.openswarm")
+    outcome, late = asyncio.run(scenario())
+    assert outcome == dict.fromkeys(["p0", "p1", "p2", "p3"], None), outcome
+    ended = [r.getMessage() for r in caplog.records if "came after the last round" in r.getMessage()]
+    assert len(ended) == 1 and late.name in ended[0], ended
+    assert rounds_of(tmp_path / "p3") == [cfg.rounds]  # no round run, the last one recorded
+    final = {name: float(metrics(tmp_path / name)[-1]["accuracy"]) for name in outcome}
+    assert final["p3"] > min(final["p0"], final["p1"]) - 0.1, final  # the members' models, not its own start
+    assert late.progress.phase is Phase.FINISHED and late.progress.round == cfg.rounds
