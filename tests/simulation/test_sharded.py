@@ -2,6 +2,7 @@
 number of ranks. Real Gloo process groups on 127.0.0.1 (spawned processes); the step-splitting logic
 (each rank's share of a mixing step) is also checked in-process over a generated family of steps."""
 
+import contextlib
 import pickle
 import socket
 from pathlib import Path
@@ -50,7 +51,10 @@ def free_port() -> int:
 
 def gloo_threads() -> list[str]:
     """The names of this process's threads that Gloo started (Linux: /proc)."""
-    names = (path.read_text().strip() for path in Path("/proc/self/task").glob("*/comm"))
+    names = []
+    for path in Path("/proc/self/task").glob("*/comm"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            names.append(path.read_text().strip())
     return [name for name in names if "gloo" in name]
 
 
@@ -65,8 +69,8 @@ def _rank(rank: int, world: int, port: int, configs: dict, out: str) -> None:
             simulation = sharded_simulation(ExperimentConfig.model_validate(config))
             result = simulation.run()
             results[name] = (result, dict(simulation.axis.traffic))
-    # the group is gone with the block: no Gloo thread is left to meet the interpreter's shutdown
-    # (one that was aborted the process after the run, now and then)
+    # the group is gone with the block: no Gloo thread is left to meet the interpreter's shutdown (one
+    # left behind aborted the process at exit, now and then)
     assert not gloo_threads(), gloo_threads()
     if rank == 0:
         with open(out, "wb") as handle:
