@@ -88,7 +88,9 @@ def test_missing_config_file_exits_2(tmp_path):
     assert result.exit_code == 2 and "nope.toml" in result.output
 
 
-@pytest.mark.parametrize("command", [["run", *QUICK], ["launch"], ["launch", "--open"]])
+@pytest.mark.parametrize(
+    "command", [["run", *QUICK], ["launch", "--timeout", "5"], ["launch", "--open", "--timeout", "5"]]
+)
 def test_existing_output_folder_is_not_overwritten(tmp_path, command):
     """Nor reused: an open swarm's peers would resume from the checkpoints of an earlier run there."""
     (tmp_path / "keep.txt").write_text("mine")

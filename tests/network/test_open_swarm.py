@@ -344,10 +344,11 @@ def test_a_held_peer_serves_nothing_and_is_no_member_until_let_in_then_joins_at_
 
 
 @pytest.mark.slow
-def test_a_peer_that_comes_after_the_last_round_ends_with_the_members_final_models(parts, tmp_path, caplog):
+def test_a_peer_that_comes_after_the_last_round_ends_with_the_members_newest_models(parts, tmp_path, caplog):
     """Two members finish the last round and linger (a third, on a slow machine, is still training it);
-    a peer that joins then runs no round: it ends with their final models, evaluated and recorded as
-    the last round, and everyone finishes."""
+    a peer that joins then runs no round: it ends with the members' newest models (the two's last
+    round, the slow one's round before), evaluated and recorded as the last round, and everyone
+    finishes."""
     data, test = parts
     cfg = config(rounds=4)
 
@@ -376,7 +377,7 @@ def test_a_peer_that_comes_after_the_last_round_ends_with_the_members_final_mode
     outcome, late = asyncio.run(scenario())
     assert outcome == dict.fromkeys(["p0", "p1", "p2", "p3"], None), outcome
     ended = [r.getMessage() for r in caplog.records if "came after the last round" in r.getMessage()]
-    assert len(ended) == 1 and late.name in ended[0], ended
+    assert len(ended) == 1 and late.name in ended[0] and "ends with 3 members'" in ended[0], ended
     assert rounds_of(tmp_path / "p3") == [cfg.rounds]  # no round run, the last one recorded
     final = {name: float(metrics(tmp_path / name)[-1]["accuracy"]) for name in outcome}
     assert final["p3"] > min(final["p0"], final["p1"]) - 0.1, final  # the members' models, not its own start

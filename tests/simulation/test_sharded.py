@@ -5,6 +5,7 @@ number of ranks. Real Gloo process groups on 127.0.0.1 (spawned processes); the 
 import contextlib
 import pickle
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,10 @@ def _rank(rank: int, world: int, port: int, configs: dict, out: str) -> None:
             result = simulation.run()
             results[name] = (result, dict(simulation.axis.traffic))
     # the group is gone with the block: no Gloo thread is left to meet the interpreter's shutdown (one
-    # left behind aborted the process at exit, now and then)
+    # left behind aborted the process at exit, now and then); a joined thread may linger in /proc a moment
+    deadline = time.monotonic() + 2.0
+    while gloo_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not gloo_threads(), gloo_threads()
     if rank == 0:
         with open(out, "wb") as handle:

@@ -620,10 +620,13 @@ class OpenPeer(Peer):
         return target + 1
 
     async def _ends_with(self, last: int, received: int) -> None:
-        """Joined after the swarm's last round: this peer ends with what it made of the members' final
-        models (`received` of them), evaluated and recorded as its round `last` (not served: a peer
-        later still starts from the members that ran the round)."""
-        log.info("peer %s came after the last round: ends with %d members' final models", self.name, received)
+        """Joined after the swarm's last round: this peer ends with what it made of the members' newest
+        models (`received` of them: the last round's, and any of the round before from a member still
+        finishing), evaluated and recorded as its round `last` (not served: a peer later still starts
+        from the members that ran the round)."""
+        log.info(
+            "peer %s came after the last round: ends with %d members' newest models", self.name, received
+        )
         progress = self.progress
         progress.round, progress.step = last, 0
         progress.accuracy, progress.loss = await asyncio.to_thread(self.learner.evaluate)
