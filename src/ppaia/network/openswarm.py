@@ -379,11 +379,17 @@ class OpenPeer(Peer):
         else:
             self.server.reserve()  # its port is taken, connections to it refused, until it is let in
         await self._enter_dht()
-        if self.door is not None:  # a DHT node others route through; no member, serving nothing yet
+        if self.door is None:
+            await self._announce(host)  # provides the members topic: others find it from now on
+        else:  # a DHT node others route through; no member, serving nothing yet
+            # its address now (its port refuses connections, as a peer's that is down): only the
+            # members topic is left once it is let in, one DHT store, not two in a row (each can wait
+            # out the RPC timeouts of killed peers' nodes: seconds on a loaded machine)
+            await self.dht.announce(self.server.port, host)
             log.info("peer %s: held until its launcher lets it in", self.name)
             await self.door()
             await self._serve(host)
-        await self._announce(host)  # provides the members topic: others find it from now on
+            await self.dht.provide(self._topic())
         partners = (
             f"{self.k} partners a round"
             if self.overlay is None
