@@ -30,10 +30,11 @@ keeps):
   key and rule state, and catches up the same way when its partners have moved on: then its own rule
   combines their models with its own (learned trust: by its trust).
 - **Held at the door.** A peer given a `door` (a launcher following a join schedule) bootstraps into the
-  DHT, then waits for the door to open before it serves and announces itself: its start-up (seconds on
-  a loaded machine, while a swarm of small models runs rounds in a fraction of one) is behind it when
-  its scheduled round comes. Until then the members see what they would of a peer that is down: a
-  restarted one, held, is not mistaken for a live peer that makes no progress.
+  DHT and publishes its address, then waits for the door to open before it serves and lists itself as
+  a member: its start-up (seconds on a loaded machine, while a swarm of small models runs rounds in a
+  fraction of one) is behind it when its scheduled round comes. Until then the members see what they
+  would of a peer that is down: a restarted one, held, is not mistaken for a live peer that makes no
+  progress.
 - **Saying why.** A peer that cannot make progress says why in its status (:class:`Stuck`: no partners,
   all banned, all refused, catching up, waiting for partners) and logs it once per change.
 """
