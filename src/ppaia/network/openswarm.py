@@ -377,12 +377,11 @@ class OpenPeer(Peer):
     async def _join(self, host: str) -> None:
         if self.door is None:
             await self._serve(host)
-        else:
-            self.server.reserve()  # its port is taken, connections to it refused, until it is let in
-        await self._enter_dht()
-        if self.door is None:
+            await self._enter_dht()
             await self._announce(host)  # provides the members topic: others find it from now on
         else:  # a DHT node others route through; no member, serving nothing yet
+            self.server.reserve()  # its port is taken, connections to it refused, until it is let in
+            await self._enter_dht()
             # its address now (its port refuses connections, as a peer's that is down): only the
             # members topic is left once it is let in, one DHT store, not two in a row (each can wait
             # out the RPC timeouts of killed peers' nodes: seconds on a loaded machine)
