@@ -11,7 +11,7 @@ import torch
 
 import ppaia
 from ppaia import codec
-from ppaia.network.checkpoint import Checkpoint, CheckpointError, round_file
+from ppaia.network.checkpoint import Checkpoint, CheckpointError, LearnerState, round_file
 
 CONFIG = ppaia.ExperimentConfig.model_validate({"peers": 4, "rounds": 3})
 TENSORS = {"w": torch.arange(6.0).reshape(2, 3) / 7, "b": torch.tensor([0.5, -1.5])}
@@ -72,6 +72,36 @@ def test_a_resumed_peer_redoing_rounds_drops_the_later_ones_from_the_state(tmp_p
     checkpoint.save(1, model(7))  # resumed after round 0, redoing round 1
     models, refused = fresh(tmp_path).rounds(EXPECTED)
     assert not refused and sorted(models) == [0, 1] and same(models[1], model(7))
+
+
+@pytest.mark.parametrize("learner", [False, True], ids=["model only", "with learner state"])
+@pytest.mark.parametrize("temporaries", [False, True], ids=["renamed", "not yet renamed"])
+def test_a_peer_killed_between_a_rounds_files_and_its_state_resumes_without_them(
+    tmp_path, learner, temporaries
+):
+    """Killed after round 3's files were written (or while they were) but before the state pointed at
+    them: it resumes after round 2, and nothing of round 3 is left to sit unrecorded in the run's record
+    once it skips that round. Every file the state records stays."""
+    saved(tmp_path)
+    killed = fresh(tmp_path)
+    recorded = sorted(path.name for path in (tmp_path / "rounds").iterdir())
+    state = killed.state_file.read_bytes()
+    lost = LearnerState(rule={"ab" * 20: 0.5}) if learner else None
+    killed.save(ROUNDS, model(ROUNDS), lost)
+    killed.state_file.write_bytes(state)  # as if killed before the state was replaced
+    if temporaries:  # killed mid-write: the temporary files of the round and of the state
+        for name in (
+            f"rounds/.round-{ROUNDS:05d}.safetensors.x1y2",
+            f"rounds/.learner-{ROUNDS:05d}.json.z3",
+            ".state.json.q9",
+        ):
+            (tmp_path / name).write_bytes(b"partial")
+    round_, latest, _ = fresh(tmp_path).latest(EXPECTED)
+    assert round_ == ROUNDS - 1 and same(latest, model(ROUNDS - 1))
+    assert sorted(path.name for path in (tmp_path / "rounds").iterdir()) == recorded
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["rounds", "state.json"]
+    models, refused = fresh(tmp_path).rounds(EXPECTED)
+    assert not refused and sorted(models) == list(range(ROUNDS))
 
 
 # ---------------------------------------------------------------------------------------------------

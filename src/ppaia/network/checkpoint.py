@@ -15,8 +15,9 @@ checkpoint loads as it always did, with no learner state.
 
 Every file is written to a temporary name in the same folder and renamed into place — the round's files
 first, then the state that records their hashes — so a peer killed at any moment leaves the previous
-checkpoint intact and never a half-written one. The round files are also the run's record: ``ppaia
-launch`` evaluates them to write the same outputs as ``ppaia run``.
+checkpoint intact and never a half-written one. What such a kill leaves besides (a temporary file, the
+files of a round whose state was never written) is deleted when the peer resumes. The round files are
+also the run's record: ``ppaia launch`` evaluates them to write the same outputs as ``ppaia run``.
 
 **Integrity.** A round file is used only if its bytes hash to the SHA-256 that ``state.json`` records for
 its round; then it is decoded with the codec's checks (names, shapes, dtypes, finite values; never
@@ -45,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +215,7 @@ class Checkpoint:
         state = self._state()
         if state is None:
             return None
+        self._discard_unrecorded(state)
         learner = self._newest_learner(state)
         refused = []
         for round_ in sorted(state.sha256, reverse=True):
@@ -229,6 +232,23 @@ class Checkpoint:
                 )
             return Resumed(round_, model, learner)
         raise CheckpointError(f"{self.data_dir}: no round file verifies: {'; '.join(refused)}")
+
+    def _discard_unrecorded(self, state: CheckpointState) -> None:
+        """Delete what a peer killed while saving left behind: temporary files, and the files of rounds
+        after the last one recorded that the state does not record (written, but the state that would
+        have pointed at them never was). A resumed peer redoes or skips those rounds; left in place, a
+        skipped round's file would sit in the run's record unrecorded."""
+        folder = Path(self.data_dir) / "rounds"
+        for path in [*folder.glob(".*"), *Path(self.data_dir).glob(f".{self.state_file.name}.*")]:
+            log.info("peer %s: removes %s, left by a save that did not finish", self.named, path)
+            path.unlink(missing_ok=True)
+        recorded = {"round": state.sha256, "learner": state.learner}
+        for path in folder.glob("*-*"):
+            match = re.fullmatch(r"(round|learner)-(\d+)\.(safetensors|json)", path.name)
+            if match is None or int(match[2]) <= state.round or int(match[2]) in recorded[match[1]]:
+                continue
+            log.info("peer %s: removes %s, saved but never recorded", self.named, path)
+            path.unlink(missing_ok=True)
 
     def _newest_learner(self, state: CheckpointState) -> LearnerState | None:
         """The newest recorded learner state that verifies (logging each one refused); None if none was
