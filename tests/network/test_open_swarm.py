@@ -32,6 +32,7 @@ from ppaia.network.openswarm import (
     entry_weights,
     exchange_period,
     members_topic,
+    swarm_round,
 )
 from ppaia.network.peer import PeerOptions
 from ppaia.network.records import PeerRecord
@@ -85,33 +86,42 @@ def spec(root: Path, name: str, data: str, test: str, seed: int | None = None, p
 
 @pytest.mark.slow
 def test_peers_join_late_leave_and_come_back_and_every_live_peer_finishes(parts, tmp_path, caplog):
-    """5 peers start (the first alone: its status says it has no partners), 2 join once the swarm is
-    past round 3 (through a member other than the first), one leaves past round 6 and comes back with
-    its data directory past round 8. Every peer alive at the end finishes; the joiners start at the
-    swarm's round from their partners' models and end close to the early peers; nobody's mixing waited
-    longer than the timing policy's `wait` for the peer that left."""
+    """5 peers start (the first alone: its status says it has no partners; the next 4 together), 2 join
+    once the swarm is past round 3 (through a member other than the first), one leaves past round 6 and
+    comes back with its data directory past round 8. Every peer alive at the end finishes; the joiners
+    start at the swarm's round from their partners' models and end close to the early peers; nobody's
+    mixing waited longer than the timing policy's `wait` for the peer that left."""
     data, test = parts
     cfg = config()
     wait = 4.0
 
     async def scenario():
-        host = Host(cfg, "open-a", wait=wait, linger=5.0, sampling=SAMPLING)
+        arrived, together = [], asyncio.Event()
+
+        async def door() -> None:  # as a launcher's: the first round's peers are let in together
+            arrived.append(None)
+            if len(arrived) == 4:
+                together.set()
+            await together.wait()
+
+        lone = Host(cfg, "open-a", wait=wait, linger=5.0, sampling=SAMPLING)
+        host = Host(cfg, "open-a", wait=wait, linger=5.0, sampling=SAMPLING, door=door)
         ports: dict[str, int] = {}
-        first = host.join("p0", spec(tmp_path, "p0", data[0], test, ports=ports))
+        first = lone.join("p0", spec(tmp_path, "p0", data[0], test, ports=ports))
         await until(lambda: first.stuck is Stuck.NO_PARTNERS, 10, "a lone peer saying it has no partners")
         alone = first.status()
-        for i in range(1, 5):
+        for i in range(1, 5):  # held until all four are at the door (a loaded machine starts them apart)
             host.join(f"p{i}", spec(tmp_path, f"p{i}", data[i], test, "p0", ports))
-        early = [host.peers[f"p{i}"] for i in range(5)]
+        early = [first] + [host.peers[f"p{i}"] for i in range(1, 5)]
         await until(lambda: min(p.progress.round for p in early) > 3, 60, "the swarm past round 3")
         for i in (5, 6):
             host.join(f"p{i}", spec(tmp_path, f"p{i}", data[i], test, "p2", ports))
         await until(lambda: host.peers["p1"].progress.round > 6, 60, "peer 1 past round 6")
         await host.leave("p1")
         left_at = rounds_of(tmp_path / "p1")[-1]
-        await until(lambda: host.peers["p0"].progress.round > 8, 60, "the swarm past round 8")
+        await until(lambda: first.progress.round > 8, 60, "the swarm past round 8")
         host.join("p1", spec(tmp_path, "p1", data[1], test, "p3", ports))
-        outcome = await host.wait_all(120)
+        outcome = await lone.wait_all(120) | await host.wait_all(120)
         return alone, outcome, left_at
 
     caplog.set_level(logging.INFO, logger="ppaia.network.openswarm")
@@ -382,3 +392,13 @@ def test_a_peer_that_comes_after_the_last_round_ends_with_the_members_newest_mod
     final = {name: float(metrics(tmp_path / name)[-1]["accuracy"]) for name in outcome}
     assert final["p3"] > min(final["p0"], final["p1"]) - 0.1, final  # the members' models, not its own start
     assert late.progress.phase is Phase.FINISHED and late.progress.round == cfg.rounds
+
+
+@pytest.mark.parametrize(
+    ("completed", "round_"),
+    [([], 1), ([4], 5), ([2, 2], 3), ([1, 2, 3], 3), ([3, 3, 1], 4), ([5, 5, 5, 99], 6), ([0, 7], 1)],
+)
+def test_the_swarms_round_is_one_after_the_newest_round_two_members_completed(completed, round_):
+    """What a fresh peer joins at and ``ppaia launch --open`` follows its schedule by: one member claiming
+    a later round (a liar, or one far ahead) moves nothing; stragglers do not hold it back."""
+    assert swarm_round(completed) == round_

@@ -6,7 +6,8 @@ Each peer gets its own data file, written up front from the config's dataset spl
 index or a member list. Peers are hosted ``per_process`` to a process (:class:`ppaia.network.host.Host`),
 each process forked from the same forkserver as ``ppaia launch``'s peers. The config's ``churn``
 schedule (:meth:`ppaia.churn.Churn.alive`, the simulator's own) says who is in the swarm in each round:
-the launcher follows the swarm's round (the newest round any peer is in) and lets in the peers due to
+the launcher follows the swarm's round (:func:`~ppaia.network.openswarm.swarm_round`: one after the
+newest round two peers completed, the round a joiner joins at) and lets in the peers due to
 join or come back (with their data directory: they resume) and kills those due to leave (SIGKILL, as a
 crash). Peers that share a schedule share processes, so a process is killed or started whole.
 
@@ -42,7 +43,7 @@ from ppaia.experiment.shares import write_shares
 from ppaia.network.errors import NetworkError, ProtocolError
 from ppaia.network.host import Host, HostedPeer
 from ppaia.network.identity import Identity
-from ppaia.network.openswarm import OpenOptions, check_open
+from ppaia.network.openswarm import OpenOptions, check_open, swarm_round
 from ppaia.network.status import PeerStatus
 from ppaia.network.swarm import HOST, _forkserver, free_ports
 from ppaia.network.transfer import fetch_status
@@ -288,9 +289,15 @@ class OpenSwarm:
                 if time.monotonic() - started > self.timeout:
                     raise TimeoutError(f"the open swarm did not finish within {self.timeout:.0f} s")
                 statuses = self._poll(watch)
-                rounds = [status.round for status in statuses.values() if status is not None]
-                if rounds and max(rounds) > self.round:
-                    events += self.follow(max(rounds))
+                round_ = swarm_round(
+                    [
+                        s.completed.round
+                        for s in statuses.values()
+                        if s is not None and s.completed is not None
+                    ]
+                )
+                if round_ > self.round:
+                    events += self.follow(round_)
                 time.sleep(poll)
         finally:
             self.stop()

@@ -78,6 +78,7 @@ __all__ = [
     "members_topic",
     "on_overlay",
     "open_row",
+    "swarm_round",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,15 @@ def exchange_period(period: float, pace: float | None) -> float:
         return period
     low, high = EXCHANGE_RANGE
     return min(max(pace / EXCHANGES_PER_ROUND, low * period), high * period)
+
+
+def swarm_round(completed: Sequence[int]) -> int:
+    """The round the swarm is in, from its members' last completed rounds: one after the newest round two
+    of them completed (one member claiming a later one moves nothing; with one member, its own), 1 when
+    none has completed a round. A fresh peer joins at it; ``ppaia launch --open`` follows its schedule
+    by it, so a peer let in at round R finds members that completed R − 1."""
+    rounds = sorted(completed)
+    return (rounds[-2] if len(rounds) > 1 else rounds[-1] if rounds else 0) + 1
 
 
 def members_topic(swarm: str) -> str:
@@ -574,9 +584,7 @@ class OpenPeer(Peer):
             for i, status in answered.items()
             if status.completed is not None and status.completed.round <= self.config.rounds
         }
-        rounds = sorted(v.round for v in done.values())
-        # the newest round two members completed: one member claiming a later one moves nothing
-        target = rounds[-2] if len(rounds) > 1 else rounds[-1] if rounds else 0
+        target = swarm_round([v.round for v in done.values()]) - 1
         if target < first:
             self._say(None)
             return first
