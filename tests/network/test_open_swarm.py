@@ -394,6 +394,45 @@ def test_a_peer_that_comes_after_the_last_round_ends_with_the_members_newest_mod
     assert late.progress.phase is Phase.FINISHED and late.progress.round == cfg.rounds
 
 
+def test_finished_members_linger_until_released_so_a_peer_let_in_after_the_end_starts_from_them(
+    parts, tmp_path, caplog
+):
+    """A launcher's members linger, finished, until it releases them (it does once every peer it let
+    in has joined): a peer let in after the last round, whose joining took longer than the swarm's last
+    rounds, still finds them and ends with their newest models, instead of finding nobody and running
+    the swarm's rounds again alone."""
+    data, test = parts
+    cfg = config(rounds=3)
+
+    async def scenario():
+        released, gate = asyncio.Event(), asyncio.Event()
+
+        async def door() -> None:
+            await gate.wait()
+
+        ports: dict[str, int] = {}
+        host = Host(cfg, "open-r", wait=5.0, linger=30.0, sampling=SAMPLING, release=released.is_set)
+        late_host = Host(cfg, "open-r", wait=5.0, linger=30.0, sampling=SAMPLING, door=door)
+        early = [host.join("p0", spec(tmp_path, "p0", data[0], test, ports=ports))]
+        early.append(host.join("p1", spec(tmp_path, "p1", data[1], test, "p0", ports)))
+        late = late_host.join("p2", spec(tmp_path, "p2", data[2], test, "p0", ports))
+        await until(lambda: all(p.progress.phase is Phase.FINISHED for p in early), 30, "p0 and p1 done")
+        await asyncio.sleep(2.0)  # unreleased, they would have stopped by now: each sees the other done
+        lingering = not any(task.done() for task in host.tasks.values())
+        gate.set()
+        await until(lambda: late.progress.phase is Phase.FINISHED, 30, "the late peer done")
+        released.set()
+        return lingering, await host.wait_all(30) | await late_host.wait_all(30), late
+
+    caplog.set_level(logging.INFO, logger="ppaia.network.openswarm")
+    lingering, outcome, late = asyncio.run(scenario())
+    assert lingering
+    assert outcome == dict.fromkeys(["p0", "p1", "p2"], None), outcome
+    ended = [r.getMessage() for r in caplog.records if "came after the last round" in r.getMessage()]
+    assert len(ended) == 1 and late.name in ended[0] and "ends with 2 members'" in ended[0], ended
+    assert rounds_of(tmp_path / "p2") == [cfg.rounds]  # no round run again alone
+
+
 @pytest.mark.parametrize(
     ("completed", "round_"),
     [([], 1), ([4], 5), ([2, 2], 3), ([1, 2, 3], 3), ([3, 3, 1], 4), ([5, 5, 5, 99], 6), ([0, 7], 1)],

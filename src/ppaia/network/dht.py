@@ -963,6 +963,7 @@ class PeerDHT:
             raise ValueError("max_per_host must be at least 1")
         self.identity = identity
         self.ttl = ttl
+        self.rpc_timeout = rpc_timeout
         self.clock = clock
         self.republish_every = republish_every if republish_every is not None else ttl / 3
         self._storage = RecordStorage(clock)

@@ -58,6 +58,7 @@ class Host:
         sampling: OpenOptions | None = None,
         workers: int = 1,
         door: Callable[[], Awaitable[None]] | None = None,
+        release: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.workers = workers
@@ -66,6 +67,7 @@ class Host:
         self.linger = linger
         self.sampling = sampling
         self.door = door  # each peer waits at it before it announces itself (see OpenPeer)
+        self.release = release  # ... and lingers, once finished, until it says so (see OpenPeer)
         self.peers: dict[str, OpenPeer] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, contextlib.ExitStack] = {}  # each peer's data directory, while it runs
@@ -89,7 +91,9 @@ class Host:
             wait=self.wait,
             linger=self.linger,
         )
-        return OpenPeer(self.config, options, own, sampling=self.sampling, door=self.door)
+        return OpenPeer(
+            self.config, options, own, sampling=self.sampling, door=self.door, release=self.release
+        )
 
     def join(self, name: str, spec: HostedPeer) -> OpenPeer:
         """Start peer `name` (again, with the same data directory, after it left)."""

@@ -17,7 +17,9 @@ round would join many rounds late, or after the last. So a group due later is st
 at the door (in the DHT, not yet a member: :class:`ppaia.network.openswarm.OpenPeer`'s `door`) until
 the swarm reaches its round; a killed group is started again, held, at once if it comes back. Every
 group starts held, and those of round 1 are let in together once all of them are at the door (at most
-`wait` seconds), as the simulator's first round has them all.
+`wait` seconds), as the simulator's first round has them all. Finished peers keep serving until every
+peer let in has joined (at most their `linger`): one let in near the end still finds members to start
+from, and ends with their newest models if the swarm is done.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from ppaia.network.errors import NetworkError, ProtocolError
 from ppaia.network.host import Host, HostedPeer
 from ppaia.network.identity import Identity
 from ppaia.network.openswarm import OpenOptions, check_open, swarm_round
-from ppaia.network.status import PeerStatus
+from ppaia.network.status import PeerStatus, Phase
 from ppaia.network.swarm import HOST, _forkserver, free_ports
 from ppaia.network.transfer import fetch_status
 
@@ -60,11 +62,19 @@ def write_own_data(config: ExperimentConfig, root: Path) -> tuple[list[str], str
 
 
 def run_host(
-    config_file: str, swarm: str, peers: list[tuple[str, HostedPeer]], options: dict, log: str, door, ready
+    config_file: str,
+    swarm: str,
+    peers: list[tuple[str, HostedPeer]],
+    options: dict,
+    log: str,
+    door,
+    ready,
+    released,
 ) -> None:
     """A host process's body: run `peers` (name, spec) until they end; output appended to `log`. The
     peers enter the DHT at once, and the swarm when the launcher sets `door`; this process sets `ready`
-    once all of them wait at it (both multiprocessing Events)."""
+    once all of them wait at it; finished, they linger until the launcher sets `released` (at most their
+    `linger`): all three multiprocessing Events."""
     handle = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
@@ -92,7 +102,9 @@ def run_host(
 
     async def main() -> dict[str, BaseException | None]:
         sampling = OpenOptions(**options.get("sampling", {}))
-        host = Host(config, swarm, sampling=sampling, wait=options["wait"], door=opened)
+        host = Host(
+            config, swarm, sampling=sampling, wait=options["wait"], door=opened, release=released.is_set
+        )
         for name, spec in peers:
             host.join(name, spec)
         return await host.wait_all(options["timeout"])
@@ -155,6 +167,7 @@ class OpenSwarm:
         self.processes: dict[int, object] = {}  # group -> its process
         self.doors: dict[int, object] = {}  # group -> its process's door (set: its peers are let in)
         self.ready: dict[int, object] = {}  # group -> set once its process's peers wait at the door
+        self.released: dict[int, object] = {}  # group -> set: its finished peers may stop lingering
         self.identity = Identity.generate()  # the launcher's key, to sign status requests
         self.round = 0
         self.last: dict[int, PeerStatus] = {}  # each peer's last status seen (traffic, membership)
@@ -195,8 +208,12 @@ class OpenSwarm:
         log = str(self.root / f"host-{group}.log")
         door = self.doors[group] = _forkserver().Event()
         ready = self.ready[group] = _forkserver().Event()
+        released = self.released[group] = _forkserver().Event()
+        if self._released():
+            released.set()
         process = _forkserver().Process(
-            target=run_host, args=(str(self.config_file), self.swarm, hosted, options, log, door, ready)
+            target=run_host,
+            args=(str(self.config_file), self.swarm, hosted, options, log, door, ready, released),
         )
         process.start()
         self.processes[group] = process
@@ -298,10 +315,26 @@ class OpenSwarm:
                 )
                 if round_ > self.round:
                     events += self.follow(round_)
+                if self.round >= self.config.rounds and not self._released():
+                    self._release(statuses)
                 time.sleep(poll)
         finally:
             self.stop()
         return events
+
+    def _released(self) -> bool:
+        return any(event.is_set() for event in self.released.values())
+
+    def _release(self, statuses: dict[int, PeerStatus | None]) -> None:
+        """Once the schedule has let everyone in: release the finished peers from lingering when every
+        peer let in has joined (it trains, mixes or has finished). Until then they keep serving, so
+        that one let in near the end, whose joining took longer than the swarm's last rounds, still
+        finds members to start from (at most their `linger`)."""
+        joined = (Phase.TRAINING, Phase.MIXING, Phase.FINISHED)
+        admitted = [i for g in self.running() if self.admitted(g) for i in self.groups[g]]
+        if all(statuses.get(i) is not None and statuses[i].phase in joined for i in admitted):
+            for event in self.released.values():
+                event.set()
 
     def _poll(self, watch) -> dict[int, PeerStatus | None]:
         """The hosted peers' statuses, shown to `watch` and kept (the last seen of each)."""

@@ -34,7 +34,10 @@ keeps):
   a member: its start-up (seconds on a loaded machine, while a swarm of small models runs rounds in a
   fraction of one) is behind it when its scheduled round comes. Until then the members see what they
   would of a peer that is down: a restarted one, held, is not mistaken for a live peer that makes no
-  progress.
+  progress. Let in, it lists itself, and meets the members by view exchanges meanwhile if that
+  store is slow. Its launcher also gives the members a `release`: a finished member lingers until it
+  says every peer it let in has joined (within `linger`), so that one let in near the end, or after
+  it, finds members to start from.
 - **Saying why.** A peer that cannot make progress says why in its status (:class:`Stuck`: no partners,
   all banned, all refused, catching up, waiting for partners) and logs it once per change.
 """
@@ -271,9 +274,11 @@ class OpenPeer(Peer):
         identity: Identity | None = None,
         sampling: OpenOptions | None = None,
         door: Callable[[], Awaitable[None]] | None = None,
+        release: Callable[[], bool] | None = None,
     ) -> None:
         check_open(config)
         self.door = door
+        self.release = release
         sampling = sampling or OpenOptions()
         self.swarm_config = config
         # this peer's row alone: its topology is the overlay, so the rule builds none of its own
@@ -384,6 +389,20 @@ class OpenPeer(Peer):
     def _topic(self) -> str:
         return members_topic(self.options.swarm)
 
+    async def _list_let_in(self) -> None:
+        """A let-in peer's members-topic store. One that outlasts half an RPC timeout waits on dead nodes
+        (killed peers'), while a swarm of fast rounds may run to its end: the peer meets the members by
+        view exchanges meanwhile, which put it in their views (a finished member lingers for those). Not
+        at once: of a first round's peers, let in together, those that met a member first would start
+        the swarm without the others."""
+        listing = asyncio.ensure_future(self.dht.provide(self._topic()))
+        try:
+            if not (await asyncio.wait({listing}, timeout=self.dht.rpc_timeout / 2))[0]:
+                await self._discover()
+            await listing
+        finally:
+            listing.cancel()  # stopped meanwhile; nothing once it is done
+
     async def _join(self, host: str) -> None:
         if self.door is None:
             await self._serve(host)
@@ -399,7 +418,7 @@ class OpenPeer(Peer):
             log.info("peer %s: held until its launcher lets it in", self.name)
             await self.door()
             await self._serve(host)
-            await self.dht.provide(self._topic())
+            await self._list_let_in()
         partners = (
             f"{self.k} partners a round"
             if self.overlay is None
@@ -648,8 +667,8 @@ class OpenPeer(Peer):
         record_round(self.options.data_dir, self.label, self.config.rounds, record, progress)
 
     async def _linger(self) -> None:
-        """Keep serving until the members in the view report finished or stop answering, within
-        `linger` seconds."""
+        """Keep serving until the members in the view report finished or stop answering, and `release`
+        (if given) says peers due in have joined, within `linger` seconds."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self.options.linger
         while loop.time() < until:
@@ -659,7 +678,7 @@ class OpenPeer(Peer):
                 status is None or status.phase is Phase.FINISHED or index in self.refused
                 for index, status in zip(members, statuses, strict=True)
             ]
-            if all(done):
+            if all(done) and (self.release is None or self.release()):
                 return
             await asyncio.sleep(0.5)
 
