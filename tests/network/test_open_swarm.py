@@ -122,12 +122,18 @@ def test_peers_join_late_leave_and_come_back_and_every_live_peer_finishes(parts,
         await until(lambda: first.progress.round > 8, 60, "the swarm past round 8")
         host.join("p1", spec(tmp_path, "p1", data[1], test, "p3", ports))
         outcome = await lone.wait_all(120) | await host.wait_all(120)
-        return alone, outcome, left_at
+        return alone, outcome, left_at, {name: peer.name for name, peer in host.peers.items()}
 
     caplog.set_level(logging.INFO, logger="ppaia.network.openswarm")
-    alone, outcome, left_at = asyncio.run(scenario())
-    joins = [r.getMessage() for r in caplog.records if "joins at round" in r.getMessage()]
-    assert len(joins) == 2 and all(m.endswith("(trust-weighted)") for m in joins), joins  # learned trust
+    alone, outcome, left_at, names = asyncio.run(scenario())
+    joins = {
+        name: [r.getMessage() for r in caplog.records if f"peer {peer} joins at round" in r.getMessage()]
+        for name, peer in names.items()
+    }
+    for joiner in ("p5", "p6"):  # from the members' models, weighted by their trust (learned trust)
+        assert len(joins[joiner]) == 1 and joins[joiner][0].endswith("(trust-weighted)"), joins
+    # one of the four let in together may find the others a round ahead (a loaded machine): round 2
+    assert all(not joins[f"p{i}"] or " joins at round 2:" in joins[f"p{i}"][0] for i in range(1, 5)), joins
     assert alone.stuck is Stuck.NO_PARTNERS and alone.phase is Phase.WAITING and alone.index is None
     assert alone.membership is not None and alone.membership.view == 0
     assert outcome == dict.fromkeys(outcome, None) and len(outcome) == 7, outcome
@@ -137,7 +143,7 @@ def test_peers_join_late_leave_and_come_back_and_every_live_peer_finishes(parts,
     for joiner in ("p5", "p6"):
         assert rounds_of(tmp_path / joiner)[0] > 3  # joined at the swarm's round, not round 1
     resumed = rounds_of(tmp_path / "p1")
-    assert resumed[0] == 1 and resumed == sorted(set(resumed))  # no round twice: resumed after left_at
+    assert resumed[0] <= 2 and resumed == sorted(set(resumed))  # no round twice: resumed after left_at
     assert left_at in resumed
     early = np.mean([final[f"p{i}"] for i in range(5)])
     for joiner in ("p5", "p6"):
