@@ -147,6 +147,16 @@ def accuracy_tables(cells: list[dict], args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def drawn(graph: str, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The links ([2, E]) and the attacker mask of the run with this graph, attacker share and seed, drawn
+    exactly as the simulator draws them for that config and seed."""
+    config = ExperimentConfig.model_validate(
+        base_config(1) | {"topology": graph, "attack": "sign_flip", "attackers": share, "seed": seed}
+    )
+    edges = build_graph(config.topology, config.peers, derive_seed(config.seed, Stream.TOPOLOGY)).edges
+    return edges, choose_attackers(config.peers, config.attackers, config.seed)
+
+
 def exposure(graph: str, share: float, seed: int, beta: float) -> tuple[float, float]:
     """For the run with this graph, attacker share and seed: the largest attacker share in an honest
     peer's closed neighbourhood, and the fraction of honest peers whose neighbourhood holds more attackers
@@ -154,14 +164,10 @@ def exposure(graph: str, share: float, seed: int, beta: float) -> tuple[float, f
 
     The graph and the attackers are drawn exactly as the simulator draws them for that config and seed.
     """
-    config = ExperimentConfig.model_validate(
-        base_config(1) | {"topology": graph, "attack": "sign_flip", "attackers": share, "seed": seed}
-    )
-    n = config.peers
-    edges = build_graph(config.topology, n, derive_seed(config.seed, Stream.TOPOLOGY)).edges
+    edges, attackers = drawn(graph, share, seed)
+    n = len(attackers)
     closed = torch.eye(n, dtype=torch.float64)
     closed[edges[0], edges[1]] = closed[edges[1], edges[0]] = 1.0
-    attackers = choose_attackers(n, config.attackers, config.seed)
     held, size = closed @ attackers.double(), closed.sum(1)
     honest = ~attackers
     exposed = held > torch.floor(size * beta + 1e-9)
