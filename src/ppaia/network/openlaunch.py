@@ -167,7 +167,7 @@ class OpenSwarm:
         self.processes: dict[int, object] = {}  # group -> its process
         self.doors: dict[int, object] = {}  # group -> its process's door (set: its peers are let in)
         self.ready: dict[int, object] = {}  # group -> set once its process's peers wait at the door
-        self.released: dict[int, object] = {}  # group -> set: its finished peers may stop lingering
+        self.released = _forkserver().Event()  # set: every process's finished peers may stop lingering
         self.identity = Identity.generate()  # the launcher's key, to sign status requests
         self.round = 0
         self.last: dict[int, PeerStatus] = {}  # each peer's last status seen (traffic, membership)
@@ -208,12 +208,9 @@ class OpenSwarm:
         log = str(self.root / f"host-{group}.log")
         door = self.doors[group] = _forkserver().Event()
         ready = self.ready[group] = _forkserver().Event()
-        released = self.released[group] = _forkserver().Event()
-        if self._released():
-            released.set()
         process = _forkserver().Process(
             target=run_host,
-            args=(str(self.config_file), self.swarm, hosted, options, log, door, ready, released),
+            args=(str(self.config_file), self.swarm, hosted, options, log, door, ready, self.released),
         )
         process.start()
         self.processes[group] = process
@@ -315,15 +312,12 @@ class OpenSwarm:
                 )
                 if round_ > self.round:
                     events += self.follow(round_)
-                if self.round >= self.config.rounds and not self._released():
+                if self.round >= self.config.rounds and not self.released.is_set():
                     self._release(statuses)
                 time.sleep(poll)
         finally:
             self.stop()
         return events
-
-    def _released(self) -> bool:
-        return any(event.is_set() for event in self.released.values())
 
     def _release(self, statuses: dict[int, PeerStatus | None]) -> None:
         """Once the schedule has let everyone in: release the finished peers from lingering when every
@@ -333,8 +327,7 @@ class OpenSwarm:
         joined = (Phase.TRAINING, Phase.MIXING, Phase.FINISHED)
         admitted = [i for g in self.running() if self.admitted(g) for i in self.groups[g]]
         if all(statuses.get(i) is not None and statuses[i].phase in joined for i in admitted):
-            for event in self.released.values():
-                event.set()
+            self.released.set()
 
     def _poll(self, watch) -> dict[int, PeerStatus | None]:
         """The hosted peers' statuses, shown to `watch` and kept (the last seen of each)."""

@@ -405,9 +405,7 @@ class OpenPeer(Peer):
 
     async def _join(self, host: str) -> None:
         if self.door is None:
-            await self._serve(host)
-            await self._enter_dht()
-            await self._announce(host)  # provides the members topic: others find it from now on
+            await super()._join(host)  # its announcement provides the members topic: others find it
         else:  # a DHT node others route through; no member, serving nothing yet
             self.server.reserve()  # its port is taken, connections to it refused, until it is let in
             await self._enter_dht()
